@@ -1,0 +1,2 @@
+"""fastrnn: fast recurrent neural networks on the CPU."""
+__version__ = "0.1.0"

@@ -1,0 +1,212 @@
+"""What ``fastrnn.ops`` (C) and ``fastrnn.reference`` (NumPy) share.
+
+Both backends validate their arguments here, so they accept the same inputs and raise
+the same errors, and they return the same structures (the ``*Grads`` named tuples).
+
+Input rules (documented in the README):
+
+* ``x`` sets the dtype: float32 or float64. Every other array must have the same dtype
+  (a mismatch raises ``TypeError``); nothing is silently up- or down-cast.
+* Arrays that are not C-contiguous are copied into contiguous ones; the kernels never
+  see strides.
+* Shapes are checked before any kernel runs; a wrong one raises ``ValueError`` naming
+  the argument, the expected and the received shape.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+# Gates per cell: G in the PyTorch weight layout w_ih (G*H, I), w_hh (G*H, H).
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+# BLAS takes 32-bit ints: every matrix dimension handed to it must fit.
+_BLAS_INT_MAX = 2**31 - 1
+_SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class RNNGrads(NamedTuple):
+    dx: np.ndarray               # (T, B, I)
+    dh0: np.ndarray              # (B, H)
+    dw_ih: np.ndarray            # (H, I)
+    dw_hh: np.ndarray            # (H, H)
+    db_ih: Optional[np.ndarray]  # (H,) or None without bias
+    db_hh: Optional[np.ndarray]  # (H,) or None without bias
+
+
+class LSTMGrads(NamedTuple):
+    dx: np.ndarray               # (T, B, I)
+    dh0: np.ndarray              # (B, H)
+    dc0: np.ndarray              # (B, H)
+    dw_ih: np.ndarray            # (4H, I)
+    dw_hh: np.ndarray            # (4H, H)
+    db_ih: Optional[np.ndarray]  # (4H,)
+    db_hh: Optional[np.ndarray]  # (4H,)
+
+
+class GRUGrads(NamedTuple):
+    dx: np.ndarray               # (T, B, I)
+    dh0: np.ndarray              # (B, H)
+    dw_ih: np.ndarray            # (3H, I)
+    dw_hh: np.ndarray            # (3H, H)
+    db_ih: Optional[np.ndarray]  # (3H,)
+    db_hh: Optional[np.ndarray]  # (3H,)
+
+
+@dataclass
+class Inputs:
+    """Validated forward arguments: contiguous, one dtype, sizes known."""
+
+    cell: str
+    x: np.ndarray                   # (T, B, I)
+    states: tuple                   # (h0,) or (h0, c0), each (B, H) or None
+    w_ih: np.ndarray                # (G*H, I)
+    w_hh: np.ndarray                # (G*H, H)
+    b_ih: Optional[np.ndarray]      # (G*H,)
+    b_hh: Optional[np.ndarray]      # (G*H,)
+    lengths: Optional[np.ndarray]   # (B,) int64, 1 <= lengths[b] <= T
+    T: int
+    B: int
+    I: int
+    H: int
+    G: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+
+@dataclass
+class Cache:
+    """What a training forward keeps for its backward (opaque to users).
+
+    ``inputs`` are the validated forward arguments, ``y`` the outputs (T, B, H), and
+    ``saved`` the backend's own intermediate arrays (post-activation gates, ...).
+    """
+
+    inputs: Inputs
+    y: np.ndarray
+    saved: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    backend: str = ""
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def as_array(name: str, value, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """Return ``value`` as a C-contiguous ndarray, checking its dtype against ``dtype``."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if dtype is None:
+        if array.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{name} must be float32 or float64, got dtype {array.dtype}")
+    elif array.dtype != dtype:
+        raise TypeError(
+            f"{name} must have the dtype of x ({dtype}), got dtype {array.dtype}; "
+            f"convert it with {name}.astype(np.{dtype})")
+    return np.ascontiguousarray(array)
+
+
+def check_shape(name: str, array: np.ndarray, expected: tuple) -> None:
+    if array.shape != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {_shape_str(expected)}, got {_shape_str(array.shape)}")
+
+
+def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
+    if lengths is None:
+        return None
+    if hasattr(lengths, "detach") and hasattr(lengths, "numpy"):
+        lengths = lengths.detach().cpu().numpy()
+    lengths = np.asarray(lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {_shape_str(lengths.shape)}")
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > T:
+        raise ValueError(
+            f"lengths must lie in [1, T={T}], got values in [{low}, {high}]")
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _check_sizes(T: int, B: int, I: int, H: int, G: int) -> None:
+    for name, size in (("T (x.shape[0])", T), ("B (x.shape[1])", B),
+                       ("I (x.shape[2])", I), ("H (w_hh.shape[1])", H)):
+        if size < 1:
+            raise ValueError(f"{name} must be at least 1, got {size}")
+    if T * B > _BLAS_INT_MAX or G * H > _BLAS_INT_MAX or I > _BLAS_INT_MAX:
+        raise ValueError(
+            f"sizes too large for 32-bit BLAS: T*B={T * B}, G*H={G * H}, I={I}")
+
+
+def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths) -> Inputs:
+    """Validate forward arguments for ``cell`` ('rnn', 'lstm' or 'gru').
+
+    ``states`` is ``(h0,)`` or ``(h0, c0)``, each entry an array (B, H) or None (zeros).
+    """
+    G = GATES[cell]
+    x = as_array("x", x)
+    if x.ndim != 3:
+        raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {_shape_str(x.shape)}")
+    w_hh = as_array("w_hh", w_hh, x.dtype)
+    if w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != G * w_hh.shape[1]:
+        raise ValueError(
+            f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_shape_str(w_hh.shape)}")
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    _check_sizes(T, B, I, H, G)
+    w_ih = as_array("w_ih", w_ih, x.dtype)
+    check_shape("w_ih", w_ih, (G * H, I))
+    biases = []
+    for name, bias in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if bias is not None:
+            bias = as_array(name, bias, x.dtype)
+            check_shape(name, bias, (G * H,))
+        biases.append(bias)
+    checked_states = []
+    for name, state in zip(("h0", "c0"), states):
+        if state is not None:
+            state = as_array(name, state, x.dtype)
+            check_shape(name, state, (B, H))
+        checked_states.append(state)
+    return Inputs(cell, x, tuple(checked_states), w_ih, w_hh, biases[0], biases[1],
+                  _check_lengths(lengths, T, B), T, B, I, H, G)
+
+
+def check_backward(cache, upstream: dict, backend: str, cell: str) -> dict:
+    """Validate backward arguments: the cache, and upstream gradients (None = zero).
+
+    ``upstream`` maps names ('dy', 'dh_n', 'dc_n') to arrays or None; returns the
+    same mapping with contiguous arrays of the forward's dtype.
+    """
+    if cache is None:
+        raise ValueError(
+            "cache is None: run the forward with training=True to keep what backward needs")
+    if not isinstance(cache, Cache) or cache.inputs.cell != cell:
+        raise TypeError(f"cache must come from {cell}_forward, got {type(cache).__name__}")
+    if cache.backend != backend:
+        raise TypeError(
+            f"cache comes from the {cache.backend!r} backend, but this is {backend!r}")
+    inputs = cache.inputs
+    expected = {"dy": (inputs.T, inputs.B, inputs.H),
+                "dh_n": (inputs.B, inputs.H), "dc_n": (inputs.B, inputs.H)}
+    checked = {}
+    for name, value in upstream.items():
+        if value is not None:
+            value = as_array(name, value, inputs.dtype)
+            check_shape(name, value, expected[name])
+        checked[name] = value
+    return checked
+
+
+def check_nonlinearity(nonlinearity: str) -> str:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return nonlinearity
