@@ -1,0 +1,136 @@
+/* fastrnn.h - the C API: one forward/backward pair per cell, per dtype.
+ *
+ * Conventions (see DESIGN.md):
+ *  - Buffers are time-major and C-contiguous: x (T, B, I), y (T, B, H).
+ *  - Weights in PyTorch layout: w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H),
+ *    G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n).
+ *  - Forward arguments: outputs, then what it saves for backward, then inputs,
+ *    weights, sizes. Backward: the gradients it writes, then upstream gradients, then
+ *    the saved forward values, weights, sizes.
+ *  - Optional pointers may be NULL: initial states (zeros), biases (none), lengths
+ *    (every sequence has length T), upstream gradients (zero), `saved` (inference:
+ *    nothing is kept for backward), bias gradients (not computed).
+ *  - lengths (B), 1 <= lengths[b] <= T: at steps t >= lengths[b] row b keeps its
+ *    state and writes a zero output (PyTorch packed-sequence semantics).
+ *  - Backward overwrites dx and the initial-state gradients, and ACCUMULATES (+=)
+ *    into the weight and bias gradients.
+ *  - Every function returns 0, or FR_ERR_NOMEM when a workspace allocation failed
+ *    (outputs are then unspecified). Functions keep no global mutable state and may
+ *    run concurrently from several threads.
+ *  - The float64 twin of each fr_*_f32 function has the same arguments over double.
+ */
+#ifndef FASTRNN_H
+#define FASTRNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FR_OK 0
+#define FR_ERR_NOMEM 1
+
+/* Reals saved for backward per (t, b, hidden unit) by a training forward. */
+#define FR_RNN_SAVED_PER_UNIT 0  /* backward needs only y */
+#define FR_LSTM_SAVED_PER_UNIT 6 /* gates i, f, g, o after activation; c_t; tanh(c_t) */
+#define FR_GRU_SAVED_PER_UNIT 4  /* gates r, z, n after activation; W_hn h + b_hn, or r*h */
+
+#define FR_DECLARE_KERNELS(real, sfx)                                                      \
+    /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \
+    int fr_rnn_forward_##sfx(real *y,             /* (T, B, H) */                          \
+                             real *h_n,           /* (B, H) */                             \
+                             const real *x,       /* (T, B, I) */                          \
+                             const real *h0,      /* (B, H) or NULL */                     \
+                             const real *w_ih,    /* (H, I) */                             \
+                             const real *w_hh,    /* (H, H) */                             \
+                             const real *b_ih,    /* (H) or NULL */                        \
+                             const real *b_hh,    /* (H) or NULL */                        \
+                             const int64_t *lengths, /* (B) or NULL */                     \
+                             int relu, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H); \
+    int fr_rnn_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
+                              real *dh0,          /* (B, H) overwritten */                 \
+                              real *dw_ih,        /* (H, I) accumulated */                 \
+                              real *dw_hh,        /* (H, H) accumulated */                 \
+                              real *db_ih,        /* (H) accumulated, or NULL */           \
+                              real *db_hh,        /* (H) accumulated, or NULL */           \
+                              const real *dy,     /* (T, B, H) or NULL */                  \
+                              const real *dh_n,   /* (B, H) or NULL */                     \
+                              const real *y,      /* (T, B, H) from forward */             \
+                              const real *x,      /* (T, B, I) */                          \
+                              const real *h0,     /* (B, H) or NULL */                     \
+                              const real *w_ih,   /* (H, I) */                             \
+                              const real *w_hh,   /* (H, H) */                             \
+                              const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,  \
+                              ptrdiff_t I, ptrdiff_t H);                                   \
+    /* LSTM: i, f, g, o = sigma, sigma, tanh, sigma of x w_ih^T + b_ih + h w_hh^T + b_hh;  \
+     * c_t = f c_{t-1} + i g; h_t = o tanh(c_t) */                                         \
+    int fr_lstm_forward_##sfx(real *y,            /* (T, B, H) */                          \
+                              real *h_n,          /* (B, H) */                             \
+                              real *c_n,          /* (B, H) */                             \
+                              real *saved,        /* (6, T, B, H)... see below, or NULL */ \
+                              const real *x,      /* (T, B, I) */                          \
+                              const real *h0,     /* (B, H) or NULL */                     \
+                              const real *c0,     /* (B, H) or NULL */                     \
+                              const real *w_ih,   /* (4H, I) */                            \
+                              const real *w_hh,   /* (4H, H) */                            \
+                              const real *b_ih,   /* (4H) or NULL */                       \
+                              const real *b_hh,   /* (4H) or NULL */                       \
+                              const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,            \
+                              ptrdiff_t I, ptrdiff_t H);                                   \
+    int fr_lstm_backward_##sfx(real *dx,          /* (T, B, I) overwritten */              \
+                               real *dh0,         /* (B, H) overwritten */                 \
+                               real *dc0,         /* (B, H) overwritten */                 \
+                               real *dw_ih,       /* (4H, I) accumulated */                \
+                               real *dw_hh,       /* (4H, H) accumulated */                \
+                               real *db_ih,       /* (4H) accumulated, or NULL */          \
+                               real *db_hh,       /* (4H) accumulated, or NULL */          \
+                               const real *dy,    /* (T, B, H) or NULL */                  \
+                               const real *dh_n,  /* (B, H) or NULL */                     \
+                               const real *dc_n,  /* (B, H) or NULL */                     \
+                               const real *saved, /* from forward */                       \
+                               const real *y,     /* (T, B, H) from forward */             \
+                               const real *x,     /* (T, B, I) */                          \
+                               const real *h0,    /* (B, H) or NULL */                     \
+                               const real *c0,    /* (B, H) or NULL */                     \
+                               const real *w_ih,  /* (4H, I) */                            \
+                               const real *w_hh,  /* (4H, H) */                            \
+                               const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,           \
+                               ptrdiff_t I, ptrdiff_t H);                                  \
+    /* GRU: r, z = sigma(x W^T + b_i + h U^T + b_h); reset_after (PyTorch, cuDNN):         \
+     * n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn)); otherwise (Keras reset_after=False, \
+     * ONNX linear_before_reset=0): n = tanh(x W_n^T + b_in + (r h) U_n^T + b_hn);        \
+     * h_t = (1 - z) n + z h_{t-1} */                                                      \
+    int fr_gru_forward_##sfx(real *y,             /* (T, B, H) */                          \
+                             real *h_n,           /* (B, H) */                             \
+                             real *saved,         /* (T*B*4H) or NULL */                   \
+                             const real *x,       /* (T, B, I) */                          \
+                             const real *h0,      /* (B, H) or NULL */                     \
+                             const real *w_ih,    /* (3H, I) */                            \
+                             const real *w_hh,    /* (3H, H) */                            \
+                             const real *b_ih,    /* (3H) or NULL */                       \
+                             const real *b_hh,    /* (3H) or NULL */                       \
+                             const int64_t *lengths, int reset_after, ptrdiff_t T,         \
+                             ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);                       \
+    int fr_gru_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
+                              real *dh0,          /* (B, H) overwritten */                 \
+                              real *dw_ih,        /* (3H, I) accumulated */                \
+                              real *dw_hh,        /* (3H, H) accumulated */                \
+                              real *db_ih,        /* (3H) accumulated, or NULL */          \
+                              real *db_hh,        /* (3H) accumulated, or NULL */          \
+                              const real *dy,     /* (T, B, H) or NULL */                  \
+                              const real *dh_n,   /* (B, H) or NULL */                     \
+                              const real *saved,  /* from forward */                       \
+                              const real *y,      /* (T, B, H) from forward */             \
+                              const real *x,      /* (T, B, I) */                          \
+                              const real *h0,     /* (B, H) or NULL */                     \
+                              const real *w_ih,   /* (3H, I) */                            \
+                              const real *w_hh,   /* (3H, H) */                            \
+                              const int64_t *lengths, int reset_after, ptrdiff_t T,        \
+                              ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);
+
+/* Saved layouts (each block contiguous, time-major):
+ *   LSTM: gates (T, B, 4H) [i f g o after activation], c (T, B, H), tanh(c) (T, B, H)
+ *   GRU:  gates (T, B, 3H) [r z n after activation], extra (T, B, H) holding
+ *         W_hn h_{t-1} + b_hn (reset_after) or r * h_{t-1} (reset_after = 0) */
+FR_DECLARE_KERNELS(float, f32)
+FR_DECLARE_KERNELS(double, f64)
+
+#endif

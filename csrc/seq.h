@@ -1,0 +1,95 @@
+/* seq.h - the parts of a recurrent layer that every cell shares.
+ *
+ * Forward hoists the input projection out of the time loop (one GEMM over all T*B
+ * rows); backward runs only the per-step work inside the loop and leaves the
+ * weight gradients, bias gradients and dx to a few GEMMs over all T*B rows after it.
+ * Included by rnn.c, lstm.c and gru.c, so it is compiled once per dtype with them.
+ */
+#ifndef FASTRNN_SEQ_H
+#define FASTRNN_SEQ_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "fastrnn.h"
+
+/* Whether row b is still inside its sequence at step t. */
+static inline int fr_step_valid(const int64_t *lengths, ptrdiff_t t, ptrdiff_t b) {
+    return lengths == NULL || t < lengths[b];
+}
+
+/* A zeroed buffer of n reals, or NULL when the allocation fails. */
+static inline real *FR_FN(alloc_zeroed)(ptrdiff_t n) {
+    return (real *)calloc((size_t)(n > 0 ? n : 1), sizeof(real));
+}
+
+/* out (rows, cols) = bias_a + bias_b broadcast over rows (NULL biases count as 0). */
+static inline void FR_FN(fill_bias_rows)(real *out, const real *bias_a, const real *bias_b,
+                                         ptrdiff_t rows, ptrdiff_t cols) {
+    for (ptrdiff_t j = 0; j < cols; j++)
+        out[j] = (bias_a ? bias_a[j] : 0) + (bias_b ? bias_b[j] : 0);
+    for (ptrdiff_t r = 1; r < rows; r++)
+        memcpy(out + r * cols, out, (size_t)cols * sizeof(real));
+}
+
+/* Hoisted input projection for the whole sequence:
+ * proj (T*B, GH) = x (T*B, I) . w_ih^T (I, GH) + bias_a + bias_b */
+static inline void FR_FN(input_projection)(real *proj, const real *x, const real *w_ih,
+                                           const real *bias_a, const real *bias_b,
+                                           ptrdiff_t rows, ptrdiff_t I, ptrdiff_t GH) {
+    FR_FN(fill_bias_rows)(proj, bias_a, bias_b, rows, GH);
+    FR_FN(gemm)(0, 1, rows, GH, I, 1, x, I, w_ih, I, 1, proj, GH);
+}
+
+/* The initial state, or zeros when it is NULL: state (B, H) = init or 0. */
+static inline void FR_FN(init_state)(real *state, const real *init, ptrdiff_t n) {
+    if (init)
+        memcpy(state, init, (size_t)n * sizeof(real));
+    else
+        memset(state, 0, (size_t)n * sizeof(real));
+}
+
+/* db (cols) += sum over rows of dG (rows, cols) with leading dimension ld. */
+static inline void FR_FN(add_column_sums)(real *db, const real *dG, ptrdiff_t rows,
+                                          ptrdiff_t cols, ptrdiff_t ld) {
+    if (db == NULL)
+        return;
+    for (ptrdiff_t r = 0; r < rows; r++)
+        for (ptrdiff_t j = 0; j < cols; j++)
+            db[j] += dG[r * ld + j];
+}
+
+/* After the time loop, the input side in three passes over all rows:
+ *   dx    (T*B, I)  = dG (T*B, GH) . w_ih (GH, I)      overwritten
+ *   dw_ih (GH, I)  += dG^T (GH, T*B) . x (T*B, I)      accumulated
+ *   db_ih (GH)     += column sums of dG                accumulated (skipped if NULL) */
+static inline void FR_FN(input_grads)(real *dx, real *dw_ih, real *db_ih, const real *dG,
+                                      const real *x, const real *w_ih, ptrdiff_t rows,
+                                      ptrdiff_t I, ptrdiff_t GH) {
+    FR_FN(gemm)(0, 0, rows, I, GH, 1, dG, GH, w_ih, I, 0, dx, I);
+    FR_FN(gemm)(1, 0, GH, I, rows, 1, dG, GH, x, I, 1, dw_ih, I);
+    FR_FN(add_column_sums)(db_ih, dG, rows, GH, GH);
+}
+
+/* After the time loop, the recurrent weights: with h_prev[t] the state fed to step t,
+ *   dw_hh (n, H) += sum_t dG[t]^T (n, B) . h_prev[t] (B, H)
+ *   db_hh (n)    += column sums of dG
+ * where dG (T, B, n) has leading dimension ld, h_first (B, H) feeds step 0 (NULL =
+ * zeros: no contribution) and h_rest ((T-1)*B, H) feeds steps 1..T-1. */
+static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG, ptrdiff_t ld,
+                                       const real *h_first, const real *h_rest, ptrdiff_t T,
+                                       ptrdiff_t B, ptrdiff_t H, ptrdiff_t n) {
+    if (h_first)
+        FR_FN(gemm)(1, 0, n, H, B, 1, dG, ld, h_first, H, 1, dw_hh, H);
+    if (T > 1)
+        FR_FN(gemm)(1, 0, n, H, (T - 1) * B, 1, dG + B * ld, ld, h_rest, H, 1, dw_hh, H);
+    FR_FN(add_column_sums)(db_hh, dG, T * B, n, ld);
+}
+
+/* Upstream gradient of output y[t] row b (zero when dy is NULL). */
+static inline real fr_upstream(const real *dy_row, ptrdiff_t j) {
+    return dy_row ? dy_row[j] : (real)0;
+}
+
+#endif

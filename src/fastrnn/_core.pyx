@@ -1,0 +1,207 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Binding to the C kernels in csrc/ (private: use fastrnn.ops).
+
+Every function takes arrays that fastrnn.ops has already validated and allocated:
+C-contiguous, flattened to 1-D, one dtype (float32 or float64) for all of them, and
+None where the C API accepts NULL. The GIL is released around every kernel.
+"""
+from cython cimport floating
+from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from "blas.h":
+    ctypedef void (*fr_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
+                                 float*, int*, float*, float*, int*) noexcept nogil
+    ctypedef void (*fr_dgemm_fn)(char*, char*, int*, int*, int*, double*, double*, int*,
+                                 double*, int*, double*, double*, int*) noexcept nogil
+    void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm)
+
+cdef extern from "fastrnn.h" nogil:
+    int FR_OK
+    int FR_LSTM_SAVED_PER_UNIT
+    int FR_GRU_SAVED_PER_UNIT
+    int fr_rnn_forward_f32(float*, float*, const float*, const float*, const float*,
+                           const float*, const float*, const float*, const int64_t*, int,
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_rnn_forward_f64(double*, double*, const double*, const double*, const double*,
+                           const double*, const double*, const double*, const int64_t*, int,
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_rnn_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
+                            const float*, const float*, const float*, const float*,
+                            const float*, const float*, const int64_t*, int,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_rnn_backward_f64(double*, double*, double*, double*, double*, double*,
+                            const double*, const double*, const double*, const double*,
+                            const double*, const double*, const double*, const int64_t*, int,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_forward_f32(float*, float*, float*, float*, const float*, const float*,
+                            const float*, const float*, const float*, const float*,
+                            const float*, const int64_t*,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_forward_f64(double*, double*, double*, double*, const double*, const double*,
+                            const double*, const double*, const double*, const double*,
+                            const double*, const int64_t*,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*,
+                             const float*, const float*, const float*, const float*,
+                             const float*, const float*, const float*, const float*,
+                             const float*, const float*, const int64_t*,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                             const double*, const double*, const double*, const double*,
+                             const double*, const double*, const double*, const double*,
+                             const double*, const double*, const int64_t*,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_forward_f32(float*, float*, float*, const float*, const float*, const float*,
+                           const float*, const float*, const float*, const int64_t*, int,
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_forward_f64(double*, double*, double*, const double*, const double*,
+                           const double*, const double*, const double*, const double*,
+                           const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
+                            const float*, const float*, const float*, const float*,
+                            const float*, const float*, const float*, const int64_t*, int,
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_backward_f64(double*, double*, double*, double*, double*, double*,
+                            const double*, const double*, const double*, const double*,
+                            const double*, const double*, const double*, const double*,
+                            const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+
+fr_set_blas(sgemm, dgemm)
+
+LSTM_SAVED_PER_UNIT = FR_LSTM_SAVED_PER_UNIT
+GRU_SAVED_PER_UNIT = FR_GRU_SAVED_PER_UNIT
+
+
+cdef inline floating* mut(floating[::1] a) noexcept nogil:
+    return &a[0] if a is not None else NULL
+
+
+cdef inline const floating* ro(const floating[::1] a) noexcept nogil:
+    return &a[0] if a is not None else NULL
+
+
+cdef inline const int64_t* lens(const int64_t[::1] a) noexcept nogil:
+    return &a[0] if a is not None else NULL
+
+
+cdef inline check(int status):
+    if status != FR_OK:
+        raise MemoryError("fastrnn kernel could not allocate its workspace")
+
+
+def rnn_forward(floating[::1] y, floating[::1] h_n, const floating[::1] x,
+                const floating[::1] h0, const floating[::1] w_ih, const floating[::1] w_hh,
+                const floating[::1] b_ih, const floating[::1] b_hh,
+                const int64_t[::1] lengths, bint relu,
+                Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_rnn_forward_f32(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
+                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H)
+        else:
+            status = fr_rnn_forward_f64(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
+                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H)
+    check(status)
+
+
+def rnn_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
+                 floating[::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
+                 const floating[::1] dy, const floating[::1] dh_n, const floating[::1] y,
+                 const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
+                 const floating[::1] w_hh, const int64_t[::1] lengths, bint relu,
+                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_rnn_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
+                                         mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
+                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H)
+        else:
+            status = fr_rnn_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
+                                         mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
+                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H)
+    check(status)
+
+
+def lstm_forward(floating[::1] y, floating[::1] h_n, floating[::1] c_n, floating[::1] saved,
+                 const floating[::1] x, const floating[::1] h0, const floating[::1] c0,
+                 const floating[::1] w_ih, const floating[::1] w_hh,
+                 const floating[::1] b_ih, const floating[::1] b_hh,
+                 const int64_t[::1] lengths,
+                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_lstm_forward_f32(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x), ro(h0),
+                                         ro(c0), ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh),
+                                         lens(lengths), T, B, I, H)
+        else:
+            status = fr_lstm_forward_f64(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x), ro(h0),
+                                         ro(c0), ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh),
+                                         lens(lengths), T, B, I, H)
+    check(status)
+
+
+def lstm_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dc0,
+                  floating[::1] dw_ih, floating[::1] dw_hh, floating[::1] db_ih,
+                  floating[::1] db_hh, const floating[::1] dy, const floating[::1] dh_n,
+                  const floating[::1] dc_n, const floating[::1] saved, const floating[::1] y,
+                  const floating[::1] x, const floating[::1] h0, const floating[::1] c0,
+                  const floating[::1] w_ih, const floating[::1] w_hh,
+                  const int64_t[::1] lengths,
+                  Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_lstm_backward_f32(mut(dx), mut(dh0), mut(dc0), mut(dw_ih), mut(dw_hh),
+                                          mut(db_ih), mut(db_hh), ro(dy), ro(dh_n), ro(dc_n),
+                                          ro(saved), ro(y), ro(x), ro(h0), ro(c0), ro(w_ih),
+                                          ro(w_hh), lens(lengths), T, B, I, H)
+        else:
+            status = fr_lstm_backward_f64(mut(dx), mut(dh0), mut(dc0), mut(dw_ih), mut(dw_hh),
+                                          mut(db_ih), mut(db_hh), ro(dy), ro(dh_n), ro(dc_n),
+                                          ro(saved), ro(y), ro(x), ro(h0), ro(c0), ro(w_ih),
+                                          ro(w_hh), lens(lengths), T, B, I, H)
+    check(status)
+
+
+def gru_forward(floating[::1] y, floating[::1] h_n, floating[::1] saved,
+                const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
+                const floating[::1] w_hh, const floating[::1] b_ih, const floating[::1] b_hh,
+                const int64_t[::1] lengths, bint reset_after,
+                Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_forward_f32(mut(y), mut(h_n), mut(saved), ro(x), ro(h0), ro(w_ih),
+                                        ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths),
+                                        reset_after, T, B, I, H)
+        else:
+            status = fr_gru_forward_f64(mut(y), mut(h_n), mut(saved), ro(x), ro(h0), ro(w_ih),
+                                        ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths),
+                                        reset_after, T, B, I, H)
+    check(status)
+
+
+def gru_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
+                 floating[::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
+                 const floating[::1] dy, const floating[::1] dh_n, const floating[::1] saved,
+                 const floating[::1] y, const floating[::1] x, const floating[::1] h0,
+                 const floating[::1] w_ih, const floating[::1] w_hh,
+                 const int64_t[::1] lengths, bint reset_after,
+                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
+                                         mut(db_hh), ro(dy), ro(dh_n), ro(saved), ro(y), ro(x),
+                                         ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
+                                         reset_after, T, B, I, H)
+        else:
+            status = fr_gru_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
+                                         mut(db_hh), ro(dy), ro(dh_n), ro(saved), ro(y), ro(x),
+                                         ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
+                                         reset_after, T, B, I, H)
+    check(status)

@@ -1,0 +1,148 @@
+"""The functional API over the C kernels: forward and backward (BPTT) per cell.
+
+Same functions, signatures and results as :mod:`fastrnn.reference` (the NumPy twin
+that proves the kernels right). Arrays are time-major: ``x (T, B, I)``, ``y (T, B, H)``,
+states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)``,
+``b_ih, b_hh (G*H,)`` with G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n).
+
+Inputs are validated before any C code runs (see :mod:`fastrnn._common`): ``x`` sets the
+dtype (float32 or float64), every other array must match it, non-contiguous arrays are
+copied, and a wrong shape raises ``ValueError`` naming the argument. ``h0``/``c0`` and
+the biases may be None (zeros / no bias); backward's upstream gradients may be None
+(zero). With ``training=False`` the forward keeps nothing for backward and returns
+``cache=None``. The GIL is released while a kernel runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, check_backward,
+                      check_forward, check_nonlinearity)
+
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
+           "gru_forward", "gru_backward"]
+
+_BACKEND = "ops"
+
+
+def _flat(*arrays):
+    """1-D views of contiguous arrays (None stays None), as the binding takes them."""
+    return [None if a is None else a.reshape(-1) for a in arrays]
+
+
+def _sizes(inputs: Inputs):
+    return inputs.T, inputs.B, inputs.I, inputs.H
+
+
+def _forward_outputs(inputs: Inputs, n_states: int, saved_per_unit: int, training: bool):
+    """Fresh y (T, B, H), final states (B, H) each, and the saved block (or None)."""
+    T, B, _, H = _sizes(inputs)
+    y = np.empty((T, B, H), inputs.dtype)
+    states = [np.empty((B, H), inputs.dtype) for _ in range(n_states)]
+    saved = (np.empty(T * B * H * saved_per_unit, inputs.dtype)
+             if training and saved_per_unit else None)
+    return y, states, saved
+
+
+def _weights(inputs: Inputs):
+    return inputs.w_ih, inputs.w_hh, inputs.b_ih, inputs.b_hh
+
+
+def _parameter_grads(inputs: Inputs):
+    """Zeroed dw_ih, dw_hh and db_ih, db_hh (None where the forward had no bias)."""
+    def zeros_like(a):
+        return None if a is None else np.zeros_like(a)
+    return tuple(zeros_like(a) for a in _weights(inputs))
+
+
+def _state_grads(inputs: Inputs, n_states: int):
+    """dx (T, B, I) and one (B, H) gradient per initial state; the kernel overwrites them."""
+    T, B, I, H = _sizes(inputs)
+    return np.empty((T, B, I), inputs.dtype), [np.empty((B, H), inputs.dtype)
+                                              for _ in range(n_states)]
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
+                lengths=None, training=True):
+    """Vanilla RNN over a sequence: ``h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh)``.
+
+    Returns ``(y (T, B, H), h_n (B, H), cache)``; ``act`` is tanh or relu.
+    """
+    relu = check_nonlinearity(nonlinearity) == "relu"
+    inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    y, (h_n,), _ = _forward_outputs(inputs, 1, 0, training)
+    _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
+                      inputs.lengths, relu, *_sizes(inputs))
+    cache = Cache(inputs, y, {}, {"relu": relu}, _BACKEND) if training else None
+    return y, h_n, cache
+
+
+def rnn_backward(dy, dh_n, cache) -> RNNGrads:
+    """BPTT for :func:`rnn_forward`: gradients of x, h0 and the weights."""
+    upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n}, _BACKEND, "rnn")
+    inputs = cache.inputs
+    dx, (dh0,) = _state_grads(inputs, 1)
+    params = _parameter_grads(inputs)
+    _core.rnn_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"], cache.y,
+                              inputs.x, inputs.states[0], inputs.w_ih, inputs.w_hh),
+                       inputs.lengths, cache.options["relu"], *_sizes(inputs))
+    return RNNGrads(dx, dh0, *params)
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
+                 training=True):
+    """LSTM over a sequence (gates i, f, g, o; ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``).
+
+    Returns ``(y (T, B, H), h_n (B, H), c_n (B, H), cache)``.
+    """
+    inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
+    y, (h_n, c_n), saved = _forward_outputs(inputs, 2, _core.LSTM_SAVED_PER_UNIT, training)
+    _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states, *_weights(inputs)),
+                       inputs.lengths, *_sizes(inputs))
+    cache = Cache(inputs, y, {"saved": saved}, {}, _BACKEND) if training else None
+    return y, h_n, c_n, cache
+
+
+def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
+    """BPTT for :func:`lstm_forward`: gradients of x, h0, c0 and the weights."""
+    upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}, _BACKEND, "lstm")
+    inputs = cache.inputs
+    dx, (dh0, dc0) = _state_grads(inputs, 2)
+    params = _parameter_grads(inputs)
+    _core.lstm_backward(*_flat(dx, dh0, dc0, *params, upstream["dy"], upstream["dh_n"],
+                               upstream["dc_n"], cache.saved["saved"], cache.y, inputs.x,
+                               *inputs.states, inputs.w_ih, inputs.w_hh),
+                        inputs.lengths, *_sizes(inputs))
+    return LSTMGrads(dx, dh0, dc0, *params)
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
+                training=True):
+    """GRU over a sequence (gates r, z, n; ``h_t = (1 - z) n + z h_{t-1}``).
+
+    ``reset_after=True`` (PyTorch): ``n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn))``;
+    ``False`` (Keras ``reset_after=False``, ONNX ``linear_before_reset=0``):
+    ``n = tanh(x W_n^T + b_in + (r h) U_n^T + b_hn)``.
+    Returns ``(y (T, B, H), h_n (B, H), cache)``.
+    """
+    inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    y, (h_n,), saved = _forward_outputs(inputs, 1, _core.GRU_SAVED_PER_UNIT, training)
+    _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),
+                      inputs.lengths, bool(reset_after), *_sizes(inputs))
+    cache = (Cache(inputs, y, {"saved": saved}, {"reset_after": bool(reset_after)}, _BACKEND)
+             if training else None)
+    return y, h_n, cache
+
+
+def gru_backward(dy, dh_n, cache) -> GRUGrads:
+    """BPTT for :func:`gru_forward`: gradients of x, h0 and the weights."""
+    upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n}, _BACKEND, "gru")
+    inputs = cache.inputs
+    dx, (dh0,) = _state_grads(inputs, 1)
+    params = _parameter_grads(inputs)
+    _core.gru_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"],
+                              cache.saved["saved"], cache.y, inputs.x, inputs.states[0],
+                              inputs.w_ih, inputs.w_hh),
+                       inputs.lengths, cache.options["reset_after"], *_sizes(inputs))
+    return GRUGrads(dx, dh0, *params)
