@@ -94,7 +94,7 @@ class Cache:
 
 
 def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def as_array(name: str, value, dtype: Optional[np.dtype] = None) -> np.ndarray:
@@ -128,7 +128,7 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
     if lengths.dtype.kind not in "iu":
         raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
     if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), got {_shape_str(lengths.shape)}")
+        raise ValueError(f"lengths must have shape {_shape_str((B,))}, got {_shape_str(lengths.shape)}")
     low, high = int(lengths.min()), int(lengths.max())
     if low < 1 or high > T:
         raise ValueError(

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+BACKENDS = ("ops", "reference")
+
+
+def import_backend(name: str):
+    """Import ``fastrnn.<name>``; skip only when that module (or the C extension) is absent.
+
+    Any other import error fails the test. Set ``FASTRNN_REQUIRE_BACKENDS=1`` (CI) to turn
+    the skip into a failure, so a missing build can never pass silently.
+    """
+    module_name = f"fastrnn.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (module_name, "fastrnn._core") or os.environ.get(
+                "FASTRNN_REQUIRE_BACKENDS"):
+            raise
+        hint = ("build the C extension with `pip install -e .`" if name == "ops"
+                else "it is not written yet")
+        pytest.skip(f"{module_name} is not importable ({exc}); {hint}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each backend module in turn: ``fastrnn.ops`` (C) and ``fastrnn.reference`` (NumPy)."""
+    return import_backend(request.param)
