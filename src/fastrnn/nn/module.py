@@ -1,0 +1,146 @@
+"""Parameters and the Module base class (the torch.nn.Module habits, in NumPy).
+
+A :class:`Module` owns :class:`Parameter` objects (a value and its gradient) and child
+modules, set as attributes. It runs ``forward`` when called and ``backward`` when asked:
+there is no autograd, each module caches what its own backward needs during a training
+forward. Gradients accumulate into ``Parameter.grad`` until ``zero_grad()``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Tuple
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape and dtype, accumulated by backward)."""
+
+    __slots__ = ("value", "grad")
+
+    def __init__(self, value: np.ndarray):
+        self.value = np.ascontiguousarray(value)
+        self.grad = np.zeros_like(self.value)
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype})"
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base class: parameters and children are found from attributes, in set order."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}.__init__ must call super().__init__() first")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    # -- calling ---------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- traversal -------------------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
+        """(name, Parameter) pairs; ``p.value`` is the array, ``p.grad`` its gradient."""
+        for module_name, module in self.named_modules(prefix):
+            for name, parameter in module._parameters.items():
+                yield (f"{module_name}.{name}" if module_name else name), parameter
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, parameter in self.named_parameters():
+            yield parameter
+
+    def children(self) -> Iterator["Module"]:
+        yield from self._modules.values()
+
+    # -- modes and gradients ---------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters():
+            parameter.grad[...] = 0
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter value, by name."""
+        return OrderedDict((name, p.value.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copy values in by name (NumPy arrays or torch tensors).
+
+        Every key is checked before anything is written, so a failed load leaves the
+        module unchanged. With ``strict`` a missing or unexpected key raises ``KeyError``
+        naming it; a wrong shape raises ``ValueError`` naming the key and both shapes.
+        """
+        own = dict(self.named_parameters())
+        incoming = {name: _to_numpy(value) for name, value in state_dict.items()}
+        missing = [name for name in own if name not in incoming]
+        unexpected = [name for name in incoming if name not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name, value in incoming.items():
+            if name in own and value.shape != own[name].shape:
+                raise ValueError(f"load_state_dict: {name} must have shape "
+                                 f"{own[name].shape}, got {value.shape}")
+        for name, value in incoming.items():
+            if name in own:
+                own[name].value[...] = value.astype(own[name].dtype, copy=False)
+
+    def num_parameters(self) -> int:
+        return sum(p.value.size for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
+        return lines[0] + (")" if len(lines) == 1 else "\n" + "\n".join(lines[1:]) + "\n)")
