@@ -130,7 +130,46 @@
  *   LSTM: gates (T, B, 4H) [i f g o after activation], c (T, B, H), tanh(c) (T, B, H)
  *   GRU:  gates (T, B, 3H) [r z n after activation], extra (T, B, H) holding
  *         W_hn h_{t-1} + b_hn (reset_after) or r * h_{t-1} (reset_after = 0) */
-FR_DECLARE_KERNELS(float, f32)
-FR_DECLARE_KERNELS(double, f64)
+
+/* Every kernel is built per instruction set from the same source (see real.h):
+ * _portable (baseline x86-64 or any other CPU), and on x86-64 also _avx2 (AVX2 + FMA)
+ * and _avx512 (AVX-512 F/BW/DQ/VL). The public names below pick one at each call from
+ * fr_isa_level, which fr_detect_isa() sets to the best the CPU supports and
+ * fr_set_isa() may lower (tests run every level). */
+#define FR_ISA_PORTABLE 0
+#define FR_ISA_AVX2 1
+#define FR_ISA_AVX512 2
+
+extern int fr_isa_level;
+int fr_detect_isa(void);     /* best level this CPU (and this build) supports */
+int fr_set_isa(int level);   /* clamps to fr_detect_isa(); returns the level set */
+
+FR_DECLARE_KERNELS(float, f32_portable)
+FR_DECLARE_KERNELS(double, f64_portable)
+#ifdef FR_X86_VARIANTS
+FR_DECLARE_KERNELS(float, f32_avx2)
+FR_DECLARE_KERNELS(double, f64_avx2)
+FR_DECLARE_KERNELS(float, f32_avx512)
+FR_DECLARE_KERNELS(double, f64_avx512)
+#define FR_DISPATCH(kernel)                                                                \
+    (fr_isa_level >= FR_ISA_AVX512 ? kernel##_avx512                                       \
+     : fr_isa_level >= FR_ISA_AVX2 ? kernel##_avx2                                         \
+                                   : kernel##_portable)
+#else
+#define FR_DISPATCH(kernel) kernel##_portable
+#endif
+
+#define fr_rnn_forward_f32 FR_DISPATCH(fr_rnn_forward_f32)
+#define fr_rnn_backward_f32 FR_DISPATCH(fr_rnn_backward_f32)
+#define fr_lstm_forward_f32 FR_DISPATCH(fr_lstm_forward_f32)
+#define fr_lstm_backward_f32 FR_DISPATCH(fr_lstm_backward_f32)
+#define fr_gru_forward_f32 FR_DISPATCH(fr_gru_forward_f32)
+#define fr_gru_backward_f32 FR_DISPATCH(fr_gru_backward_f32)
+#define fr_rnn_forward_f64 FR_DISPATCH(fr_rnn_forward_f64)
+#define fr_rnn_backward_f64 FR_DISPATCH(fr_rnn_backward_f64)
+#define fr_lstm_forward_f64 FR_DISPATCH(fr_lstm_forward_f64)
+#define fr_lstm_backward_f64 FR_DISPATCH(fr_lstm_backward_f64)
+#define fr_gru_forward_f64 FR_DISPATCH(fr_gru_forward_f64)
+#define fr_gru_backward_f64 FR_DISPATCH(fr_gru_backward_f64)
 
 #endif

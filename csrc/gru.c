@@ -9,9 +9,9 @@
  *     n = tanh(xn + (r * h_{t-1}) w_hh[n]^T + b_hh[n])
  *   h_t = (1 - z) * n + z * h_{t-1},  y_t = h_t
  *
- * Training forward saves the activated gates r, z, n (B, 3H) and one more (B, H)
- * per step: hn (reset_after) or r * h_{t-1} (reset before).
- * Compiled once per dtype (see real.h).
+ * Training forward saves the activated gates r, z, n (B, 3H) and one more (B, H) per
+ * step: hn (reset_after) or r * h_{t-1} (reset before). Compiled once per dtype and
+ * instruction set (see real.h).
  */
 #include "act.h"
 #include "seq.h"
@@ -26,73 +26,82 @@ static gru_saved gru_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdiff_
     return s;
 }
 
-/* r and z for one row: gates (3H) holds xr, xz on entry and r, z on exit. */
-static inline void gru_reset_update(real *gates, const real *hg, ptrdiff_t H) {
+/* The per-step recurrent products: reset_after needs one over all of w_hh (3H, H);
+ * reset before needs one over the r, z rows (2H, H) and one over the n rows (H, H). */
+typedef struct {
+    fr_recurrent all_or_rz, n;
+} gru_recurrent;
+
+static int gru_recurrent_init(gru_recurrent *rec, const real *w_hh, int reset_after,
+                              int forward, ptrdiff_t B, ptrdiff_t H) {
+    /* forward: h (B, H) . w^T;  backward: dG (B, rows) . w */
+    ptrdiff_t rows = reset_after ? 3 * H : 2 * H;
+    rec->n.panel = NULL;
+    if (FR_FN(recurrent_init)(&rec->all_or_rz, w_hh, forward ? H : rows, forward ? rows : H,
+                              forward, B) != FR_OK)
+        return FR_ERR_NOMEM;
+    if (!reset_after &&
+        FR_FN(recurrent_init)(&rec->n, w_hh + 2 * H * H, H, H, forward, B) != FR_OK) {
+        FR_FN(recurrent_free)(&rec->all_or_rz);
+        return FR_ERR_NOMEM;
+    }
+    return FR_OK;
+}
+
+static void gru_recurrent_free(gru_recurrent *rec) {
+    FR_FN(recurrent_free)(&rec->all_or_rz);
+    FR_FN(recurrent_free)(&rec->n);
+}
+
+/* r and z for one row: gates (2H of 3H) hold xr, xz on entry and r, z on exit. */
+static inline void gru_cell_reset_update(real *restrict gates, const real *restrict hg,
+                                         ptrdiff_t H) {
     for (ptrdiff_t j = 0; j < 2 * H; j++)
         gates[j] = fr_sigmoid(gates[j] + hg[j]);
 }
 
-/* n and the new state for one row: gates (3H) holds r, z, xn on entry and r, z, n on
- * exit; hn_pre (H) is what enters n besides xn: r * hn (reset_after) or the already
- * projected (r h) w_hh[n]^T + b_hn; h (H) is updated in place, y (H) gets it. */
-static inline void gru_new_state(real *gates, real *h, real *y, const real *hn,
-                                 int reset_after, ptrdiff_t H) {
-    const real *r = gates, *z = gates + H;
-    real *n = gates + 2 * H;
+/* n and the new state for one row: gates (3H) hold r, z, xn on entry and r, z, n on
+ * exit; hn (H) is the recurrent part of n: r * hn (reset_after) or hn itself (already
+ * (r h) w_hh[n]^T + b_hn); h (H) is updated in place and y (H) gets it. */
+static inline void gru_cell_new_state(real *restrict gates, real *restrict h, real *restrict y,
+                                      const real *restrict hn, int reset_after, ptrdiff_t H) {
+    const real *restrict r = gates, *restrict z = gates + H;
+    real *restrict n = gates + 2 * H;
     for (ptrdiff_t j = 0; j < H; j++) {
-        n[j] = fr_tanh(n[j] + (reset_after ? r[j] * hn[j] : hn[j]));
-        h[j] = y[j] = ((real)1 - z[j]) * n[j] + z[j] * h[j];
+        real n_j = fr_tanh(n[j] + (reset_after ? r[j] * hn[j] : hn[j]));
+        n[j] = n_j;
+        h[j] = y[j] = ((real)1 - z[j]) * n_j + z[j] * h[j];
     }
 }
 
-/* Forward workspaces: hg (B, 3H) = recurrent projection of the current step; for the
- * reset-before variant rh (B, H) = r * h_{t-1} when not saving. */
-typedef struct {
-    real *hg, *rh;
-} gru_work;
-
-static void gru_step_reset_after(real *y_t, real *h, real *gates_t, real *hn_t,
-                                 gru_work w, const real *w_hh, const real *b_hh,
-                                 const int64_t *lengths, ptrdiff_t t, ptrdiff_t B,
-                                 ptrdiff_t H) {
+/* One forward step. gates_t (B, 3H) holds [xr xz xn] on entry, the activated gates on
+ * exit; h (B, H) is the carried state; hg (B, 3H) workspace for the recurrent
+ * projections; extra_t (B, H) gets hn or r h (a workspace when not training). */
+static void gru_step_forward(real *y_t, real *h, real *gates_t, real *extra_t, real *hg,
+                             const gru_recurrent *rec, const real *b_hh, int reset_after,
+                             const int64_t *lengths, ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
-    FR_FN(fill_bias_rows)(w.hg, b_hh, NULL, B, G);
-    FR_FN(gemm)(0, 1, B, G, H, 1, h, H, w_hh, H, 1, w.hg, G); /* hg = h w_hh^T + b_hh */
+    FR_FN(fill_bias_rows)(hg, b_hh, NULL, B, G);
+    FR_FN(recurrent_product)(&rec->all_or_rz, hg, G, h, H, B, 1); /* hg += h w^T */
+    if (!reset_after) {
+        for (ptrdiff_t b = 0; b < B; b++) {
+            gru_cell_reset_update(gates_t + b * G, hg + b * G, H);
+            for (ptrdiff_t j = 0; j < H; j++) /* r h */
+                extra_t[b * H + j] = gates_t[b * G + j] * h[b * H + j];
+        }
+        FR_FN(recurrent_product)(&rec->n, hg + 2 * H, G, extra_t, H, B, 1);
+    }
     for (ptrdiff_t b = 0; b < B; b++) {
         if (!fr_step_valid(lengths, t, b)) {
             memset(y_t + b * H, 0, (size_t)H * sizeof(real));
             continue;
         }
-        const real *hn = w.hg + b * G + 2 * H;
-        gru_reset_update(gates_t + b * G, w.hg + b * G, H);
-        if (hn_t)
-            memcpy(hn_t + b * H, hn, (size_t)H * sizeof(real));
-        gru_new_state(gates_t + b * G, h + b * H, y_t + b * H, hn, 1, H);
-    }
-}
-
-static void gru_step_reset_before(real *y_t, real *h, real *gates_t, real *rh_t,
-                                  gru_work w, const real *w_hh, const real *b_hh,
-                                  const int64_t *lengths, ptrdiff_t t, ptrdiff_t B,
-                                  ptrdiff_t H) {
-    const ptrdiff_t G = 3 * H;
-    real *rh = rh_t ? rh_t : w.rh; /* (B, H) */
-    FR_FN(fill_bias_rows)(w.hg, b_hh, NULL, B, G);
-    FR_FN(gemm)(0, 1, B, 2 * H, H, 1, h, H, w_hh, H, 1, w.hg, G); /* [hr hz] */
-    for (ptrdiff_t b = 0; b < B; b++) {
-        real *r = gates_t + b * G;
-        gru_reset_update(r, w.hg + b * G, H);
-        for (ptrdiff_t j = 0; j < H; j++)
-            rh[b * H + j] = r[j] * h[b * H + j];
-    }
-    /* hg[n] = (r h) w_hh[n]^T + b_hn */
-    FR_FN(gemm)(0, 1, B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 1, w.hg + 2 * H, G);
-    for (ptrdiff_t b = 0; b < B; b++) {
-        if (!fr_step_valid(lengths, t, b)) {
-            memset(y_t + b * H, 0, (size_t)H * sizeof(real));
-            continue;
+        const real *hn = hg + b * G + 2 * H;
+        if (reset_after) {
+            gru_cell_reset_update(gates_t + b * G, hg + b * G, H);
+            memcpy(extra_t + b * H, hn, (size_t)H * sizeof(real));
         }
-        gru_new_state(gates_t + b * G, h + b * H, y_t + b * H, w.hg + b * G + 2 * H, 0, H);
+        gru_cell_new_state(gates_t + b * G, h + b * H, y_t + b * H, hn, reset_after, H);
     }
 }
 
@@ -102,111 +111,112 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
     real *gates = saved ? saved : FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 3H) */
-    gru_work w = {FR_FN(alloc_zeroed)(B * G), FR_FN(alloc_zeroed)(B * H)};
-    int status = FR_OK;
-    if (!gates || !w.hg || !w.rh) {
-        status = FR_ERR_NOMEM;
+    real *hg = FR_FN(alloc_zeroed)(B * G);                         /* (B, 3H) */
+    real *extra = saved ? NULL : FR_FN(alloc_zeroed)(B * H);       /* (B, H) unsaved */
+    gru_recurrent rec;
+    int status = FR_ERR_NOMEM;
+    if (!gates || !hg || (!saved && !extra) ||
+        gru_recurrent_init(&rec, w_hh, reset_after, 1, B, H) != FR_OK)
         goto done;
-    }
     gru_saved s = gru_saved_views(gates, T, B, H);
     FR_FN(input_projection)(gates, x, w_ih, b_ih, NULL, T * B, I, G);
     FR_FN(init_state)(h_n, h0, B * H);
-    for (ptrdiff_t t = 0; t < T; t++) {
-        real *extra_t = saved ? s.extra + t * B * H : NULL;
-        if (reset_after)
-            gru_step_reset_after(y + t * B * H, h_n, gates + t * B * G, extra_t, w, w_hh,
-                                 b_hh, lengths, t, B, H);
-        else
-            gru_step_reset_before(y + t * B * H, h_n, gates + t * B * G, extra_t, w, w_hh,
-                                  b_hh, lengths, t, B, H);
-    }
+    for (ptrdiff_t t = 0; t < T; t++)
+        gru_step_forward(y + t * B * H, h_n, gates + t * B * G,
+                         saved ? s.extra + t * B * H : extra, hg, &rec, b_hh, reset_after,
+                         lengths, t, B, H);
+    gru_recurrent_free(&rec);
+    status = FR_OK;
 done:
     if (!saved)
         free(gates);
-    free(w.hg);
-    free(w.rh);
+    free(hg);
+    free(extra);
     return status;
 }
 
-/* Backward of h_t = (1 - z) n + z h_{t-1} and n = tanh(...) for one row: writes
- * dz_pre and dn_pre (dL/d of the pre-activations of z and n) and returns nothing;
- * dh (H) holds dL/dh_t on entry and the direct part dL/dh_t * z on exit. */
-static inline void gru_update_backward(real *dGz, real *dGn, real *dh, const real *dy,
-                                       const real *z, const real *n, const real *h_prev,
-                                       ptrdiff_t H) {
+/* Backward of h_t = (1 - z) n + z h_{t-1} for one row: dGz, dGn (H) get dL/d of the
+ * pre-activations of z and n (n's up to the tanh); dh (H) holds dL/dh_t on entry and
+ * its direct part dL/dh_t * z on exit. */
+static inline void gru_cell_update_backward(real *restrict dGz, real *restrict dGn,
+                                            real *restrict dh, const real *restrict dy,
+                                            const real *restrict z, const real *restrict n,
+                                            const real *restrict h_prev, ptrdiff_t H) {
     for (ptrdiff_t j = 0; j < H; j++) {
-        real dh_j = fr_upstream(dy, j) + dh[j];
-        real h_prev_j = h_prev ? h_prev[j] : (real)0;
+        real dh_j = dy[j] + dh[j];
         dGn[j] = dh_j * ((real)1 - z[j]) * fr_dtanh_from_output(n[j]);
-        dGz[j] = dh_j * (h_prev_j - n[j]) * fr_dsigmoid_from_output(z[j]);
+        dGz[j] = dh_j * (h_prev[j] - n[j]) * fr_dsigmoid_from_output(z[j]);
         dh[j] = dh_j * z[j];
     }
 }
 
-/* Backward workspaces: dGh (T, B, 3H) = dL/d[hr hz hn] (reset_after only, where it
- * differs from dG in its n block); drh (B, H) = dL/d(r h_{t-1}) (reset before only). */
-typedef struct {
-    real *dGh, *drh;
-} gru_back_work;
-
-/* reset_after: n = tanh(xn + r hn). dG_t, dGh_t (B, 3H); dh (B, H) carried. */
-static void gru_step_backward_reset_after(real *dG_t, real *dGh_t, real *dh, const real *dy_t,
-                                          const real *gates_t, const real *hn_t,
-                                          const real *h_prev, const real *w_hh,
-                                          const int64_t *lengths, ptrdiff_t t, ptrdiff_t B,
-                                          ptrdiff_t H) {
-    const ptrdiff_t G = 3 * H;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        real *dGr = dG_t + b * G, *dGz = dGr + H, *dGn = dGr + 2 * H, *dGh_row = dGh_t + b * G;
-        if (!fr_step_valid(lengths, t, b)) {
-            memset(dGr, 0, (size_t)G * sizeof(real));
-            memset(dGh_row, 0, (size_t)G * sizeof(real));
-            continue;
-        }
-        const real *r = gates_t + b * G, *z = r + H, *n = r + 2 * H, *hn = hn_t + b * H;
-        gru_update_backward(dGz, dGn, dh + b * H, dy_t ? dy_t + b * H : NULL, z, n,
-                            h_prev ? h_prev + b * H : NULL, H);
-        for (ptrdiff_t j = 0; j < H; j++) {
-            dGr[j] = dGn[j] * hn[j] * fr_dsigmoid_from_output(r[j]);
-            dGh_row[j] = dGr[j];
-            dGh_row[H + j] = dGz[j];
-            dGh_row[2 * H + j] = dGn[j] * r[j];
-        }
+/* reset_after, one row: n = tanh(xn + r hn). dG (3H) = dL/d[xr xz xn]; dGh (3H) =
+ * dL/d[hr hz hn] (its n block is dGn * r). */
+static inline void gru_cell_backward_after(real *restrict dG, real *restrict dGh,
+                                           real *restrict dh, const real *restrict dy,
+                                           const real *restrict gates, const real *restrict hn,
+                                           const real *restrict h_prev, ptrdiff_t H) {
+    const real *restrict r = gates;
+    gru_cell_update_backward(dG + H, dG + 2 * H, dh, dy, gates + H, gates + 2 * H, h_prev, H);
+    for (ptrdiff_t j = 0; j < H; j++) {
+        real dGr = dG[2 * H + j] * hn[j] * fr_dsigmoid_from_output(r[j]);
+        dG[j] = dGh[j] = dGr;
+        dGh[H + j] = dG[H + j];
+        dGh[2 * H + j] = dG[2 * H + j] * r[j];
     }
-    FR_FN(gemm)(0, 0, B, H, G, 1, dGh_t, G, w_hh, H, 1, dh, H); /* dh += dGh_t w_hh */
 }
 
-/* reset before: n = tanh(xn + (r h) w_hh[n]^T + b_hn). dG_t (B, 3H); dh (B, H). */
-static void gru_step_backward_reset_before(real *dG_t, real *drh, real *dh, const real *dy_t,
-                                           const real *gates_t, const real *h_prev,
-                                           const real *w_hh, const int64_t *lengths,
-                                           ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
+/* Rows and strides of one backward step; dy and h_prev may be a zero row (stride 0). */
+typedef struct {
+    const real *dy, *h_prev, *gates, *extra;
+    ptrdiff_t dy_stride, h_prev_stride;
+} gru_step_inputs;
+
+static void gru_step_backward_after(real *dG_t, real *dGh_t, real *dh, gru_step_inputs in,
+                                    const gru_recurrent *rec, const int64_t *lengths,
+                                    ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
     for (ptrdiff_t b = 0; b < B; b++) {
-        real *dGr = dG_t + b * G;
         if (!fr_step_valid(lengths, t, b)) {
-            memset(dGr, 0, (size_t)G * sizeof(real));
+            memset(dG_t + b * G, 0, (size_t)G * sizeof(real));
+            memset(dGh_t + b * G, 0, (size_t)G * sizeof(real));
             continue;
         }
-        const real *z = gates_t + b * G + H, *n = z + H;
-        gru_update_backward(dGr + H, dGr + 2 * H, dh + b * H, dy_t ? dy_t + b * H : NULL, z,
-                            n, h_prev ? h_prev + b * H : NULL, H);
+        gru_cell_backward_after(dG_t + b * G, dGh_t + b * G, dh + b * H, in.dy + b * in.dy_stride,
+                                in.gates + b * G, in.extra + b * H,
+                                in.h_prev + b * in.h_prev_stride, H);
     }
-    /* drh (B, H) = dGn (B, H) w_hh[n] (H, H) */
-    FR_FN(gemm)(0, 0, B, H, H, 1, dG_t + 2 * H, G, w_hh + 2 * H * H, H, 0, drh, H);
+    FR_FN(recurrent_product)(&rec->all_or_rz, dh, H, dGh_t, G, B, 1); /* dh += dGh w_hh */
+}
+
+/* reset before: n = tanh(xn + (r h) w_hh[n]^T + b_hn). drh (B, H) = dL/d(r h) workspace. */
+static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_inputs in,
+                                     const gru_recurrent *rec, const int64_t *lengths,
+                                     ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
+    const ptrdiff_t G = 3 * H;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        if (!fr_step_valid(lengths, t, b)) {
+            memset(dG_t + b * G, 0, (size_t)G * sizeof(real));
+            continue;
+        }
+        const real *z = in.gates + b * G + H;
+        gru_cell_update_backward(dG_t + b * G + H, dG_t + b * G + 2 * H, dh + b * H,
+                                 in.dy + b * in.dy_stride, z, z + H,
+                                 in.h_prev + b * in.h_prev_stride, H);
+    }
+    FR_FN(recurrent_product)(&rec->n, drh, H, dG_t + 2 * H, G, B, 0); /* dGn w_hh[n] */
     for (ptrdiff_t b = 0; b < B; b++) {
         if (!fr_step_valid(lengths, t, b))
             continue;
         real *dGr = dG_t + b * G, *dh_row = dh + b * H;
-        const real *r = gates_t + b * G, *drh_row = drh + b * H;
+        const real *r = in.gates + b * G, *drh_row = drh + b * H;
+        const real *h_prev = in.h_prev + b * in.h_prev_stride;
         for (ptrdiff_t j = 0; j < H; j++) {
-            real h_prev_j = h_prev ? h_prev[b * H + j] : (real)0;
-            dGr[j] = drh_row[j] * h_prev_j * fr_dsigmoid_from_output(r[j]);
+            dGr[j] = drh_row[j] * h_prev[j] * fr_dsigmoid_from_output(r[j]);
             dh_row[j] += drh_row[j] * r[j];
         }
     }
-    /* dh += [dGr dGz] (B, 2H) w_hh[r, z] (2H, H) */
-    FR_FN(gemm)(0, 0, B, H, 2 * H, 1, dG_t, G, w_hh, H, 1, dh, H);
+    FR_FN(recurrent_product)(&rec->all_or_rz, dh, H, dG_t, G, B, 1); /* [dGr dGz] w_hh[r,z] */
 }
 
 int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
@@ -216,38 +226,45 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
     real *dG = FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
-    gru_back_work w = {reset_after ? FR_FN(alloc_zeroed)(T * B * G) : NULL,
-                       reset_after ? NULL : FR_FN(alloc_zeroed)(B * H)};
-    if (!dG || (reset_after ? !w.dGh : !w.drh)) {
-        free(dG);
-        free(w.dGh);
-        free(w.drh);
-        return FR_ERR_NOMEM;
-    }
+    /* reset_after: dGh (T, B, 3H) = dL/d[hr hz hn]; reset before: drh (B, H) */
+    real *work = FR_FN(alloc_zeroed)(reset_after ? T * B * G : B * H);
+    real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
+    gru_recurrent rec;
+    int status = FR_ERR_NOMEM;
+    if (!dG || !work || !zeros || gru_recurrent_init(&rec, w_hh, reset_after, 0, B, H) != FR_OK)
+        goto done;
     gru_saved s = gru_saved_views((real *)saved, T, B, H);
     real *dh = dh0; /* (B, H) carried; ends as dL/dh0 */
     FR_FN(init_state)(dh, dh_n, B * H);
     for (ptrdiff_t t = T - 1; t >= 0; t--) {
-        const real *h_prev = t > 0 ? y + (t - 1) * B * H : h0;
-        const real *dy_t = dy ? dy + t * B * H : NULL, *gates_t = s.gates + t * B * G;
+        gru_step_inputs in = {
+            dy ? dy + t * B * H : zeros,
+            t > 0 ? y + (t - 1) * B * H : h0 ? h0 : zeros,
+            s.gates + t * B * G,
+            s.extra + t * B * H,
+            dy ? H : 0,
+            (t > 0 || h0) ? H : 0,
+        };
         if (reset_after)
-            gru_step_backward_reset_after(dG + t * B * G, w.dGh + t * B * G, dh, dy_t, gates_t,
-                                          s.extra + t * B * H, h_prev, w_hh, lengths, t, B, H);
+            gru_step_backward_after(dG + t * B * G, work + t * B * G, dh, in, &rec, lengths, t,
+                                    B, H);
         else
-            gru_step_backward_reset_before(dG + t * B * G, w.drh, dh, dy_t, gates_t, h_prev,
-                                           w_hh, lengths, t, B, H);
+            gru_step_backward_before(dG + t * B * G, work, dh, in, &rec, lengths, t, B, H);
     }
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     if (reset_after) {
-        FR_FN(hidden_grads)(dw_hh, db_hh, w.dGh, G, h0, y, T, B, H, G);
+        FR_FN(hidden_grads)(dw_hh, db_hh, work, G, h0, y, T, B, H, G);
     } else {
         /* r and z see h_{t-1}; n sees r * h_{t-1}, saved for every step t. */
         FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, 2 * H);
         FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dG + 2 * H, G,
                             s.extra, s.extra + B * H, T, B, H, H);
     }
+    gru_recurrent_free(&rec);
+    status = FR_OK;
+done:
     free(dG);
-    free(w.dGh);
-    free(w.drh);
-    return FR_OK;
+    free(work);
+    free(zeros);
+    return status;
 }

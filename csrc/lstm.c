@@ -22,33 +22,42 @@ static lstm_saved lstm_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdif
     return s;
 }
 
-/* One step of the elementwise pass. gates_t (B, 4H) holds the pre-activations on entry
- * and the activated gates on exit; h, c (B, H) carry the state; y_t (B, H) gets h_t;
- * c_t, tanh_c_t (B, H) save c_t and tanh(c_t) when not NULL (training). */
+/* One row of the elementwise pass (restrict: the loop vectorizes). gates (4H) holds the
+ * pre-activations on entry and the activated gates on exit; c, h (H) are the carried
+ * state, updated; y (H) gets h_t; c_save, tanh_c_save (H) get c_t and tanh(c_t). */
+static inline void lstm_cell_forward(real *restrict gates, real *restrict c, real *restrict h,
+                                     real *restrict y, real *restrict c_save,
+                                     real *restrict tanh_c_save, ptrdiff_t H) {
+    real *restrict gi = gates, *restrict gf = gates + H;
+    real *restrict gg = gates + 2 * H, *restrict go = gates + 3 * H;
+    for (ptrdiff_t j = 0; j < H; j++) {
+        real i = fr_sigmoid(gi[j]), f = fr_sigmoid(gf[j]);
+        real g = fr_tanh(gg[j]), o = fr_sigmoid(go[j]);
+        real c_new = f * c[j] + i * g;
+        real tc = fr_tanh(c_new);
+        gi[j] = i;
+        gf[j] = f;
+        gg[j] = g;
+        go[j] = o;
+        c[j] = c_save[j] = c_new;
+        tanh_c_save[j] = tc;
+        h[j] = y[j] = o * tc;
+    }
+}
+
+/* One step of the elementwise pass over the batch: gates_t (B, 4H), state h, c (B, H),
+ * y_t (B, H); c_t, tanh_c_t (B, H) save c_t and tanh(c_t) (a one-row scratch with
+ * stride 0 when inference keeps nothing). Rows past their length keep their state. */
 static void lstm_step_forward(real *y_t, real *h, real *c, real *gates_t, real *c_t,
-                              real *tanh_c_t, const int64_t *lengths, ptrdiff_t t,
-                              ptrdiff_t B, ptrdiff_t H) {
+                              real *tanh_c_t, ptrdiff_t save_stride, const int64_t *lengths,
+                              ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
     for (ptrdiff_t b = 0; b < B; b++) {
-        real *y_row = y_t + b * H, *h_row = h + b * H, *c_row = c + b * H;
         if (!fr_step_valid(lengths, t, b)) {
-            memset(y_row, 0, (size_t)H * sizeof(real));
+            memset(y_t + b * H, 0, (size_t)H * sizeof(real));
             continue;
         }
-        real *gi = gates_t + b * 4 * H, *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            gi[j] = fr_sigmoid(gi[j]);
-            gf[j] = fr_sigmoid(gf[j]);
-            gg[j] = fr_tanh(gg[j]);
-            go[j] = fr_sigmoid(go[j]);
-            real c_new = gf[j] * c_row[j] + gi[j] * gg[j];
-            real tc = fr_tanh(c_new);
-            c_row[j] = c_new;
-            h_row[j] = y_row[j] = go[j] * tc;
-            if (c_t) {
-                c_t[b * H + j] = c_new;
-                tanh_c_t[b * H + j] = tc;
-            }
-        }
+        lstm_cell_forward(gates_t + b * 4 * H, c + b * H, h + b * H, y_t + b * H,
+                          c_t + b * save_stride, tanh_c_t + b * save_stride, H);
     }
 }
 
@@ -59,52 +68,73 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     const ptrdiff_t G = 4 * H;
     /* Inference keeps no saved block: the gates go to a workspace freed on return. */
     real *gates = saved ? saved : FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 4H) */
-    if (!gates)
+    real *scratch = saved ? NULL : FR_FN(alloc_zeroed)(2 * H); /* c_t, tanh(c_t) unsaved */
+    fr_recurrent rec; /* gates_t += h w_hh^T */
+    if (!gates || (!saved && !scratch) ||
+        FR_FN(recurrent_init)(&rec, w_hh, H, G, 1, B) != FR_OK) {
+        if (!saved)
+            free(gates);
+        free(scratch);
         return FR_ERR_NOMEM;
+    }
     lstm_saved s = lstm_saved_views(gates, T, B, H);
     FR_FN(input_projection)(gates, x, w_ih, b_ih, b_hh, T * B, I, G);
     FR_FN(init_state)(h_n, h0, B * H);
     FR_FN(init_state)(c_n, c0, B * H);
     for (ptrdiff_t t = 0; t < T; t++) {
         real *gates_t = gates + t * B * G;
-        FR_FN(gemm)(0, 1, B, G, H, 1, h_n, H, w_hh, H, 1, gates_t, G); /* += h w_hh^T */
-        lstm_step_forward(y + t * B * H, h_n, c_n, gates_t, saved ? s.c + t * B * H : NULL,
-                          saved ? s.tanh_c + t * B * H : NULL, lengths, t, B, H);
+        FR_FN(recurrent_product)(&rec, gates_t, G, h_n, H, B, 1);
+        if (saved)
+            lstm_step_forward(y + t * B * H, h_n, c_n, gates_t, s.c + t * B * H,
+                              s.tanh_c + t * B * H, H, lengths, t, B, H);
+        else
+            lstm_step_forward(y + t * B * H, h_n, c_n, gates_t, scratch, scratch + H, 0,
+                              lengths, t, B, H);
     }
+    FR_FN(recurrent_free)(&rec);
     if (!saved)
         free(gates);
+    free(scratch);
     return FR_OK;
 }
 
-/* One step backward. dh, dc (B, H) hold dL/dh_t, dL/dc_t carried from step t+1; on
- * exit dc holds dL/dc_{t-1} and dh is 0 for rows inside their sequence (the recurrent
- * GEMM then adds dG_t w_hh); rows past their length keep dh and dc and get dG_t = 0.
- * dG_t (B, 4H) = dL/d[a_i a_f a_g a_o]. c_prev (B, H) is c_{t-1} (NULL = zeros). */
+/* One row backward (restrict: the loop vectorizes). dh, dc (H) hold dL/dh_t, dL/dc_t
+ * carried from step t+1; on exit dc holds dL/dc_{t-1} and dh is 0, ready for the
+ * recurrent GEMM to add dG w_hh. dG (4H) = dL/d[a_i a_f a_g a_o]; c_prev (H) is c_{t-1}. */
+static inline void lstm_cell_backward(real *restrict dG, real *restrict dh, real *restrict dc,
+                                      const real *restrict dy, const real *restrict gates,
+                                      const real *restrict tanh_c,
+                                      const real *restrict c_prev, ptrdiff_t H) {
+    const real *restrict gi = gates, *restrict gf = gates + H;
+    const real *restrict gg = gates + 2 * H, *restrict go = gates + 3 * H;
+    for (ptrdiff_t j = 0; j < H; j++) {
+        real dh_j = dy[j] + dh[j];
+        /* h = o tanh(c);  c = f c_prev + i g */
+        real dc_j = dc[j] + dh_j * go[j] * fr_dtanh_from_output(tanh_c[j]);
+        dG[3 * H + j] = dh_j * tanh_c[j] * fr_dsigmoid_from_output(go[j]);
+        dG[j] = dc_j * gg[j] * fr_dsigmoid_from_output(gi[j]);
+        dG[H + j] = dc_j * c_prev[j] * fr_dsigmoid_from_output(gf[j]);
+        dG[2 * H + j] = dc_j * gi[j] * fr_dtanh_from_output(gg[j]);
+        dc[j] = dc_j * gf[j];
+        dh[j] = 0;
+    }
+}
+
+/* One step backward over the batch. dh, dc (B, H) carried; dG_t (B, 4H) written; rows
+ * past their length keep dh and dc and get dG_t = 0. dy_t (B, H) and c_prev (B, H)
+ * may be a zero row with stride 0 (no upstream gradient, zero initial cell state). */
 static void lstm_step_backward(real *dG_t, real *dh, real *dc, const real *dy_t,
-                               const real *gates_t, const real *tanh_c_t,
-                               const real *c_prev, const int64_t *lengths, ptrdiff_t t,
-                               ptrdiff_t B, ptrdiff_t H) {
+                               ptrdiff_t dy_stride, const real *gates_t, const real *tanh_c_t,
+                               const real *c_prev, ptrdiff_t c_prev_stride,
+                               const int64_t *lengths, ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
     for (ptrdiff_t b = 0; b < B; b++) {
-        real *dGi = dG_t + b * 4 * H, *dGf = dGi + H, *dGg = dGi + 2 * H, *dGo = dGi + 3 * H;
         if (!fr_step_valid(lengths, t, b)) {
-            memset(dGi, 0, (size_t)(4 * H) * sizeof(real));
+            memset(dG_t + b * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
             continue;
         }
-        const real *gi = gates_t + b * 4 * H, *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-        const real *tc = tanh_c_t + b * H, *dy_row = dy_t ? dy_t + b * H : NULL;
-        real *dh_row = dh + b * H, *dc_row = dc + b * H;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            real dh_j = fr_upstream(dy_row, j) + dh_row[j];
-            /* h = o tanh(c);  c = f c_prev + i g */
-            real dc_j = dc_row[j] + dh_j * go[j] * fr_dtanh_from_output(tc[j]);
-            real c_prev_j = c_prev ? c_prev[b * H + j] : (real)0;
-            dGo[j] = dh_j * tc[j] * fr_dsigmoid_from_output(go[j]);
-            dGi[j] = dc_j * gg[j] * fr_dsigmoid_from_output(gi[j]);
-            dGf[j] = dc_j * c_prev_j * fr_dsigmoid_from_output(gf[j]);
-            dGg[j] = dc_j * gi[j] * fr_dtanh_from_output(gg[j]);
-            dc_row[j] = dc_j * gf[j];
-            dh_row[j] = 0;
-        }
+        lstm_cell_backward(dG_t + b * 4 * H, dh + b * H, dc + b * H, dy_t + b * dy_stride,
+                           gates_t + b * 4 * H, tanh_c_t + b * H, c_prev + b * c_prev_stride,
+                           H);
     }
 }
 
@@ -116,21 +146,30 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                          ptrdiff_t H) {
     const ptrdiff_t G = 4 * H;
     real *dG = FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
-    if (!dG)
+    real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
+    fr_recurrent rec;                          /* dh += dG_t w_hh */
+    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, G, H, 0, B) != FR_OK) {
+        free(dG);
+        free(zeros);
         return FR_ERR_NOMEM;
+    }
     lstm_saved s = lstm_saved_views((real *)saved, T, B, H);
     real *dh = dh0, *dc = dc0; /* (B, H) carried; they end as dL/dh0 and dL/dc0 */
     FR_FN(init_state)(dh, dh_n, B * H);
     FR_FN(init_state)(dc, dc_n, B * H);
     for (ptrdiff_t t = T - 1; t >= 0; t--) {
         real *dG_t = dG + t * B * G;
-        const real *c_prev = t > 0 ? s.c + (t - 1) * B * H : c0;
-        lstm_step_backward(dG_t, dh, dc, dy ? dy + t * B * H : NULL, s.gates + t * B * G,
-                           s.tanh_c + t * B * H, c_prev, lengths, t, B, H);
-        FR_FN(gemm)(0, 0, B, H, G, 1, dG_t, G, w_hh, H, 1, dh, H); /* dh += dG_t w_hh */
+        const real *c_prev = t > 0 ? s.c + (t - 1) * B * H : c0 ? c0 : zeros;
+        ptrdiff_t c_prev_stride = (t > 0 || c0) ? H : 0;
+        lstm_step_backward(dG_t, dh, dc, dy ? dy + t * B * H : zeros, dy ? H : 0,
+                           s.gates + t * B * G, s.tanh_c + t * B * H, c_prev, c_prev_stride,
+                           lengths, t, B, H);
+        FR_FN(recurrent_product)(&rec, dh, H, dG_t, G, B, 1);
     }
+    FR_FN(recurrent_free)(&rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, G);
     free(dG);
+    free(zeros);
     return FR_OK;
 }

@@ -9,25 +9,26 @@
 #include "act.h"
 #include "seq.h"
 
-static inline real rnn_act(real a, int relu) { return relu ? fr_relu(a) : fr_tanh(a); }
-
-static inline real rnn_dact(real y, int relu) {
-    return relu ? fr_drelu_from_output(y) : fr_dtanh_from_output(y);
+/* One row of the elementwise pass: y (H) holds a_t on entry and h_t on exit; the
+ * carried state h (H) gets h_t too. One loop per activation, so each vectorizes. */
+static inline void rnn_cell_forward(real *restrict y, real *restrict h, int relu, ptrdiff_t H) {
+    if (relu)
+        for (ptrdiff_t j = 0; j < H; j++)
+            h[j] = y[j] = fr_relu(y[j]);
+    else
+        for (ptrdiff_t j = 0; j < H; j++)
+            h[j] = y[j] = fr_tanh(y[j]);
 }
 
-/* One step of the elementwise pass: pre (B, H) holds a_t on entry; writes y_t (B, H)
- * and the carried state h (B, H) for rows still inside their sequence. */
-static void rnn_step_forward(real *y_t, real *h, const real *pre, const int64_t *lengths,
-                             int relu, ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
+/* One step of the elementwise pass: y_t (B, H) holds a_t on entry; writes y_t and the
+ * carried state h (B, H) for rows inside their sequence, zeros y_t past a length. */
+static void rnn_step_forward(real *y_t, real *h, const int64_t *lengths, int relu, ptrdiff_t t,
+                             ptrdiff_t B, ptrdiff_t H) {
     for (ptrdiff_t b = 0; b < B; b++) {
-        real *y_row = y_t + b * H, *h_row = h + b * H;
-        const real *a_row = pre + b * H;
-        if (!fr_step_valid(lengths, t, b)) {
-            memset(y_row, 0, (size_t)H * sizeof(real));
-            continue;
-        }
-        for (ptrdiff_t j = 0; j < H; j++)
-            h_row[j] = y_row[j] = rnn_act(a_row[j], relu);
+        if (fr_step_valid(lengths, t, b))
+            rnn_cell_forward(y_t + b * H, h + b * H, relu, H);
+        else
+            memset(y_t + b * H, 0, (size_t)H * sizeof(real));
     }
 }
 
@@ -37,33 +38,45 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
                        ptrdiff_t I, ptrdiff_t H) {
     /* The pre-activations of step t are built in y[t] and activated in place; h_n
      * carries the state (it differs from y[t] for rows past their length). */
+    fr_recurrent rec; /* a_t += h w_hh^T */
+    if (FR_FN(recurrent_init)(&rec, w_hh, H, H, 1, B) != FR_OK)
+        return FR_ERR_NOMEM;
     FR_FN(input_projection)(y, x, w_ih, b_ih, b_hh, T * B, I, H);
     FR_FN(init_state)(h_n, h0, B * H);
     for (ptrdiff_t t = 0; t < T; t++) {
         real *y_t = y + t * B * H;
-        FR_FN(gemm)(0, 1, B, H, H, 1, h_n, H, w_hh, H, 1, y_t, H); /* a_t += h w_hh^T */
-        rnn_step_forward(y_t, h_n, y_t, lengths, relu, t, B, H);
+        FR_FN(recurrent_product)(&rec, y_t, H, h_n, H, B, 1);
+        rnn_step_forward(y_t, h_n, lengths, relu, t, B, H);
     }
+    FR_FN(recurrent_free)(&rec);
     return FR_OK;
 }
 
-/* One step backward: dh (B, H) holds dL/dh_t carried from step t+1. Writes
- * dG_t (B, H) = dL/da_t and, for rows inside their sequence, resets dh to 0 so the
- * recurrent GEMM can add dG_t w_hh onto it; rows past their length keep dh. */
-static void rnn_step_backward(real *dG_t, real *dh, const real *dy_t, const real *y_t,
-                              const int64_t *lengths, int relu, ptrdiff_t t, ptrdiff_t B,
-                              ptrdiff_t H) {
+/* One row backward: dG (H) = dL/da_t from dy (H) and the carried dh (H) = dL/dh_t;
+ * then dh = 0, ready for the recurrent GEMM to add dG w_hh. */
+static inline void rnn_cell_backward(real *restrict dG, real *restrict dh,
+                                     const real *restrict dy, const real *restrict y, int relu,
+                                     ptrdiff_t H) {
+    if (relu)
+        for (ptrdiff_t j = 0; j < H; j++)
+            dG[j] = (dy[j] + dh[j]) * fr_drelu_from_output(y[j]);
+    else
+        for (ptrdiff_t j = 0; j < H; j++)
+            dG[j] = (dy[j] + dh[j]) * fr_dtanh_from_output(y[j]);
+    memset(dh, 0, (size_t)H * sizeof(real));
+}
+
+/* One step backward: dG_t (B, H) written; dh (B, H) carried. Rows past their length
+ * keep dh and get dG_t = 0. dy_t may be a zero row with stride 0. */
+static void rnn_step_backward(real *dG_t, real *dh, const real *dy_t, ptrdiff_t dy_stride,
+                              const real *y_t, const int64_t *lengths, int relu, ptrdiff_t t,
+                              ptrdiff_t B, ptrdiff_t H) {
     for (ptrdiff_t b = 0; b < B; b++) {
-        real *dG_row = dG_t + b * H, *dh_row = dh + b * H;
-        if (!fr_step_valid(lengths, t, b)) {
-            memset(dG_row, 0, (size_t)H * sizeof(real));
-            continue;
-        }
-        const real *dy_row = dy_t ? dy_t + b * H : NULL, *y_row = y_t + b * H;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            dG_row[j] = (fr_upstream(dy_row, j) + dh_row[j]) * rnn_dact(y_row[j], relu);
-            dh_row[j] = 0;
-        }
+        if (fr_step_valid(lengths, t, b))
+            rnn_cell_backward(dG_t + b * H, dh + b * H, dy_t + b * dy_stride, y_t + b * H,
+                              relu, H);
+        else
+            memset(dG_t + b * H, 0, (size_t)H * sizeof(real));
     }
 }
 
@@ -73,18 +86,25 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
                         ptrdiff_t I, ptrdiff_t H) {
     real *dG = FR_FN(alloc_zeroed)(T * B * H); /* (T, B, H) dL/da_t */
-    if (!dG)
+    real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
+    fr_recurrent rec;                          /* dh += dG_t w_hh */
+    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, H, H, 0, B) != FR_OK) {
+        free(dG);
+        free(zeros);
         return FR_ERR_NOMEM;
+    }
     real *dh = dh0; /* (B, H) carried dL/dh_t, ends as dL/dh0 */
     FR_FN(init_state)(dh, dh_n, B * H);
     for (ptrdiff_t t = T - 1; t >= 0; t--) {
         real *dG_t = dG + t * B * H;
-        rnn_step_backward(dG_t, dh, dy ? dy + t * B * H : NULL, y + t * B * H, lengths, relu,
-                          t, B, H);
-        FR_FN(gemm)(0, 0, B, H, H, 1, dG_t, H, w_hh, H, 1, dh, H); /* dh += dG_t w_hh */
+        rnn_step_backward(dG_t, dh, dy ? dy + t * B * H : zeros, dy ? H : 0, y + t * B * H,
+                          lengths, relu, t, B, H);
+        FR_FN(recurrent_product)(&rec, dh, H, dG_t, H, B, 1);
     }
+    FR_FN(recurrent_free)(&rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, H);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, H, h0, y, T, B, H, H);
     free(dG);
+    free(zeros);
     return FR_OK;
 }

@@ -13,6 +13,11 @@
 
 #include "blas.h"
 #include "fastrnn.h"
+#include "gemm_small.h"
+
+/* Batches up to this size run their per-step recurrent products on our packed kernel
+ * (gemm_small.h); larger ones call BLAS. */
+#define FR_SMALL_BATCH 16
 
 /* Whether row b is still inside its sequence at step t. */
 static inline int fr_step_valid(const int64_t *lengths, ptrdiff_t t, ptrdiff_t b) {
@@ -87,9 +92,49 @@ static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG,
     FR_FN(add_column_sums)(db_hh, dG, T * B, n, ld);
 }
 
-/* Upstream gradient of output y[t] row b (zero when dy is NULL). */
-static inline real fr_upstream(const real *dy_row, ptrdiff_t j) {
-    return dy_row ? dy_row[j] : (real)0;
+/* The weight side of a per-step recurrent product C (B, N) (+)= A (B, K) . op(W), set
+ * up once per sequence: op(W) = W^T for W (N, K) (transpose) or W (K, N); packed for
+ * small batches, else handed to BLAS as is. */
+typedef struct {
+    const real *w;
+    real *panel; /* packed op(W), or NULL when BLAS runs the product */
+    ptrdiff_t K, N;
+    int transpose;
+} fr_recurrent;
+
+/* Returns 0, or FR_ERR_NOMEM when packing fails. */
+static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_t K,
+                                        ptrdiff_t N, int transpose, ptrdiff_t B) {
+    r->w = w;
+    r->K = K;
+    r->N = N;
+    r->transpose = transpose;
+    r->panel = NULL;
+    if (B > FR_SMALL_BATCH)
+        return FR_OK;
+    r->panel = FR_FN(pack_panel)(w, K, N, transpose);
+    return r->panel ? FR_OK : FR_ERR_NOMEM;
+}
+
+static inline void FR_FN(recurrent_free)(fr_recurrent *r) {
+    free(r->panel);
+    r->panel = NULL;
+}
+
+/* C (B, N) = A (B, K) . op(W) + (accumulate ? C : 0), rows with leading dims lda, ldc. */
+static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrdiff_t ldc,
+                                            const real *A, ptrdiff_t lda, ptrdiff_t B,
+                                            int accumulate) {
+    if (r->panel == NULL) {
+        ptrdiff_t ldw = r->transpose ? r->K : r->N;
+        FR_FN(gemm)(0, r->transpose, B, r->N, r->K, 1, A, lda, r->w, ldw,
+                    accumulate ? 1 : 0, C, ldc);
+        return;
+    }
+    if (!accumulate)
+        for (ptrdiff_t b = 0; b < B; b++)
+            memset(C + b * ldc, 0, (size_t)r->N * sizeof(real));
+    FR_FN(gemm_packed)(C, ldc, A, lda, r->panel, B, r->N, r->K);
 }
 
 #endif

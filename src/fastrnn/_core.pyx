@@ -205,3 +205,35 @@ def gru_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
                                          ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
                                          reset_after, T, B, I, H)
     check(status)
+
+
+cdef extern from "fastrnn.h":
+    int fr_detect_isa()
+    int fr_set_isa(int level)
+    int fr_isa_level
+
+ISA_NAMES = ("portable", "avx2", "avx512")
+
+
+def available_isas():
+    """The instruction-set variants of the kernels this CPU can run, slowest first."""
+    return ISA_NAMES[:fr_detect_isa() + 1]
+
+
+def get_isa():
+    """The instruction-set variant the kernels run now."""
+    return ISA_NAMES[fr_isa_level]
+
+
+def set_isa(name):
+    """Run the kernels' ``name`` variant ('portable', 'avx2', 'avx512'); returns the one set.
+
+    A level the CPU lacks is lowered to the best it has. Meant for tests and benchmarks;
+    the default is the best available.
+    """
+    if name not in ISA_NAMES:
+        raise ValueError(f"isa must be one of {ISA_NAMES}, got {name!r}")
+    return ISA_NAMES[fr_set_isa(ISA_NAMES.index(name))]
+
+
+fr_set_isa(fr_detect_isa())

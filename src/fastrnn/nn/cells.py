@@ -25,6 +25,10 @@ Equations (``x`` the input, ``h``, ``c`` the previous state)::
               n = tanh(x W_inᵀ + b_in + (r h) W_hnᵀ + b_hn)       reset_after=False (Keras)
               h' = (1 - z) n + z h
 
+Constructors: ``(input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None)``,
+plus ``nonlinearity='tanh'|'relu'`` (RNNCell, 4th positional as in torch) and
+``reset_after=True`` (GRUCell); ``seed`` is None, an int or a ``numpy.random.Generator``.
+
 Backward without autograd: every call in training mode pushes what its backward needs onto
 a stack; ``backward`` pops the latest one, so backward calls must come in the reverse order
 of the forward calls. Each returns the gradients of that call's input and previous state,
@@ -40,29 +44,13 @@ import numpy as np
 
 from .. import ops
 from .._common import as_array, check_nonlinearity
+from .layers import _float_dtype, _positive_int
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _DEFAULT_OPTIONS = {"nonlinearity": "tanh", "reset_after": True}  # left out of repr
-
-
-def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        dtype = None
-    if dtype not in _DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dtype
 
 
 class _Cell(Module):
@@ -75,10 +63,10 @@ class _Cell(Module):
 
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
         super().__init__()
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
-        self.dtype = _check_dtype(dtype)
+        self.dtype = _float_dtype(dtype)
         self._caches = []
         self._init_parameters(np.random.default_rng(seed))
 
@@ -154,7 +142,7 @@ class _Cell(Module):
         states = self._check_states(names, states, x.shape[0], batched)
         new_states, cache = self._step(x, states)
         if self.training:
-            self._caches.append((cache, batched))
+            self._caches.append((cache, x.shape[0], batched))
         return tuple(s if batched else s[0] for s in new_states)
 
     def _backward(self, dstates):
@@ -163,9 +151,8 @@ class _Cell(Module):
             raise RuntimeError(
                 f"{type(self).__name__}.backward: no forward left to backpropagate; call "
                 "the cell in training mode (cell.train()) first, one forward per backward")
-        cache, batched = self._caches[-1]
+        cache, batch, batched = self._caches[-1]
         names = ("dh", "dc")[:self._n_states]
-        batch = cache.inputs.B
         dstates = self._check_states(names, dstates, batch, batched)
         dx, dstates_prev, param_grads = self._step_backward(cache, dstates)
         self._caches.pop()

@@ -76,10 +76,10 @@ class Linear(Module):
     def forward(self, x) -> np.ndarray:
         x = _as_input("x", x, self.weight.dtype, self.in_features)
         self._x = x if self.training else None
-        y = x @ self.weight.value.T
+        y = x.reshape(-1, self.in_features) @ self.weight.value.T    # one GEMM, (N, out)
         if self.bias is not None:
             y += self.bias.value
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dy) -> np.ndarray:
         _need_cache(self, self._x)
@@ -91,7 +91,7 @@ class Linear(Module):
         self.weight.grad += dy2.T @ self._x.reshape(-1, self.in_features)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return dy @ self.weight.value                           # (..., in)
+        return (dy2 @ self.weight.value).reshape(self._x.shape)   # (..., in)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
