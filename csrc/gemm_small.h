@@ -104,4 +104,51 @@ static inline void FR_FN(gemm_packed)(real *C, ptrdiff_t ldc, const real *A, ptr
     }
 }
 
+/* The sum of a vector's lanes, as a tree of halvings (which the compiler vectorizes). */
+static inline real FR_FN(lane_sum)(fr_vec v) {
+    real lanes[FR_VLEN];
+    memcpy(lanes, &v, sizeof lanes);
+    for (ptrdiff_t width = FR_VLEN / 2; width >= 1; width /= 2)
+        for (ptrdiff_t i = 0; i < width; i++)
+            lanes[i] += lanes[i + width];
+    return lanes[0];
+}
+
+/* Short sequences do not repay packing: C (M, N) += A (M, K) . W^T with W (N, K) row-major,
+ * as dot products along W's contiguous rows (forward: h w_hh^T). */
+static inline void FR_FN(gemm_direct_nt)(real *C, ptrdiff_t ldc, const real *A, ptrdiff_t lda,
+                                         const real *W, ptrdiff_t M, ptrdiff_t N,
+                                         ptrdiff_t K) {
+    for (ptrdiff_t m = 0; m < M; m++) {
+        const real *a = A + m * lda;
+        for (ptrdiff_t n = 0; n < N; n++) {
+            const real *w = W + n * K;
+            fr_vec acc = {0};
+            ptrdiff_t k = 0;
+            for (; k + FR_VLEN <= K; k += FR_VLEN)
+                acc += *(const fr_vec_u *)(a + k) * *(const fr_vec_u *)(w + k);
+            real sum = FR_FN(lane_sum)(acc);
+            for (; k < K; k++)
+                sum += a[k] * w[k];
+            C[m * ldc + n] += sum;
+        }
+    }
+}
+
+/* C (M, N) += A (M, K) . W with W (K, N) row-major, as row updates C[m] += A[m, k] W[k]
+ * (backward: dG w_hh). */
+static inline void FR_FN(gemm_direct_nn)(real *C, ptrdiff_t ldc, const real *A, ptrdiff_t lda,
+                                         const real *W, ptrdiff_t M, ptrdiff_t N,
+                                         ptrdiff_t K) {
+    for (ptrdiff_t m = 0; m < M; m++) {
+        real *restrict c = C + m * ldc;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            real a = A[m * lda + k];
+            const real *restrict w = W + k * N;
+            for (ptrdiff_t n = 0; n < N; n++)
+                c[n] += a * w[n];
+        }
+    }
+}
+
 #endif

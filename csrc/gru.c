@@ -33,15 +33,15 @@ typedef struct {
 } gru_recurrent;
 
 static int gru_recurrent_init(gru_recurrent *rec, const real *w_hh, int reset_after,
-                              int forward, ptrdiff_t B, ptrdiff_t H) {
+                              int forward, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
     /* forward: h (B, H) . w^T;  backward: dG (B, rows) . w */
     ptrdiff_t rows = reset_after ? 3 * H : 2 * H;
     rec->n.panel = NULL;
     if (FR_FN(recurrent_init)(&rec->all_or_rz, w_hh, forward ? H : rows, forward ? rows : H,
-                              forward, B) != FR_OK)
+                              forward, T, B) != FR_OK)
         return FR_ERR_NOMEM;
     if (!reset_after &&
-        FR_FN(recurrent_init)(&rec->n, w_hh + 2 * H * H, H, H, forward, B) != FR_OK) {
+        FR_FN(recurrent_init)(&rec->n, w_hh + 2 * H * H, H, H, forward, T, B) != FR_OK) {
         FR_FN(recurrent_free)(&rec->all_or_rz);
         return FR_ERR_NOMEM;
     }
@@ -116,7 +116,7 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
     gru_recurrent rec;
     int status = FR_ERR_NOMEM;
     if (!gates || !hg || (!saved && !extra) ||
-        gru_recurrent_init(&rec, w_hh, reset_after, 1, B, H) != FR_OK)
+        gru_recurrent_init(&rec, w_hh, reset_after, 1, T, B, H) != FR_OK)
         goto done;
     gru_saved s = gru_saved_views(gates, T, B, H);
     FR_FN(input_projection)(gates, x, w_ih, b_ih, NULL, T * B, I, G);
@@ -231,7 +231,7 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
     gru_recurrent rec;
     int status = FR_ERR_NOMEM;
-    if (!dG || !work || !zeros || gru_recurrent_init(&rec, w_hh, reset_after, 0, B, H) != FR_OK)
+    if (!dG || !work || !zeros || gru_recurrent_init(&rec, w_hh, reset_after, 0, T, B, H) != FR_OK)
         goto done;
     gru_saved s = gru_saved_views((real *)saved, T, B, H);
     real *dh = dh0; /* (B, H) carried; ends as dL/dh0 */

@@ -71,7 +71,7 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     real *scratch = saved ? NULL : FR_FN(alloc_zeroed)(2 * H); /* c_t, tanh(c_t) unsaved */
     fr_recurrent rec; /* gates_t += h w_hh^T */
     if (!gates || (!saved && !scratch) ||
-        FR_FN(recurrent_init)(&rec, w_hh, H, G, 1, B) != FR_OK) {
+        FR_FN(recurrent_init)(&rec, w_hh, H, G, 1, T, B) != FR_OK) {
         if (!saved)
             free(gates);
         free(scratch);
@@ -148,7 +148,7 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     real *dG = FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
     fr_recurrent rec;                          /* dh += dG_t w_hh */
-    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, G, H, 0, B) != FR_OK) {
+    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, G, H, 0, T, B) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;

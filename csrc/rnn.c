@@ -39,7 +39,7 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
     /* The pre-activations of step t are built in y[t] and activated in place; h_n
      * carries the state (it differs from y[t] for rows past their length). */
     fr_recurrent rec; /* a_t += h w_hh^T */
-    if (FR_FN(recurrent_init)(&rec, w_hh, H, H, 1, B) != FR_OK)
+    if (FR_FN(recurrent_init)(&rec, w_hh, H, H, 1, T, B) != FR_OK)
         return FR_ERR_NOMEM;
     FR_FN(input_projection)(y, x, w_ih, b_ih, b_hh, T * B, I, H);
     FR_FN(init_state)(h_n, h0, B * H);
@@ -88,7 +88,7 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     real *dG = FR_FN(alloc_zeroed)(T * B * H); /* (T, B, H) dL/da_t */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
     fr_recurrent rec;                          /* dh += dG_t w_hh */
-    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, H, H, 0, B) != FR_OK) {
+    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, H, H, 0, T, B) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;

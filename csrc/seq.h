@@ -15,9 +15,13 @@
 #include "fastrnn.h"
 #include "gemm_small.h"
 
-/* Batches up to this size run their per-step recurrent products on our packed kernel
- * (gemm_small.h); larger ones call BLAS. */
+/* Batches up to this size run their per-step recurrent products on our own kernels
+ * (gemm_small.h), larger ones on BLAS. Sequences of at least FR_PACK_STEPS steps pack
+ * the weight first; shorter ones (a streaming step) use it as it is. */
 #define FR_SMALL_BATCH 16
+#define FR_PACK_STEPS 8
+/* Products with at most this many rows skip BLAS (its call overhead dominates). */
+#define FR_DIRECT_ROWS 4
 
 /* Whether row b is still inside its sequence at step t. */
 static inline int fr_step_valid(const int64_t *lengths, ptrdiff_t t, ptrdiff_t b) {
@@ -44,7 +48,10 @@ static inline void FR_FN(input_projection)(real *proj, const real *x, const real
                                            const real *bias_a, const real *bias_b,
                                            ptrdiff_t rows, ptrdiff_t I, ptrdiff_t GH) {
     FR_FN(fill_bias_rows)(proj, bias_a, bias_b, rows, GH);
-    FR_FN(gemm)(0, 1, rows, GH, I, 1, x, I, w_ih, I, 1, proj, GH);
+    if (rows <= FR_DIRECT_ROWS)
+        FR_FN(gemm_direct_nt)(proj, GH, x, I, w_ih, rows, GH, I);
+    else
+        FR_FN(gemm)(0, 1, rows, GH, I, 1, x, I, w_ih, I, 1, proj, GH);
 }
 
 /* The initial state, or zeros when it is NULL: state (B, H) = init or 0. */
@@ -97,20 +104,22 @@ static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG,
  * small batches, else handed to BLAS as is. */
 typedef struct {
     const real *w;
-    real *panel; /* packed op(W), or NULL when BLAS runs the product */
+    real *panel; /* packed op(W), or NULL */
+    int direct;  /* 1: our unpacked loops; 0 with no panel: BLAS */
     ptrdiff_t K, N;
     int transpose;
 } fr_recurrent;
 
-/* Returns 0, or FR_ERR_NOMEM when packing fails. */
+/* Set up for T steps of batch B. Returns 0, or FR_ERR_NOMEM when packing fails. */
 static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_t K,
-                                        ptrdiff_t N, int transpose, ptrdiff_t B) {
+                                        ptrdiff_t N, int transpose, ptrdiff_t T, ptrdiff_t B) {
     r->w = w;
     r->K = K;
     r->N = N;
     r->transpose = transpose;
     r->panel = NULL;
-    if (B > FR_SMALL_BATCH)
+    r->direct = B <= FR_SMALL_BATCH && T < FR_PACK_STEPS;
+    if (B > FR_SMALL_BATCH || r->direct)
         return FR_OK;
     r->panel = FR_FN(pack_panel)(w, K, N, transpose);
     return r->panel ? FR_OK : FR_ERR_NOMEM;
@@ -125,7 +134,7 @@ static inline void FR_FN(recurrent_free)(fr_recurrent *r) {
 static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrdiff_t ldc,
                                             const real *A, ptrdiff_t lda, ptrdiff_t B,
                                             int accumulate) {
-    if (r->panel == NULL) {
+    if (r->panel == NULL && !r->direct) {
         ptrdiff_t ldw = r->transpose ? r->K : r->N;
         FR_FN(gemm)(0, r->transpose, B, r->N, r->K, 1, A, lda, r->w, ldw,
                     accumulate ? 1 : 0, C, ldc);
@@ -134,7 +143,12 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
     if (!accumulate)
         for (ptrdiff_t b = 0; b < B; b++)
             memset(C + b * ldc, 0, (size_t)r->N * sizeof(real));
-    FR_FN(gemm_packed)(C, ldc, A, lda, r->panel, B, r->N, r->K);
+    if (r->panel)
+        FR_FN(gemm_packed)(C, ldc, A, lda, r->panel, B, r->N, r->K);
+    else if (r->transpose)
+        FR_FN(gemm_direct_nt)(C, ldc, A, lda, r->w, B, r->N, r->K);
+    else
+        FR_FN(gemm_direct_nn)(C, ldc, A, lda, r->w, B, r->N, r->K);
 }
 
 #endif

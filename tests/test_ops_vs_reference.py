@@ -1,12 +1,14 @@
 """fastrnn.ops (C) against fastrnn.reference (NumPy): forward and backward, every cell x
-dtype, over edge sizes (T=1, B=1, H=1), odd sizes that hit SIMD tails (7, 33, 65),
-I != H, with and without lengths, biases and initial states."""
+dtype x instruction-set variant (portable, AVX2, AVX-512 where the CPU has them), over
+edge sizes (T=1, B=1, H=1), odd sizes that hit SIMD tails (7, 33, 65), I != H, batches
+on both sides of the small-batch kernel's threshold, with and without lengths, biases
+and initial states."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fastrnn import ops, reference
+from fastrnn import _core, ops, reference
 
 CELLS = {  # name: (kernel prefix, gates, forward options)
     "rnn_tanh": ("rnn", 1, {"nonlinearity": "tanh"}),
@@ -18,8 +20,18 @@ CELLS = {  # name: (kernel prefix, gates, forward options)
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1), (1, 3, 4, 5), (4, 1, 3, 1), (5, 2, 7, 7), (6, 3, 33, 7),
     (3, 4, 5, 33), (4, 2, 65, 65), (2, 7, 16, 65),
+    (3, 17, 5, 9), (2, 40, 7, 33),  # past the packed small-batch kernel: BLAS per step
 ]
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+@pytest.fixture(params=_core.available_isas(), autouse=True)
+def isa(request):
+    """Run every test once per instruction-set variant of the kernels this CPU has."""
+    previous = _core.get_isa()
+    assert _core.set_isa(request.param) == request.param
+    yield request.param
+    _core.set_isa(previous)
 
 
 def make_case(cell, shape, dtype, *, lengths, bias, initial, seed=0):

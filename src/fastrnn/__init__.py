@@ -1,10 +1,20 @@
 """fastrnn: fast recurrent neural networks (RNN, LSTM, GRU) on the CPU.
 
-``fastrnn.ops`` holds the C kernels (forward and backpropagation through time);
-``fastrnn.reference`` is their pure-NumPy twin with the same functions and results.
+* ``fastrnn.ops``: the C kernels, forward and backpropagation through time, per cell;
+  ``fastrnn.reference`` is their pure-NumPy twin with the same functions and results.
+* ``fastrnn.RNN``, ``LSTM``, ``GRU`` and the cells: PyTorch-compatible layers
+  (``fastrnn.nn`` also has ``Linear``, ``Embedding``, ``Dropout``).
+* ``fastrnn.losses``, ``fastrnn.optim``, ``fastrnn.io`` (checkpoints), ``fastrnn.convert``
+  (Keras and ONNX weights).
 """
-from . import ops, reference
+from . import convert, io, losses, nn, ops, optim, reference
 from ._common import GRUGrads, LSTMGrads, RNNGrads
+from ._threads import get_num_threads, set_num_threads
+from .io import CheckpointError, load_checkpoint, save_checkpoint
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "RNNGrads", "LSTMGrads", "GRUGrads", "__version__"]
+__all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert",
+           "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+           "RNNGrads", "LSTMGrads", "GRUGrads", "set_num_threads", "get_num_threads",
+           "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__"]

@@ -28,10 +28,12 @@ How it measures
   threadpoolctl limits every loaded BLAS/OpenMP pool (numpy's and SciPy's OpenBLAS, torch's
   OpenMP) to ``n``, ``torch.set_num_threads(n)``, and ONNX Runtime sessions get
   ``intra_op_num_threads=n, inter_op_num_threads=1``. JAX/XLA reads its thread setup once,
-  at import, so JAX runs in a worker process per thread count, pinned to ``n`` CPUs
-  (``sched_setaffinity``, which sizes XLA's thread pool) and, for n = 1, with
-  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``. The worker times its own calls; the
-  main process waits meanwhile, so the interleaving is kept and the IPC is not timed.
+  at import, so JAX runs in a worker process per thread count: for n = 1 started with
+  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, for 1 < n < CPUs pinned to n CPUs
+  (``sched_setaffinity``, from which XLA sizes its pool), for n = CPUs as is. The worker
+  times its own calls; the main process waits meanwhile, so the interleaving is kept and
+  the IPC is not timed. Every sample also records process CPU time / wall time; an entry
+  that kept more CPUs busy than asked for is reported (``cpu_per_wall`` in the JSON).
 * **Memory** (``train`` cases, fastrnn and torch, 1 thread): each measurement runs in a
   fresh process. It builds the inputs and weights, warms the library up on a tiny problem,
   resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` <- 5, so ``VmHWM`` =
@@ -169,13 +171,13 @@ class Runner:
         self.call = call
         self.outputs = outputs
 
-    def time(self, k: int) -> float:
-        """Seconds for ``k`` back-to-back calls."""
+    def time(self, k: int) -> tuple[float, float]:
+        """Wall and process CPU seconds for ``k`` back-to-back calls."""
         call = self.call
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         for _ in range(k):
             call()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     def check(self):
         """Warm-up call that also returns the outputs (numpy arrays) and its duration."""
@@ -250,6 +252,15 @@ class FastrnnPeer(Peer):
         return Runner(call, outputs)
 
     def step(self, case, p):
+        """The layer's ``step`` (``fastrnn.nn.recurrent``) if there is one, else T = 1 calls."""
+        module = self._layer(case, p)
+        if module is not None:
+            state = [None]
+
+            def call():
+                state[0] = module.step(p.x[0], state[0])[1]
+
+            return Runner(call, lambda: {"h": module.step(p.x[0], None)[0]})
         fwd, _, n = self._functions(case)
         x_t = p.x[:1]
         zeros = [np.zeros((1, case.H), np.float32) for _ in range(n)]
@@ -259,6 +270,22 @@ class FastrnnPeer(Peer):
             state[:] = fwd(x_t, *state, *p.weights, training=False)[1:1 + n]
 
         return Runner(call, lambda: {"h": fwd(x_t, *zeros, *p.weights, training=False)[1]})
+
+    def _layer(self, case, p):
+        """An eval-mode ``fastrnn.nn.recurrent`` layer holding the weights (C backend only)."""
+        if self.module != "fastrnn.ops":
+            return None
+        try:
+            recurrent = importlib.import_module("fastrnn.nn.recurrent")
+        except ImportError:
+            return None
+        layer_class = getattr(recurrent, CELLS[case.cell].torch, None)
+        if layer_class is None or not hasattr(layer_class, "step"):
+            return None
+        layer = layer_class(case.I, case.H)
+        layer.load_state_dict(dict(zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                        "bias_hh_l0"), p.weights)))
+        return layer.eval()
 
 
 class TorchPeer(Peer):
@@ -540,21 +567,22 @@ def limit_threads(n: int) -> None:
         ThreadpoolController().limit(limits=n)
 
 
-def _pin_process(n: int) -> None:
-    """Restrict this (worker) process to ``n`` CPUs, before any library sizes its pools."""
-    if hasattr(os, "sched_setaffinity"):
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, cpus[:n])
+def _setup_xla(n: int) -> None:
+    """Before jax is imported: 1 thread via XLA's flag; 1 < n < CPUs by pinning to n CPUs
+    (XLA sizes its pool from the affinity mask); n >= CPUs is XLA's default."""
+    if n == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false").strip()
+    elif hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
 
 
 # --------------------------------------------------------------------------- workers
 
 def _worker(conn, entry: str, threads: int, seed: int) -> None:
     """Serve one isolated entry at a fixed thread count: make / time / check / stop."""
-    _pin_process(threads)
-    if entry == "jax" and threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false").strip()
+    if entry == "jax":
+        _setup_xla(threads)
     limit_threads(threads)
     peer = PEER_FACTORIES[entry]()
     peer.set_threads(threads)
@@ -625,15 +653,16 @@ class _RemoteRunner:
 
 @dataclasses.dataclass
 class Settings:
-    rounds: int = 7            # round-robin samples per entry
-    sample_s: float = 0.05     # target duration of one sample (k calls)
-    max_call_s: float = 2.0    # an entry slower than this per call gets 1 sample
+    rounds: int = 5            # round-robin samples per entry
+    sample_s: float = 0.04     # target duration of one sample (k back-to-back calls)
+    max_call_s: float = 1.0    # an entry slower than this per call gets 1 sample
+    settle_s: float = 0.002    # pause before each sample
     seed: int = 0
     memory: bool = True
 
     @classmethod
     def quick(cls, **kw):
-        return cls(rounds=3, sample_s=0.01, max_call_s=0.3, **kw)
+        return cls(rounds=2, sample_s=0.01, max_call_s=0.2, **kw)
 
 
 def _max_rel_error(a: dict, b: dict):
@@ -653,33 +682,40 @@ def _flagged(record: dict, tolerance: float = 1e-3) -> set:
 def measure_case(case: Case, runners: dict, settings: Settings, log=print) -> dict:
     """Interleaved samples of each runner on ``case``; returns a result record."""
     gc.collect()
-    outputs, per_call, calls = {}, {}, {}
-    for name, runner in runners.items():             # warm-up (+ outputs for the check)
-        outputs[name], seconds = runner.check()
-        if seconds <= settings.max_call_s:
-            seconds = runner.time(1)                 # calibrate without compile time
-        per_call[name] = seconds
+    outputs, calls, rounds = {}, {}, {}
+    for name, runner in runners.items():
+        outputs[name], seconds = runner.check()      # warm-up, + outputs for the check
+        if seconds < settings.sample_s:
+            seconds = runner.time(1)[0]              # calibrate (no compile time in it)
         calls[name] = max(1, int(settings.sample_s / max(seconds, 1e-9)))
-    rounds = {name: 1 if per_call[name] > settings.max_call_s else settings.rounds
-              for name in runners}
+        rounds[name] = 1 if seconds > settings.max_call_s else settings.rounds
     samples = {name: [] for name in runners}
+    busy = dict.fromkeys(runners, 0.0)               # process CPU seconds / wall seconds
     names = list(runners)
     for r in range(settings.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             if len(samples[name]) < rounds[name]:
-                samples[name].append(runners[name].time(calls[name]) / calls[name])
+                time.sleep(settings.settle_s)        # let the last entry's spinning threads park
+                wall, cpu = runners[name].time(calls[name])
+                samples[name].append(wall / calls[name])
+                busy[name] = max(busy[name], cpu / wall)
     errors = {}
     if "fastrnn" in outputs:
         errors = {name: _max_rel_error(out, outputs["fastrnn"])
                   for name, out in outputs.items() if name != "fastrnn"}
     record = {"case": dataclasses.asdict(case), "label": case.label, "flops": case.flops,
               "median_s": {n: statistics.median(s) for n, s in samples.items()},
-              "samples_s": samples, "calls_per_sample": calls, "max_rel_error": errors}
+              "samples_s": samples, "calls_per_sample": calls, "max_rel_error": errors,
+              "cpu_per_wall": busy}
     medians = ", ".join(f"{n} {m * 1e3:.3g}" for n, m in record["median_s"].items())
     log(f"  {case.label:28s} ms: {medians}")
     for name in sorted(_flagged(record)):
         log(f"  WARNING {case.label}: {name} differs from fastrnn by "
             f"{errors[name]:.2e} (relative)")
+    for name, ratio in busy.items():
+        if ratio > case.threads + 0.5:
+            log(f"  WARNING {case.label}: {name} kept {ratio:.1f} CPUs busy "
+                f"({case.threads} thread(s) asked for)")
     return record
 
 
@@ -688,7 +724,7 @@ def sgemm_peak(threads: int, size: int = 1024, repeats: int = 5) -> float:
     a = np.ones((size, size), np.float32)
     c = np.empty_like(a)
     np.matmul(a, a, out=c)
-    best = min(Runner(lambda: np.matmul(a, a, out=c), dict).time(1) for _ in range(repeats))
+    best = min(Runner(lambda: np.matmul(a, a, out=c), dict).time(1)[0] for _ in range(repeats))
     return 2 * size ** 3 / best / 1e9
 
 
@@ -747,26 +783,47 @@ def _peak_extra_bytes(call) -> tuple[int, str]:
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, "ru_maxrss"
 
 
-def _memory_worker(conn, entry: str, case: Case, seed: int) -> None:
+def _memory_worker(conn, entry: str, cases, seed: int) -> None:
+    """Peak extra bytes of one training call per case, smallest first, in this process."""
     try:
         limit_threads(1)
         peer = PEER_FACTORIES[entry]()
         peer.set_threads(1)
-        warm = Case.of(case.cell, "warm-up", "train", 1, (1, 2, case.I, case.H))
-        peer.make(warm, make_problem(warm, seed)).call()
-        runner = peer.make(case, make_problem(case, seed))
-        conn.send(("ok", _peak_extra_bytes(runner.call)))
+        warmed, reply = set(), []
+        for case in cases:
+            if case.cell not in warmed:              # lazy library set-up is not the case's
+                warm = Case.of(case.cell, "warm-up", "train", 1, (1, 2, case.I, case.H))
+                peer.make(warm, make_problem(warm, seed)).call()
+                warmed.add(case.cell)
+            runner = peer.make(case, make_problem(case, seed))
+            reply.append(_peak_extra_bytes(runner.call))
+            del runner
+        conn.send(("ok", reply))
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     conn.close()
 
 
-def measure_memory(case: Case, entry: str, seed: int = 0):
-    """Peak extra bytes of one training forward+backward, in a fresh process."""
+def measure_memory(cases, entry: str, seed: int = 0):
+    """[(peak extra bytes, method)] of one training forward+backward per case.
+
+    One fresh process per entry. glibc's malloc is told (MALLOC_MMAP_THRESHOLD_) to map
+    every block >= 4 KiB separately and give it back on free, so one case's freed buffers
+    cannot hide the next case's allocations.
+    """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_memory_worker, args=(child, entry, case, seed))
-    process.start()
+    process = ctx.Process(target=_memory_worker, args=(child, entry, list(cases), seed))
+    saved = {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    os.environ.update(MALLOC_MMAP_THRESHOLD_="4096", MALLOC_TRIM_THRESHOLD_="4096")
+    try:
+        process.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     child.close()
     status, reply = parent.recv()
     process.join()
@@ -775,18 +832,23 @@ def measure_memory(case: Case, entry: str, seed: int = 0):
     return reply
 
 
+def _footprint(case: Case) -> int:
+    return case.B * case.T * case.H * CELLS[case.cell].gates
+
+
 def run_memory(cases, entries, settings: Settings, log=print) -> list:
     """Peak extra memory of training (1 thread) for fastrnn and torch, per cell and shape."""
-    records = []
-    train = {(c.cell, c.shape): c for c in cases if c.mode == "train"}
-    for (cell, shape), case in train.items():
-        case = dataclasses.replace(case, threads=1)
-        record = {"cell": cell, "shape": shape, "bytes": {}, "method": None}
-        for entry in (e for e in ("fastrnn", "torch") if e in entries):
-            record["bytes"][entry], record["method"] = measure_memory(case, entry, settings.seed)
-        mb = ", ".join(f"{e} {b / 2**20:.1f} MB" for e, b in record["bytes"].items())
-        log(f"  memory {cell}-{shape}-train: {mb}")
-        records.append(record)
+    grid = list({(c.cell, c.shape): dataclasses.replace(c, threads=1)
+                 for c in cases if c.mode == "train"}.values())
+    records = [{"cell": c.cell, "shape": c.shape, "bytes": {}, "method": None} for c in grid]
+    order = sorted(range(len(grid)), key=lambda i: _footprint(grid[i]))   # smallest first
+    for entry in (e for e in ("fastrnn", "torch") if e in entries):
+        measured = measure_memory([grid[i] for i in order], entry, settings.seed)
+        for i, (nbytes, method) in zip(order, measured):
+            records[i]["bytes"][entry], records[i]["method"] = nbytes, method
+    for r in records:
+        mb = ", ".join(f"{e} {b / 2**20:.1f} MB" for e, b in r["bytes"].items())
+        log(f"  memory {r['cell']}-{r['shape']}-train: {mb}")
     return records
 
 

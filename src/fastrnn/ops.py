@@ -146,3 +146,39 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
                               inputs.w_ih, inputs.w_hh),
                        inputs.lengths, cache.options["reset_after"], *_sizes(inputs))
     return GRUGrads(dx, dh0, *params)
+
+
+# -- streaming: one inference step, for trusted callers -------------------------------------
+# The layers' step() and the cells call these after validating shapes and dtypes once;
+# they skip _common's checks, which cost more than the step itself at B=1. Every array
+# must be C-contiguous and of one dtype; x_t (B, I), states (B, H), weights as above.
+
+def _step_outputs(h, n_states):
+    B, H = h.shape
+    return np.empty(B * H, h.dtype), [np.empty((B, H), h.dtype) for _ in range(n_states)]
+
+
+def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False):
+    """Unchecked single RNN step: returns the new state h (B, H)."""
+    y, (h_n,) = _step_outputs(h, 1)
+    (B, I), H = x_t.shape, h.shape[1]
+    _core.rnn_forward(y, *_flat(h_n, x_t, h, w_ih, w_hh, b_ih, b_hh), None, relu, 1, B, I, H)
+    return h_n
+
+
+def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
+    """Unchecked single LSTM step: returns the new states (h, c), each (B, H)."""
+    y, (h_n, c_n) = _step_outputs(h, 2)
+    (B, I), H = x_t.shape, h.shape[1]
+    _core.lstm_forward(y, *_flat(h_n, c_n), None, *_flat(x_t, h, c, w_ih, w_hh, b_ih, b_hh),
+                       None, 1, B, I, H)
+    return h_n, c_n
+
+
+def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True):
+    """Unchecked single GRU step: returns the new state h (B, H)."""
+    y, (h_n,) = _step_outputs(h, 1)
+    (B, I), H = x_t.shape, h.shape[1]
+    _core.gru_forward(y, *_flat(h_n), None, *_flat(x_t, h, w_ih, w_hh, b_ih, b_hh), None,
+                      bool(reset_after), 1, B, I, H)
+    return h_n

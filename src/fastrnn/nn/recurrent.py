@@ -494,10 +494,14 @@ class _RecurrentBase(Module):
         return checked
 
     def _step_layer(self, layer: int, x_t: np.ndarray, states: tuple) -> tuple:
-        """One layer, one step: ``x_t (B, I_layer)``, states ``(B, H)`` each -> new states."""
-        _, final, _ = self._kernel_forward(x_t[None], states, self._weights(layer, 0), None,
-                                           False)
-        return final
+        """One layer, one step: ``x_t (B, I_layer)``, states ``(B, H)`` each -> new states.
+
+        Runs the cell's unchecked C step (``ops.*_step``): step() has checked x_t and the
+        states, and the weights are the module's own contiguous arrays."""
+        B = x_t.shape[0]
+        states = tuple(np.zeros((B, self.hidden_size), self.dtype) if s is None else s
+                       for s in states)
+        return self._kernel_step(x_t, states, self._weights(layer, 0))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -539,6 +543,9 @@ class RNN(_RecurrentBase):
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.rnn_backward(dy, dfinals[0], cache)
         return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
+
+    def _kernel_step(self, x_t, states, weights):
+        return (ops.rnn_step(x_t, states[0], *weights, relu=self.nonlinearity == "relu"),)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", nonlinearity='relu'"
@@ -587,6 +594,9 @@ class LSTM(_RecurrentBase):
         g = ops.lstm_backward(dy, *dfinals, cache)
         return g.dx, (g.dh0, g.dc0), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
+    def _kernel_step(self, x_t, states, weights):
+        return ops.lstm_step(x_t, *states, *weights)
+
 
 class GRU(_RecurrentBase):
     """GRU, as ``torch.nn.GRU`` (gates r, z, n in blocks of H rows)::
@@ -617,6 +627,9 @@ class GRU(_RecurrentBase):
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.gru_backward(dy, dfinals[0], cache)
         return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
+
+    def _kernel_step(self, x_t, states, weights):
+        return (ops.gru_step(x_t, states[0], *weights, reset_after=self.reset_after),)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
