@@ -105,6 +105,30 @@ static void gru_step_forward(real *y_t, real *h, real *gates_t, real *extra_t, r
     }
 }
 
+/* What the forward time loop reads and writes, for any block of rows (threads.h). */
+typedef struct {
+    real *y, *h, *gates; /* (T, B, H), carried (B, H), (T, B, 3H) */
+    real *extra;         /* (T, B, H) saved, or a (B, H) workspace when extra_step == 0 */
+    real *hg;            /* (B, 3H) workspace */
+    ptrdiff_t extra_step;
+    const gru_recurrent *rec;
+    const real *b_hh;
+    const int64_t *lengths;
+    int reset_after;
+    ptrdiff_t T, B, H;
+} gru_forward_loop;
+
+static void gru_forward_rows(const void *ctx, fr_rows r) {
+    const gru_forward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H, G = 3 * H;
+    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    for (ptrdiff_t t = 0; t < a->T; t++)
+        gru_step_forward(a->y + (t * B + r.b0) * H, a->h + r.b0 * H,
+                         a->gates + (t * B + r.b0) * G, a->extra + t * a->extra_step + r.b0 * H,
+                         a->hg + r.b0 * G, a->rec, a->b_hh, a->reset_after, lengths, t, r.rows,
+                         H);
+}
+
 int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const real *h0,
                        const real *w_ih, const real *w_hh, const real *b_ih,
                        const real *b_hh, const int64_t *lengths, int reset_after,
@@ -121,10 +145,9 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
     gru_saved s = gru_saved_views(gates, T, B, H);
     FR_FN(input_projection)(gates, x, w_ih, b_ih, NULL, T * B, I, G);
     FR_FN(init_state)(h_n, h0, B * H);
-    for (ptrdiff_t t = 0; t < T; t++)
-        gru_step_forward(y + t * B * H, h_n, gates + t * B * G,
-                         saved ? s.extra + t * B * H : extra, hg, &rec, b_hh, reset_after,
-                         lengths, t, B, H);
+    gru_forward_loop loop = {y,       h_n,     gates, saved ? s.extra : extra, hg,
+                             saved ? B * H : 0, &rec, b_hh, lengths, reset_after, T, B, H};
+    fr_for_row_blocks(B, gru_forward_rows, &loop);
     gru_recurrent_free(&rec);
     status = FR_OK;
 done:
@@ -219,6 +242,40 @@ static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_i
     FR_FN(recurrent_product)(&rec->all_or_rz, dh, H, dG_t, G, B, 1); /* [dGr dGz] w_hh[r,z] */
 }
 
+/* What the backward time loop reads and writes, for any block of rows. */
+typedef struct {
+    real *dG, *work, *dh; /* (T, B, 3H); dGh (T, B, 3H) or drh (B, H); carried (B, H) */
+    const real *dy, *y, *h0, *zeros, *gates, *extra;
+    const gru_recurrent *rec;
+    const int64_t *lengths;
+    int reset_after;
+    ptrdiff_t T, B, H;
+} gru_backward_loop;
+
+static void gru_backward_rows(const void *ctx, fr_rows r) {
+    const gru_backward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H, G = 3 * H;
+    real *dh = a->dh + r.b0 * H;
+    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
+        ptrdiff_t row = t * B + r.b0; /* first row of this block at step t */
+        gru_step_inputs in = {
+            a->dy ? a->dy + row * H : a->zeros,
+            t > 0 ? a->y + (row - B) * H : a->h0 ? a->h0 + r.b0 * H : a->zeros,
+            a->gates + row * G,
+            a->extra + row * H,
+            a->dy ? H : 0,
+            (t > 0 || a->h0) ? H : 0,
+        };
+        if (a->reset_after)
+            gru_step_backward_after(a->dG + row * G, a->work + row * G, dh, in, a->rec, lengths,
+                                    t, r.rows, H);
+        else
+            gru_step_backward_before(a->dG + row * G, a->work + r.b0 * H, dh, in, a->rec,
+                                     lengths, t, r.rows, H);
+    }
+}
+
 int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
                         real *db_hh, const real *dy, const real *dh_n, const real *saved,
                         const real *y, const real *x, const real *h0, const real *w_ih,
@@ -234,23 +291,11 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     if (!dG || !work || !zeros || gru_recurrent_init(&rec, w_hh, reset_after, 0, T, B, H) != FR_OK)
         goto done;
     gru_saved s = gru_saved_views((real *)saved, T, B, H);
-    real *dh = dh0; /* (B, H) carried; ends as dL/dh0 */
-    FR_FN(init_state)(dh, dh_n, B * H);
-    for (ptrdiff_t t = T - 1; t >= 0; t--) {
-        gru_step_inputs in = {
-            dy ? dy + t * B * H : zeros,
-            t > 0 ? y + (t - 1) * B * H : h0 ? h0 : zeros,
-            s.gates + t * B * G,
-            s.extra + t * B * H,
-            dy ? H : 0,
-            (t > 0 || h0) ? H : 0,
-        };
-        if (reset_after)
-            gru_step_backward_after(dG + t * B * G, work + t * B * G, dh, in, &rec, lengths, t,
-                                    B, H);
-        else
-            gru_step_backward_before(dG + t * B * G, work, dh, in, &rec, lengths, t, B, H);
-    }
+    /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
+    FR_FN(init_state)(dh0, dh_n, B * H);
+    gru_backward_loop loop = {dG,      work,    dh0,  dy,      y,           h0, zeros,
+                              s.gates, s.extra, &rec, lengths, reset_after, T,  B, H};
+    fr_for_row_blocks(B, gru_backward_rows, &loop);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     if (reset_after) {
         FR_FN(hidden_grads)(dw_hh, db_hh, work, G, h0, y, T, B, H, G);

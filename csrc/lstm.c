@@ -45,19 +45,44 @@ static inline void lstm_cell_forward(real *restrict gates, real *restrict c, rea
     }
 }
 
-/* One step of the elementwise pass over the batch: gates_t (B, 4H), state h, c (B, H),
- * y_t (B, H); c_t, tanh_c_t (B, H) save c_t and tanh(c_t) (a one-row scratch with
- * stride 0 when inference keeps nothing). Rows past their length keep their state. */
+/* One step of the elementwise pass over B rows: gates_t (B, 4H), state h, c (B, H),
+ * y_t (B, H); c_t, tanh_c_t (B, H) save c_t and tanh(c_t) (a workspace reused every step
+ * when inference keeps nothing). Rows past their length keep their state. */
 static void lstm_step_forward(real *y_t, real *h, real *c, real *gates_t, real *c_t,
-                              real *tanh_c_t, ptrdiff_t save_stride, const int64_t *lengths,
-                              ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
+                              real *tanh_c_t, const int64_t *lengths, ptrdiff_t t,
+                              ptrdiff_t B, ptrdiff_t H) {
     for (ptrdiff_t b = 0; b < B; b++) {
         if (!fr_step_valid(lengths, t, b)) {
             memset(y_t + b * H, 0, (size_t)H * sizeof(real));
             continue;
         }
         lstm_cell_forward(gates_t + b * 4 * H, c + b * H, h + b * H, y_t + b * H,
-                          c_t + b * save_stride, tanh_c_t + b * save_stride, H);
+                          c_t + b * H, tanh_c_t + b * H, H);
+    }
+}
+
+/* What the forward time loop reads and writes, for any block of rows (threads.h). */
+typedef struct {
+    real *y, *h, *c;      /* (T, B, H), (B, H), (B, H) */
+    real *gates;          /* (T, B, 4H) */
+    real *c_save, *tc_save; /* (T, B, H) saved, or a (B, H) workspace when step == 0 */
+    ptrdiff_t save_step;  /* B * H when saving, 0 when reusing the workspace */
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    ptrdiff_t T, B, H;
+} lstm_forward_loop;
+
+static void lstm_forward_rows(const void *ctx, fr_rows r) {
+    const lstm_forward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H, G = 4 * H;
+    real *h = a->h + r.b0 * H, *c = a->c + r.b0 * H;
+    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    for (ptrdiff_t t = 0; t < a->T; t++) {
+        real *gates_t = a->gates + (t * B + r.b0) * G;
+        FR_FN(recurrent_product)(a->rec, gates_t, G, h, H, r.rows, 1); /* += h w_hh^T */
+        lstm_step_forward(a->y + (t * B + r.b0) * H, h, c, gates_t,
+                          a->c_save + t * a->save_step + r.b0 * H,
+                          a->tc_save + t * a->save_step + r.b0 * H, lengths, t, r.rows, H);
     }
 }
 
@@ -67,9 +92,9 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 4 * H;
     /* Inference keeps no saved block: the gates go to a workspace freed on return. */
-    real *gates = saved ? saved : FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 4H) */
-    real *scratch = saved ? NULL : FR_FN(alloc_zeroed)(2 * H); /* c_t, tanh(c_t) unsaved */
-    fr_recurrent rec; /* gates_t += h w_hh^T */
+    real *gates = saved ? saved : FR_FN(alloc_zeroed)(T * B * G);  /* (T, B, 4H) */
+    real *scratch = saved ? NULL : FR_FN(alloc_zeroed)(2 * B * H); /* c_t, tanh(c_t) */
+    fr_recurrent rec;
     if (!gates || (!saved && !scratch) ||
         FR_FN(recurrent_init)(&rec, w_hh, H, G, 1, T, B) != FR_OK) {
         if (!saved)
@@ -81,16 +106,10 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     FR_FN(input_projection)(gates, x, w_ih, b_ih, b_hh, T * B, I, G);
     FR_FN(init_state)(h_n, h0, B * H);
     FR_FN(init_state)(c_n, c0, B * H);
-    for (ptrdiff_t t = 0; t < T; t++) {
-        real *gates_t = gates + t * B * G;
-        FR_FN(recurrent_product)(&rec, gates_t, G, h_n, H, B, 1);
-        if (saved)
-            lstm_step_forward(y + t * B * H, h_n, c_n, gates_t, s.c + t * B * H,
-                              s.tanh_c + t * B * H, H, lengths, t, B, H);
-        else
-            lstm_step_forward(y + t * B * H, h_n, c_n, gates_t, scratch, scratch + H, 0,
-                              lengths, t, B, H);
-    }
+    lstm_forward_loop loop = {y, h_n, c_n, gates, saved ? s.c : scratch,
+                              saved ? s.tanh_c : scratch + B * H, saved ? B * H : 0,
+                              &rec, lengths, T, B, H};
+    fr_for_row_blocks(B, lstm_forward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     if (!saved)
         free(gates);
@@ -138,6 +157,34 @@ static void lstm_step_backward(real *dG_t, real *dh, real *dc, const real *dy_t,
     }
 }
 
+/* What the backward time loop reads and writes, for any block of rows. */
+typedef struct {
+    real *dG, *dh, *dc;                /* (T, B, 4H), carried (B, H), (B, H) */
+    const real *dy, *gates, *tanh_c;   /* (T, B, H) or NULL, (T, B, 4H), (T, B, H) */
+    const real *c, *c0, *zeros;        /* saved c (T, B, H), c0 (B, H) or NULL, (H) zeros */
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    ptrdiff_t T, B, H;
+} lstm_backward_loop;
+
+static void lstm_backward_rows(const void *ctx, fr_rows r) {
+    const lstm_backward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H, G = 4 * H;
+    real *dh = a->dh + r.b0 * H, *dc = a->dc + r.b0 * H;
+    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
+        real *dG_t = a->dG + (t * B + r.b0) * G;
+        const real *c_prev = t > 0  ? a->c + ((t - 1) * B + r.b0) * H
+                             : a->c0 ? a->c0 + r.b0 * H
+                                     : a->zeros;
+        lstm_step_backward(dG_t, dh, dc, a->dy ? a->dy + (t * B + r.b0) * H : a->zeros,
+                           a->dy ? H : 0, a->gates + (t * B + r.b0) * G,
+                           a->tanh_c + (t * B + r.b0) * H, c_prev, (t > 0 || a->c0) ? H : 0,
+                           lengths, t, r.rows, H);
+        FR_FN(recurrent_product)(a->rec, dh, H, dG_t, G, r.rows, 1); /* dh += dG_t w_hh */
+    }
+}
+
 int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,
                          real *db_ih, real *db_hh, const real *dy, const real *dh_n,
                          const real *dc_n, const real *saved, const real *y, const real *x,
@@ -147,25 +194,19 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     const ptrdiff_t G = 4 * H;
     real *dG = FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
-    fr_recurrent rec;                          /* dh += dG_t w_hh */
+    fr_recurrent rec;
     if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, G, H, 0, T, B) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;
     }
     lstm_saved s = lstm_saved_views((real *)saved, T, B, H);
-    real *dh = dh0, *dc = dc0; /* (B, H) carried; they end as dL/dh0 and dL/dc0 */
-    FR_FN(init_state)(dh, dh_n, B * H);
-    FR_FN(init_state)(dc, dc_n, B * H);
-    for (ptrdiff_t t = T - 1; t >= 0; t--) {
-        real *dG_t = dG + t * B * G;
-        const real *c_prev = t > 0 ? s.c + (t - 1) * B * H : c0 ? c0 : zeros;
-        ptrdiff_t c_prev_stride = (t > 0 || c0) ? H : 0;
-        lstm_step_backward(dG_t, dh, dc, dy ? dy + t * B * H : zeros, dy ? H : 0,
-                           s.gates + t * B * G, s.tanh_c + t * B * H, c_prev, c_prev_stride,
-                           lengths, t, B, H);
-        FR_FN(recurrent_product)(&rec, dh, H, dG_t, G, B, 1);
-    }
+    /* dh0, dc0 (B, H) carry dL/dh_t, dL/dc_t back through time and end as dL/dh0, dL/dc0 */
+    FR_FN(init_state)(dh0, dh_n, B * H);
+    FR_FN(init_state)(dc0, dc_n, B * H);
+    lstm_backward_loop loop = {dG,     dh0,  dc0,   dy,   s.gates, s.tanh_c, s.c,
+                               c0,     zeros, &rec, lengths, T,     B,        H};
+    fr_for_row_blocks(B, lstm_backward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, G);

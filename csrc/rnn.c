@@ -32,22 +32,40 @@ static void rnn_step_forward(real *y_t, real *h, const int64_t *lengths, int rel
     }
 }
 
+/* What the forward time loop reads and writes, for any block of rows (threads.h). */
+typedef struct {
+    real *y, *h; /* (T, B, H), carried (B, H) */
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    int relu;
+    ptrdiff_t T, B, H;
+} rnn_forward_loop;
+
+static void rnn_forward_rows(const void *ctx, fr_rows r) {
+    const rnn_forward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H;
+    real *h = a->h + r.b0 * H;
+    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    for (ptrdiff_t t = 0; t < a->T; t++) {
+        real *y_t = a->y + (t * B + r.b0) * H;
+        FR_FN(recurrent_product)(a->rec, y_t, H, h, H, r.rows, 1); /* a_t += h w_hh^T */
+        rnn_step_forward(y_t, h, lengths, a->relu, t, r.rows, H);
+    }
+}
+
 int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const real *w_ih,
                        const real *w_hh, const real *b_ih, const real *b_hh,
                        const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
                        ptrdiff_t I, ptrdiff_t H) {
     /* The pre-activations of step t are built in y[t] and activated in place; h_n
      * carries the state (it differs from y[t] for rows past their length). */
-    fr_recurrent rec; /* a_t += h w_hh^T */
+    fr_recurrent rec;
     if (FR_FN(recurrent_init)(&rec, w_hh, H, H, 1, T, B) != FR_OK)
         return FR_ERR_NOMEM;
     FR_FN(input_projection)(y, x, w_ih, b_ih, b_hh, T * B, I, H);
     FR_FN(init_state)(h_n, h0, B * H);
-    for (ptrdiff_t t = 0; t < T; t++) {
-        real *y_t = y + t * B * H;
-        FR_FN(recurrent_product)(&rec, y_t, H, h_n, H, B, 1);
-        rnn_step_forward(y_t, h_n, lengths, relu, t, B, H);
-    }
+    rnn_forward_loop loop = {y, h_n, &rec, lengths, relu, T, B, H};
+    fr_for_row_blocks(B, rnn_forward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     return FR_OK;
 }
@@ -80,6 +98,30 @@ static void rnn_step_backward(real *dG_t, real *dh, const real *dy_t, ptrdiff_t 
     }
 }
 
+/* What the backward time loop reads and writes, for any block of rows. */
+typedef struct {
+    real *dG, *dh;                /* (T, B, H), carried (B, H) */
+    const real *dy, *y, *zeros;   /* (T, B, H) or NULL, (T, B, H), (H) zeros */
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    int relu;
+    ptrdiff_t T, B, H;
+} rnn_backward_loop;
+
+static void rnn_backward_rows(const void *ctx, fr_rows r) {
+    const rnn_backward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H;
+    real *dh = a->dh + r.b0 * H;
+    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
+        real *dG_t = a->dG + (t * B + r.b0) * H;
+        rnn_step_backward(dG_t, dh, a->dy ? a->dy + (t * B + r.b0) * H : a->zeros,
+                          a->dy ? H : 0, a->y + (t * B + r.b0) * H, lengths, a->relu, t,
+                          r.rows, H);
+        FR_FN(recurrent_product)(a->rec, dh, H, dG_t, H, r.rows, 1); /* dh += dG_t w_hh */
+    }
+}
+
 int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
                         real *db_hh, const real *dy, const real *dh_n, const real *y,
                         const real *x, const real *h0, const real *w_ih, const real *w_hh,
@@ -87,20 +129,16 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         ptrdiff_t I, ptrdiff_t H) {
     real *dG = FR_FN(alloc_zeroed)(T * B * H); /* (T, B, H) dL/da_t */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
-    fr_recurrent rec;                          /* dh += dG_t w_hh */
+    fr_recurrent rec;
     if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, H, H, 0, T, B) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;
     }
-    real *dh = dh0; /* (B, H) carried dL/dh_t, ends as dL/dh0 */
-    FR_FN(init_state)(dh, dh_n, B * H);
-    for (ptrdiff_t t = T - 1; t >= 0; t--) {
-        real *dG_t = dG + t * B * H;
-        rnn_step_backward(dG_t, dh, dy ? dy + t * B * H : zeros, dy ? H : 0, y + t * B * H,
-                          lengths, relu, t, B, H);
-        FR_FN(recurrent_product)(&rec, dh, H, dG_t, H, B, 1);
-    }
+    /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
+    FR_FN(init_state)(dh0, dh_n, B * H);
+    rnn_backward_loop loop = {dG, dh0, dy, y, zeros, &rec, lengths, relu, T, B, H};
+    fr_for_row_blocks(B, rnn_backward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, H);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, H, h0, y, T, B, H, H);

@@ -14,6 +14,7 @@
 #include "blas.h"
 #include "fastrnn.h"
 #include "gemm_small.h"
+#include "threads.h"
 
 /* Batches up to this size run their per-step recurrent products on our own kernels
  * (gemm_small.h), larger ones on BLAS. Sequences of at least FR_PACK_STEPS steps pack

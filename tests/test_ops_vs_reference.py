@@ -167,3 +167,27 @@ def test_kernels_run_concurrently_from_threads():
     for (out_a, grads_a), (out_b, grads_b) in zip(serial, threaded):
         for a, b in zip(list(out_a) + list(grads_a), list(out_b) + list(grads_b)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def restore_threads():
+    import fastrnn
+    previous = fastrnn.get_num_threads()
+    yield fastrnn.set_num_threads
+    fastrnn.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", [(6, 13, 5, 9), (4, 40, 7, 33)],
+                         ids=["packed-kernel", "blas-per-step"])
+def test_batch_split_across_threads_matches_reference(cell, shape, dtype, restore_threads):
+    """Blocks of rows on 1, 2 and 3 threads (uneven blocks) give the reference's results."""
+    case = make_case(cell, shape, dtype, lengths=True, bias=True, initial=True)
+    want_out, want_grads = run(reference, cell, case)
+    for threads in (1, 2, 3):
+        restore_threads(threads)
+        got_out, got_grads = run(ops, cell, case)
+        for got, want in zip(list(got_out) + list(got_grads),
+                             list(want_out) + list(want_grads)):
+            assert_close(f"{threads} threads", got, want, dtype)

@@ -237,3 +237,18 @@ def set_isa(name):
 
 
 fr_set_isa(fr_detect_isa())
+
+
+cdef extern from "threads.h":
+    void fr_set_num_threads(int n, void (*blas_set_threads)(int) noexcept nogil)
+    int fr_get_num_threads()
+
+
+def set_num_threads(int n, size_t blas_set_threads=0):
+    """Threads for the kernels' batch split, and the address of the BLAS's C function that
+    sets its thread count (0 if unknown); see fastrnn._threads."""
+    fr_set_num_threads(n, <void (*)(int) noexcept nogil>blas_set_threads)
+
+
+def get_num_threads():
+    return fr_get_num_threads()

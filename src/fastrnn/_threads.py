@@ -1,6 +1,7 @@
 """The one thread knob: ``fastrnn.set_num_threads(n)`` and ``FASTRNN_NUM_THREADS``.
 
-The kernels' large products (the hoisted input projection, the weight gradients after
+The kernels split a batch across threads, each running the whole time loop over its own
+block of rows (no barrier per step; at least 4 rows a thread). The kernels' large products (the hoisted input projection, the weight gradients after
 the time loop, and the per-step recurrent products of large batches) run on SciPy's
 BLAS, so the knob sets that BLAS's thread count. The small-batch per-step path is our
 own single-threaded code, so nothing ever nests threads on top of a threaded BLAS.
@@ -17,6 +18,8 @@ import ctypes
 import glob
 import os
 from typing import Optional
+
+from . import _core
 
 _SETTERS = ("scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
             "openblas_set_num_threads", "openblas_set_num_threads64_")
@@ -72,6 +75,8 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
     if _blas_set is not None:
         _blas_set(ctypes.c_int(n))
+    blas_setter = ctypes.cast(_blas_set, ctypes.c_void_p).value if _blas_set else 0
+    _core.set_num_threads(n, blas_setter or 0)
 
 
 def get_num_threads() -> int:
