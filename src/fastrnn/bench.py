@@ -193,7 +193,6 @@ class Peer:
     a worker process per thread count (their thread setup is fixed at import).
     """
     isolated = False
-    module = ""          # what must be importable
 
     def set_threads(self, n: int) -> None:
         pass
@@ -248,7 +247,7 @@ class FastrnnPeer(Peer):
 
         def outputs():
             y, g = call()
-            return _grads_dict(y, *g[:1], *g[-4:])
+            return _grads_dict(y, g[0], *g[-4:])          # dx, then the weights
         return Runner(call, outputs)
 
     def step(self, case, p):
@@ -289,7 +288,6 @@ class FastrnnPeer(Peer):
 
 
 class TorchPeer(Peer):
-    module = "torch"
 
     def __init__(self):
         import torch
@@ -354,7 +352,6 @@ class TorchPeer(Peer):
 
 class OnnxRuntimePeer(Peer):
     """ONNX Runtime's RNN/LSTM/GRU operators on a graph built with onnx.helper (forward only)."""
-    module = "onnxruntime"
 
     def __init__(self):
         import onnx  # noqa: F401  (the graph builder)
@@ -422,7 +419,6 @@ class OnnxRuntimePeer(Peer):
 
 class JaxPeer(Peer):
     """``lax.scan`` over a jax.numpy cell, under ``jit``; input projection hoisted."""
-    module = "jax"
     isolated = True
 
     def __init__(self):
@@ -513,7 +509,6 @@ class JaxPeer(Peer):
 
 class SgemmPeer(Peer):
     """The ceiling: numpy float32 matmuls with the FLOPs of the case (no outputs to check)."""
-    module = "numpy"
 
     def forward(self, case, p, repeats=1):
         rng = np.random.default_rng(1)
@@ -543,7 +538,10 @@ PEER_FACTORIES = {
 }
 _PEER_MODULES = {"fastrnn": "fastrnn._core", "reference": "fastrnn.reference", "torch": "torch",
                  "onnxruntime": "onnxruntime", "jax": "jax", "sgemm": "numpy"}
-_ISOLATED = {"jax"}
+
+
+def _isolated(entry: str) -> bool:
+    return getattr(PEER_FACTORIES[entry], "isolated", False)
 
 
 def available_entries(names):
@@ -684,13 +682,18 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print) -> di
     gc.collect()
     outputs, calls, rounds = {}, {}, {}
     for name, runner in runners.items():
-        outputs[name], seconds = runner.check()      # warm-up, + outputs for the check
-        if seconds < settings.sample_s:
-            seconds = runner.time(1)[0]              # calibrate (no compile time in it)
+        outputs[name], seconds = runner.check()      # warm-up (compiles), + outputs
+        k = 1
+        while seconds <= settings.max_call_s:        # more warm-up, and calibration
+            wall = runner.time(k)[0]
+            seconds = wall / k
+            if wall >= settings.sample_s:
+                break
+            k *= 2
         calls[name] = max(1, int(settings.sample_s / max(seconds, 1e-9)))
         rounds[name] = 1 if seconds > settings.max_call_s else settings.rounds
     samples = {name: [] for name in runners}
-    busy = dict.fromkeys(runners, 0.0)               # process CPU seconds / wall seconds
+    walls, cpus = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0.0)
     names = list(runners)
     for r in range(settings.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -698,7 +701,9 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print) -> di
                 time.sleep(settings.settle_s)        # let the last entry's spinning threads park
                 wall, cpu = runners[name].time(calls[name])
                 samples[name].append(wall / calls[name])
-                busy[name] = max(busy[name], cpu / wall)
+                walls[name] += wall
+                cpus[name] += cpu
+    busy = {name: cpus[name] / walls[name] for name in runners if walls[name] > 0}
     errors = {}
     if "fastrnn" in outputs:
         errors = {name: _max_rel_error(out, outputs["fastrnn"])
@@ -713,7 +718,7 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print) -> di
         log(f"  WARNING {case.label}: {name} differs from fastrnn by "
             f"{errors[name]:.2e} (relative)")
     for name, ratio in busy.items():
-        if ratio > case.threads + 0.5:
+        if ratio > case.threads + 0.5 and walls[name] > 0.1:
             log(f"  WARNING {case.label}: {name} kept {ratio:.1f} CPUs busy "
                 f"({case.threads} thread(s) asked for)")
     return record
@@ -730,14 +735,14 @@ def sgemm_peak(threads: int, size: int = 1024, repeats: int = 5) -> float:
 
 def run_grid(cases, entries, settings: Settings, log=print) -> dict:
     """Time every case with every entry; thread count by thread count."""
-    local = {name: PEER_FACTORIES[name]() for name in entries if name not in _ISOLATED}
+    local = {name: PEER_FACTORIES[name]() for name in entries if not _isolated(name)}
     records, peaks = [], {}
     for threads in dict.fromkeys(c.threads for c in cases):
         limit_threads(threads)
         for peer in local.values():
             peer.set_threads(threads)
         remote = {name: RemotePeer(name, threads, settings.seed)
-                  for name in entries if name in _ISOLATED}
+                  for name in entries if _isolated(name)}
         try:
             peaks[threads] = sgemm_peak(threads)
             log(f"{threads} thread(s): numpy sgemm peak {peaks[threads]:.1f} GFLOP/s")
@@ -955,6 +960,7 @@ def write_chart(result: dict, path: Path, log=print):
     """Bar chart of the ratio per case, one panel per (mode, threads); None without matplotlib."""
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -975,6 +981,8 @@ def write_chart(result: dict, path: Path, log=print):
         ax.bar(range(len(items)), ratios, color=[colors[r["case"]["cell"]] for r, _ in items])
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(items)), labels, fontsize=7)
         ax.set_ylabel("fastest peer / fastrnn")
         ax.set_title(f"{mode}, {threads} thread{'s' * (threads > 1)} (> 1: fastrnn faster)",
