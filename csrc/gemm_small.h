@@ -104,14 +104,30 @@ static inline void FR_FN(gemm_packed)(real *C, ptrdiff_t ldc, const real *A, ptr
     }
 }
 
-/* The sum of a vector's lanes, as a tree of halvings (which the compiler vectorizes). */
+/* The sum of a vector's lanes: halve the vector (through unions, which the compiler
+ * keeps in registers) down to 16 bytes, then add the last 4 floats or 2 doubles. */
+typedef real fr_v16 __attribute__((vector_size(16)));
+#if FR_VBYTES >= 32
+typedef real fr_v32 __attribute__((vector_size(32)));
+#endif
+
 static inline real FR_FN(lane_sum)(fr_vec v) {
-    real lanes[FR_VLEN];
-    memcpy(lanes, &v, sizeof lanes);
-    for (ptrdiff_t width = FR_VLEN / 2; width >= 1; width /= 2)
-        for (ptrdiff_t i = 0; i < width; i++)
-            lanes[i] += lanes[i + width];
-    return lanes[0];
+#if FR_VBYTES == 64
+    union { fr_vec whole; fr_v32 half[2]; } u64 = {v};
+    fr_v32 v32 = u64.half[0] + u64.half[1];
+#elif FR_VBYTES == 32
+    fr_v32 v32 = v;
+#endif
+#if FR_VBYTES >= 32
+    union { fr_v32 whole; fr_v16 half[2]; } u32 = {v32};
+    fr_v16 v16 = u32.half[0] + u32.half[1];
+#else
+    fr_v16 v16 = v;
+#endif
+    real sum = 0;
+    for (ptrdiff_t i = 0; i < (ptrdiff_t)(16 / sizeof(real)); i++)
+        sum += v16[i];
+    return sum;
 }
 
 /* Short sequences do not repay packing: C (M, N) += A (M, K) . W^T with W (N, K) row-major,

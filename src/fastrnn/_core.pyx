@@ -252,3 +252,59 @@ def set_num_threads(int n, size_t blas_set_threads=0):
 
 def get_num_threads():
     return fr_get_num_threads()
+
+
+# -- one streaming step: 2-D arrays as they come, no reshapes (fastrnn.ops.*_step) ------------
+
+cdef inline const floating* ro2(const floating[:, ::1] a) noexcept nogil:
+    return &a[0, 0]
+
+
+def rnn_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
+             const floating[:, ::1] h, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+             const floating[::1] b_ih, const floating[::1] b_hh, bint relu):
+    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1]
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_rnn_forward_f32(&y[0, 0], &h_n[0, 0], ro2(x), ro2(h), ro2(w_ih),
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H)
+        else:
+            status = fr_rnn_forward_f64(&y[0, 0], &h_n[0, 0], ro2(x), ro2(h), ro2(w_ih),
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H)
+    check(status)
+
+
+def lstm_step(floating[:, ::1] y, floating[:, ::1] h_n, floating[:, ::1] c_n,
+              const floating[:, ::1] x, const floating[:, ::1] h, const floating[:, ::1] c,
+              const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+              const floating[::1] b_ih, const floating[::1] b_hh):
+    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1]
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_lstm_forward_f32(&y[0, 0], &h_n[0, 0], &c_n[0, 0], NULL, ro2(x), ro2(h),
+                                         ro2(c), ro2(w_ih), ro2(w_hh), ro(b_ih), ro(b_hh), NULL,
+                                         1, B, I, H)
+        else:
+            status = fr_lstm_forward_f64(&y[0, 0], &h_n[0, 0], &c_n[0, 0], NULL, ro2(x), ro2(h),
+                                         ro2(c), ro2(w_ih), ro2(w_hh), ro(b_ih), ro(b_hh), NULL,
+                                         1, B, I, H)
+    check(status)
+
+
+def gru_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
+             const floating[:, ::1] h, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+             const floating[::1] b_ih, const floating[::1] b_hh, bint reset_after):
+    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1]
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_forward_f32(&y[0, 0], &h_n[0, 0], NULL, ro2(x), ro2(h), ro2(w_ih),
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
+                                        1, B, I, H)
+        else:
+            status = fr_gru_forward_f64(&y[0, 0], &h_n[0, 0], NULL, ro2(x), ro2(h), ro2(w_ih),
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
+                                        1, B, I, H)
+    check(status)

@@ -153,32 +153,22 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
 # they skip _common's checks, which cost more than the step itself at B=1. Every array
 # must be C-contiguous and of one dtype; x_t (B, I), states (B, H), weights as above.
 
-def _step_outputs(h, n_states):
-    B, H = h.shape
-    return np.empty(B * H, h.dtype), [np.empty((B, H), h.dtype) for _ in range(n_states)]
-
-
 def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False):
     """Unchecked single RNN step: returns the new state h (B, H)."""
-    y, (h_n,) = _step_outputs(h, 1)
-    (B, I), H = x_t.shape, h.shape[1]
-    _core.rnn_forward(y, *_flat(h_n, x_t, h, w_ih, w_hh, b_ih, b_hh), None, relu, 1, B, I, H)
+    y, h_n = np.empty_like(h), np.empty_like(h)
+    _core.rnn_step(y, h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu)
     return h_n
 
 
 def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
     """Unchecked single LSTM step: returns the new states (h, c), each (B, H)."""
-    y, (h_n, c_n) = _step_outputs(h, 2)
-    (B, I), H = x_t.shape, h.shape[1]
-    _core.lstm_forward(y, *_flat(h_n, c_n), None, *_flat(x_t, h, c, w_ih, w_hh, b_ih, b_hh),
-                       None, 1, B, I, H)
+    y, h_n, c_n = np.empty_like(h), np.empty_like(h), np.empty_like(c)
+    _core.lstm_step(y, h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     return h_n, c_n
 
 
 def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True):
     """Unchecked single GRU step: returns the new state h (B, H)."""
-    y, (h_n,) = _step_outputs(h, 1)
-    (B, I), H = x_t.shape, h.shape[1]
-    _core.gru_forward(y, *_flat(h_n), None, *_flat(x_t, h, w_ih, w_hh, b_ih, b_hh), None,
-                      bool(reset_after), 1, B, I, H)
+    y, h_n = np.empty_like(h), np.empty_like(h)
+    _core.gru_step(y, h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after))
     return h_n
