@@ -134,9 +134,9 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
                        const real *b_hh, const int64_t *lengths, int reset_after,
                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
-    real *gates = saved ? saved : FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 3H) */
-    real *hg = FR_FN(alloc_zeroed)(B * G);                         /* (B, 3H) */
-    real *extra = saved ? NULL : FR_FN(alloc_zeroed)(B * H);       /* (B, H) unsaved */
+    real *gates = saved ? saved : FR_FN(alloc)(T * B * G); /* (T, B, 3H) */
+    real *hg = FR_FN(alloc)(B * G);                         /* (B, 3H) */
+    real *extra = saved ? NULL : FR_FN(alloc)(B * H);       /* (B, H) unsaved */
     gru_recurrent rec;
     int status = FR_ERR_NOMEM;
     if (!gates || !hg || (!saved && !extra) ||
@@ -282,9 +282,9 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         const real *w_hh, const int64_t *lengths, int reset_after,
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
-    real *dG = FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
+    real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
     /* reset_after: dGh (T, B, 3H) = dL/d[hr hz hn]; reset before: drh (B, H) */
-    real *work = FR_FN(alloc_zeroed)(reset_after ? T * B * G : B * H);
+    real *work = FR_FN(alloc)(reset_after ? T * B * G : B * H);
     real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
     gru_recurrent rec;
     int status = FR_ERR_NOMEM;

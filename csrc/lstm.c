@@ -92,8 +92,8 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 4 * H;
     /* Inference keeps no saved block: the gates go to a workspace freed on return. */
-    real *gates = saved ? saved : FR_FN(alloc_zeroed)(T * B * G);  /* (T, B, 4H) */
-    real *scratch = saved ? NULL : FR_FN(alloc_zeroed)(2 * B * H); /* c_t, tanh(c_t) */
+    real *gates = saved ? saved : FR_FN(alloc)(T * B * G);  /* (T, B, 4H) */
+    real *scratch = saved ? NULL : FR_FN(alloc)(2 * B * H); /* c_t, tanh(c_t) */
     fr_recurrent rec;
     if (!gates || (!saved && !scratch) ||
         FR_FN(recurrent_init)(&rec, w_hh, H, G, 1, T, B) != FR_OK) {
@@ -192,7 +192,7 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                          const int64_t *lengths, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
                          ptrdiff_t H) {
     const ptrdiff_t G = 4 * H;
-    real *dG = FR_FN(alloc_zeroed)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
+    real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
     fr_recurrent rec;
     if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, G, H, 0, T, B) != FR_OK) {

@@ -127,7 +127,7 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         const real *x, const real *h0, const real *w_ih, const real *w_hh,
                         const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
                         ptrdiff_t I, ptrdiff_t H) {
-    real *dG = FR_FN(alloc_zeroed)(T * B * H); /* (T, B, H) dL/da_t */
+    real *dG = FR_FN(alloc)(T * B * H); /* (T, B, H) dL/da_t */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
     fr_recurrent rec;
     if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, H, H, 0, T, B) != FR_OK) {

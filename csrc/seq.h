@@ -29,6 +29,12 @@ static inline int fr_step_valid(const int64_t *lengths, ptrdiff_t t, ptrdiff_t b
     return lengths == NULL || t < lengths[b];
 }
 
+/* A workspace of n reals that the caller overwrites before reading (malloc: repeated calls
+ * reuse the heap instead of faulting in fresh zeroed pages), or NULL on failure. */
+static inline real *FR_FN(alloc)(ptrdiff_t n) {
+    return (real *)malloc((size_t)(n > 0 ? n : 1) * sizeof(real));
+}
+
 /* A zeroed buffer of n reals, or NULL when the allocation fails. */
 static inline real *FR_FN(alloc_zeroed)(ptrdiff_t n) {
     return (real *)calloc((size_t)(n > 0 ? n : 1), sizeof(real));

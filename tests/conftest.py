@@ -31,3 +31,16 @@ def import_backend(name: str):
 def backend(request):
     """Each backend module in turn: ``fastrnn.ops`` (C) and ``fastrnn.reference`` (NumPy)."""
     return import_backend(request.param)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_by_default():
+    """Tests run single-threaded unless they set threads themselves (the thread tests in
+    test_ops_vs_reference.py do): on a shared 2-core machine a second thread that is not
+    scheduled stalls every small BLAS call of a training loop, and no result depends on
+    the thread count."""
+    import fastrnn
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(1)
+    yield
+    fastrnn.set_num_threads(before)

@@ -6,15 +6,22 @@
   (``fastrnn.nn`` also has ``Linear``, ``Embedding``, ``Dropout``).
 * ``fastrnn.losses``, ``fastrnn.optim``, ``fastrnn.io`` (checkpoints), ``fastrnn.convert``
   (Keras and ONNX weights).
+* ``fastrnn.models``: language model, sequence classifier and regressor, seq2seq, and a
+  one-to-many generator, each with fit / evaluate / predict / save / load;
+  ``fastrnn.generate`` samples text from a language model.
 """
-from . import convert, io, losses, nn, ops, optim, reference
+from . import convert, data, generate, io, losses, models, nn, ops, optim, reference
 from ._common import GRUGrads, LSTMGrads, RNNGrads
 from ._threads import get_num_threads, set_num_threads
 from .io import CheckpointError, load_checkpoint, save_checkpoint
+from .models import (LanguageModel, OneToManyGenerator, Seq2Seq, SequenceClassifier,
+                     SequenceRegressor)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert",
+__all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert", "models", "data",
+           "generate", "LanguageModel", "SequenceClassifier", "SequenceRegressor", "Seq2Seq",
+           "OneToManyGenerator",
            "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
            "RNNGrads", "LSTMGrads", "GRUGrads", "set_num_threads", "get_num_threads",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__"]
