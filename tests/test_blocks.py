@@ -9,20 +9,9 @@ import pytest
 
 from fastrnn.losses import CrossEntropyLoss, MSELoss, cross_entropy, log_softmax, mse
 from fastrnn.nn.layers import Dropout, Embedding, Linear
+from helpers import numeric_grad
 
 
-def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar ``f()`` with respect to ``x`` (perturbed in place)."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        grad[i] = (up - down) / (2 * eps)
-    return grad
 
 
 # -- Linear ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fastrnn import reference as ref
+from helpers import numeric_grad
 
 EPS = 1e-6
 RTOL, ATOL = 1e-7, 1e-9
@@ -103,18 +104,6 @@ def safe_params(cell, shape, bias, lengths):
     raise AssertionError("no kink-free seed found")
 
 
-def numeric_grad(f, array, eps=EPS):
-    """Central differences of the scalar f() with respect to ``array`` (perturbed in place)."""
-    grad = np.zeros_like(array)
-    for idx in np.ndindex(array.shape):
-        orig = array[idx]
-        array[idx] = orig + eps
-        up = f()
-        array[idx] = orig - eps
-        down = f()
-        array[idx] = orig
-        grad[idx] = (up - down) / (2 * eps)
-    return grad
 
 
 def upstream(cell, y, states, seed=1):

@@ -14,7 +14,6 @@ are ``dy = wy``, ``dh_n = wh``, ``dc_n = wc``.
 """
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 
 from fastrnn import reference
 from fastrnn.nn.recurrent import GRU, LSTM, RNN
+from helpers import load_script
 
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / "golden"
 LAYER_GOLDEN_FILES = sorted((GOLDEN_DIR / "layers").glob("*.npz"))
@@ -30,15 +30,7 @@ DTYPES = (np.float64, np.float32)
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 
-def _load_make_layer_golden():
-    spec = importlib.util.spec_from_file_location("fastrnn_make_layer_golden",
-                                                  GOLDEN_DIR / "make_layer_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-golden = _load_make_layer_golden()
+golden = load_script(GOLDEN_DIR / "make_layer_golden.py", "fastrnn_make_layer_golden")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,11 +10,11 @@ are ``dy = wy``, ``dh_n = wh``, ``dc_n = wc``.
 """
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / "golden"
 GOLDEN_FILES = sorted(GOLDEN_DIR.glob("*.npz"))
@@ -27,16 +27,8 @@ CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 RESULT_KEYS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
 
 
-def _load_make_golden():
-    """Import tests/golden/make_golden.py (not a package) for its case list and torch_run."""
-    spec = importlib.util.spec_from_file_location("fastrnn_make_golden",
-                                                  GOLDEN_DIR / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_golden = _load_make_golden()
+# tests/golden/make_golden.py (not a package): its case list and torch_run.
+make_golden = load_script(GOLDEN_DIR / "make_golden.py", "fastrnn_make_golden")
 
 
 # --------------------------------------------------------------------------- helpers
