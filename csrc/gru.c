@@ -195,10 +195,15 @@ typedef struct {
     ptrdiff_t dy_stride, h_prev_stride;
 } gru_step_inputs;
 
-static void gru_step_backward_after(real *dG_t, real *dGh_t, real *dh, gru_step_inputs in,
-                                    const gru_recurrent *rec, const int64_t *lengths,
-                                    ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
+/* reset_after, one step: dG_t (B, 3H) written; dGh (B, 3H) is a workspace for this
+ * step's dL/d[hr hz hn], whose n block is kept in dGhn_t (B, H) for dw_hh (its r and z
+ * blocks equal dG_t's). */
+static void gru_step_backward_after(real *dG_t, real *dGh, real *dGhn_t, real *dh,
+                                    gru_step_inputs in, const gru_recurrent *rec,
+                                    const int64_t *lengths, ptrdiff_t t, ptrdiff_t B,
+                                    ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
+    real *dGh_t = dGh;
     for (ptrdiff_t b = 0; b < B; b++) {
         if (!fr_step_valid(lengths, t, b)) {
             memset(dG_t + b * G, 0, (size_t)G * sizeof(real));
@@ -210,6 +215,8 @@ static void gru_step_backward_after(real *dG_t, real *dGh_t, real *dh, gru_step_
                                 in.h_prev + b * in.h_prev_stride, H);
     }
     FR_FN(recurrent_product)(&rec->all_or_rz, dh, H, dGh_t, G, B, 1); /* dh += dGh w_hh */
+    for (ptrdiff_t b = 0; b < B; b++)
+        memcpy(dGhn_t + b * H, dGh_t + b * G + 2 * H, (size_t)H * sizeof(real));
 }
 
 /* reset before: n = tanh(xn + (r h) w_hh[n]^T + b_hn). drh (B, H) = dL/d(r h) workspace. */
@@ -244,7 +251,9 @@ static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_i
 
 /* What the backward time loop reads and writes, for any block of rows. */
 typedef struct {
-    real *dG, *work, *dh; /* (T, B, 3H); dGh (T, B, 3H) or drh (B, H); carried (B, H) */
+    real *dG, *dh;   /* (T, B, 3H), carried (B, H) */
+    real *dGhn;      /* reset_after: (T, B, H) n block of dL/d[hr hz hn]; else NULL */
+    real *work;      /* reset_after: dGh (B, 3H); reset before: drh (B, H) */
     const real *dy, *y, *h0, *zeros, *gates, *extra;
     const gru_recurrent *rec;
     const int64_t *lengths;
@@ -268,8 +277,8 @@ static void gru_backward_rows(const void *ctx, fr_rows r) {
             (t > 0 || a->h0) ? H : 0,
         };
         if (a->reset_after)
-            gru_step_backward_after(a->dG + row * G, a->work + row * G, dh, in, a->rec, lengths,
-                                    t, r.rows, H);
+            gru_step_backward_after(a->dG + row * G, a->work + r.b0 * G, a->dGhn + row * H, dh,
+                                    in, a->rec, lengths, t, r.rows, H);
         else
             gru_step_backward_before(a->dG + row * G, a->work + r.b0 * H, dh, in, a->rec,
                                      lengths, t, r.rows, H);
@@ -283,32 +292,34 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
     real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
-    /* reset_after: dGh (T, B, 3H) = dL/d[hr hz hn]; reset before: drh (B, H) */
-    real *work = FR_FN(alloc)(reset_after ? T * B * G : B * H);
+    real *dGhn = reset_after ? FR_FN(alloc)(T * B * H) : NULL; /* (T, B, H) */
+    real *work = FR_FN(alloc)(B * (reset_after ? G : H));      /* per step, see the loop */
     real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
     gru_recurrent rec;
     int status = FR_ERR_NOMEM;
-    if (!dG || !work || !zeros || gru_recurrent_init(&rec, w_hh, reset_after, 0, T, B, H) != FR_OK)
+    if (!dG || (reset_after && !dGhn) || !work || !zeros ||
+        gru_recurrent_init(&rec, w_hh, reset_after, 0, T, B, H) != FR_OK)
         goto done;
     gru_saved s = gru_saved_views((real *)saved, T, B, H);
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
-    gru_backward_loop loop = {dG,      work,    dh0,  dy,      y,           h0, zeros,
+    gru_backward_loop loop = {dG, dh0,     dGhn,    work, dy,      y,           h0, zeros,
                               s.gates, s.extra, &rec, lengths, reset_after, T,  B, H};
     fr_for_row_blocks(B, gru_backward_rows, &loop);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
-    if (reset_after) {
-        FR_FN(hidden_grads)(dw_hh, db_hh, work, G, h0, y, T, B, H, G);
-    } else {
-        /* r and z see h_{t-1}; n sees r * h_{t-1}, saved for every step t. */
-        FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, 2 * H);
+    /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
+    FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, 2 * H);
+    if (reset_after) /* n: dL/dhn = dGn * r, fed by h_{t-1} */
+        FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dGhn, H, h0, y, T,
+                            B, H, H);
+    else /* n: dL/d(pre-n) = dGn, fed by r * h_{t-1} (saved for every step) */
         FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dG + 2 * H, G,
                             s.extra, s.extra + B * H, T, B, H, H);
-    }
     gru_recurrent_free(&rec);
     status = FR_OK;
 done:
     free(dG);
+    free(dGhn);
     free(work);
     free(zeros);
     return status;
