@@ -3,13 +3,13 @@
 examples/README.md; these only show that the scripts still work with the library."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
 import fastrnn
+from helpers import load_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,10 +23,7 @@ def _restore_threads():
 
 def run_example(name: str, monkeypatch) -> dict:
     monkeypatch.syspath_prepend(str(EXAMPLES))            # for their `import _common`
-    spec = importlib.util.spec_from_file_location(f"fastrnn_example_{name}",
-                                                  EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(EXAMPLES / f"{name}.py", f"fastrnn_example_{name}")
     return module.main(["--quick", "--no-verbose", "--seed", "0"])
 
 
