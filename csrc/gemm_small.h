@@ -49,9 +49,18 @@ static inline real *FR_FN(pack_panel)(const real *W, ptrdiff_t K, ptrdiff_t N, i
     if (!panel)
         return NULL;
     memset(panel, 0, bytes);
-    for (ptrdiff_t k = 0; k < K; k++)
-        for (ptrdiff_t n = 0; n < N; n++)
-            panel[k * Np + n] = transpose ? W[n * K + k] : W[k * N + n];
+    if (!transpose) {
+        for (ptrdiff_t k = 0; k < K; k++)
+            memcpy(panel + k * Np, W + k * N, (size_t)N * sizeof(real));
+        return panel;
+    }
+    /* W^T in blocks of 16 rows of W: each k then writes 16 neighbours in one line. */
+    for (ptrdiff_t n0 = 0; n0 < N; n0 += 16) {
+        ptrdiff_t n1 = n0 + 16 < N ? n0 + 16 : N;
+        for (ptrdiff_t k = 0; k < K; k++)
+            for (ptrdiff_t n = n0; n < n1; n++)
+                panel[k * Np + n] = W[n * K + k];
+    }
     return panel;
 }
 
@@ -86,6 +95,31 @@ static inline void FR_FN(gemm_tile)(real *C, ptrdiff_t ldc, const real *A, ptrdi
     }
 }
 
+/* One row: C[0, n0 : n0+TILE_N] += A[0, :K] . panel[:K, n0 : ...]. A single row has no
+ * other rows to hide the FMA latency behind, so even and odd k go to two accumulator
+ * sets. */
+static inline void FR_FN(gemm_tile_row)(real *C, const real *A, const real *panel,
+                                         ptrdiff_t Np, ptrdiff_t K, ptrdiff_t cols) {
+    fr_vec even[FR_TILE_NR], odd[FR_TILE_NR];
+    memset(even, 0, sizeof even);
+    memset(odd, 0, sizeof odd);
+    ptrdiff_t k = 0;
+    for (; k + 1 < K; k += 2)
+        for (int v = 0; v < FR_TILE_NR; v++) {
+            even[v] += A[k] * *(const fr_vec *)(panel + k * Np + v * FR_VLEN);
+            odd[v] += A[k + 1] * *(const fr_vec *)(panel + (k + 1) * Np + v * FR_VLEN);
+        }
+    for (; k < K; k++)
+        for (int v = 0; v < FR_TILE_NR; v++)
+            even[v] += A[k] * *(const fr_vec *)(panel + k * Np + v * FR_VLEN);
+    real sums[FR_TILE_N];
+    for (int v = 0; v < FR_TILE_NR; v++)
+        even[v] += odd[v];
+    memcpy(sums, even, sizeof sums);
+    for (ptrdiff_t j = 0; j < cols; j++)
+        C[j] += sums[j];
+}
+
 /* C (M, N) += A (M, K) . panel (K, Np), the panel from pack_panel (64-byte aligned, Np a
  * whole tile, so every vector load from it is aligned). */
 static inline void FR_FN(gemm_packed)(real *C, ptrdiff_t ldc, const real *A, ptrdiff_t lda,
@@ -99,8 +133,7 @@ static inline void FR_FN(gemm_packed)(real *C, ptrdiff_t ldc, const real *A, ptr
             FR_FN(gemm_tile)(C + m0 * ldc + n0, ldc, A + m0 * lda, lda, panel + n0, Np, K,
                              FR_TILE_MR, cols);
         for (; m0 < M; m0++)
-            FR_FN(gemm_tile)(C + m0 * ldc + n0, ldc, A + m0 * lda, lda, panel + n0, Np, K, 1,
-                             cols);
+            FR_FN(gemm_tile_row)(C + m0 * ldc + n0, A + m0 * lda, panel + n0, Np, K, cols);
     }
 }
 
