@@ -147,7 +147,7 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
     FR_FN(init_state)(h_n, h0, B * H);
     gru_forward_loop loop = {y,       h_n,     gates, saved ? s.extra : extra, hg,
                              saved ? B * H : 0, &rec, b_hh, lengths, reset_after, T, B, H};
-    fr_for_row_blocks(B, gru_forward_rows, &loop);
+    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec.all_or_rz), gru_forward_rows, &loop);
     gru_recurrent_free(&rec);
     status = FR_OK;
 done:
@@ -305,7 +305,8 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     FR_FN(init_state)(dh0, dh_n, B * H);
     gru_backward_loop loop = {dG, dh0,     dGhn,    work, dy,      y,           h0, zeros,
                               s.gates, s.extra, &rec, lengths, reset_after, T,  B, H};
-    fr_for_row_blocks(B, gru_backward_rows, &loop);
+    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec.all_or_rz), gru_backward_rows,
+                      &loop);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, 2 * H);

@@ -109,7 +109,7 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     lstm_forward_loop loop = {y, h_n, c_n, gates, saved ? s.c : scratch,
                               saved ? s.tanh_c : scratch + B * H, saved ? B * H : 0,
                               &rec, lengths, T, B, H};
-    fr_for_row_blocks(B, lstm_forward_rows, &loop);
+    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), lstm_forward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     if (!saved)
         free(gates);
@@ -206,7 +206,7 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     FR_FN(init_state)(dc0, dc_n, B * H);
     lstm_backward_loop loop = {dG,     dh0,  dc0,   dy,   s.gates, s.tanh_c, s.c,
                                c0,     zeros, &rec, lengths, T,     B,        H};
-    fr_for_row_blocks(B, lstm_backward_rows, &loop);
+    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), lstm_backward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, G);

@@ -65,7 +65,7 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
     FR_FN(input_projection)(y, x, w_ih, b_ih, b_hh, T * B, I, H);
     FR_FN(init_state)(h_n, h0, B * H);
     rnn_forward_loop loop = {y, h_n, &rec, lengths, relu, T, B, H};
-    fr_for_row_blocks(B, rnn_forward_rows, &loop);
+    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), rnn_forward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     return FR_OK;
 }
@@ -138,7 +138,7 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
     rnn_backward_loop loop = {dG, dh0, dy, y, zeros, &rec, lengths, relu, T, B, H};
-    fr_for_row_blocks(B, rnn_backward_rows, &loop);
+    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), rnn_backward_rows, &loop);
     FR_FN(recurrent_free)(&rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, H);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, H, h0, y, T, B, H, H);

@@ -132,6 +132,12 @@ static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_
     return r->panel ? FR_OK : FR_ERR_NOMEM;
 }
 
+/* Whether the per-step products run on our own kernel (not BLAS): then the time loop may
+ * be split across threads by rows (threads.c). */
+static inline int FR_FN(recurrent_own_kernel)(const fr_recurrent *r) {
+    return r->panel != NULL || r->direct;
+}
+
 static inline void FR_FN(recurrent_free)(fr_recurrent *r) {
     free(r->panel);
     r->panel = NULL;

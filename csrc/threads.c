@@ -1,10 +1,13 @@
 /* threads.c - the batch split: each thread runs the whole time loop over its own rows.
  *
  * Rows of a batch never interact inside a recurrent layer, so a thread can own a block
- * of rows from the first step to the last with no barrier per step. The products
- * outside the time loop stay with BLAS and its own threads; while our threads run, the
- * BLAS is held to one thread (through the setter handed over by fastrnn._core), so the
- * two never nest. Without OpenMP everything runs on the calling thread.
+ * of rows from the first step to the last with no barrier per step. That pays when the
+ * per-step products run on our own kernel (small batches). Larger batches run each
+ * per-step product on BLAS, whose own threads split it better than blocks of rows do
+ * (measured), so their time loop stays on the calling thread. The products outside the
+ * time loop always belong to BLAS and its threads; while our threads run, the BLAS is
+ * held to one thread (through the setter handed over by fastrnn._core), so the two never
+ * nest. Without OpenMP everything runs on the calling thread.
  */
 #include "fastrnn.h"
 #include "threads.h"
@@ -30,8 +33,8 @@ static int threads_for_rows(ptrdiff_t B) {
 #endif
 }
 
-void fr_for_row_blocks(ptrdiff_t B, fr_rows_fn fn, const void *ctx) {
-    int n = threads_for_rows(B);
+void fr_for_row_blocks(ptrdiff_t B, int split, fr_rows_fn fn, const void *ctx) {
+    int n = split ? threads_for_rows(B) : 1;
     if (n <= 1) {
         fr_rows all = {0, B};
         fn(ctx, all);

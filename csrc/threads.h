@@ -18,7 +18,8 @@ typedef void (*fr_rows_fn)(const void *ctx, fr_rows rows);
 void fr_set_num_threads(int n, void (*blas_set_threads)(int));
 int fr_get_num_threads(void);
 
-/* fn(ctx, block) for blocks of rows covering [0, B), in parallel when it pays. */
-void fr_for_row_blocks(ptrdiff_t B, fr_rows_fn fn, const void *ctx);
+/* fn(ctx, block) for blocks of rows covering [0, B): in parallel when `split` (the
+ * per-step products run on our own kernel) and the batch is large enough, else one block. */
+void fr_for_row_blocks(ptrdiff_t B, int split, fr_rows_fn fn, const void *ctx);
 
 #endif

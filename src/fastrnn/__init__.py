@@ -10,9 +10,10 @@
   one-to-many generator, each with fit / evaluate / predict / save / load;
   ``fastrnn.generate`` samples text from a language model.
 """
-from . import convert, data, generate, io, losses, models, nn, ops, optim, reference
+from ._threads import get_num_threads, set_num_threads  # first: it prepares OpenMP
+
+from . import convert, data, generate, io, losses, models, nn, ops, optim, reference  # noqa: I001
 from ._common import GRUGrads, LSTMGrads, RNNGrads
-from ._threads import get_num_threads, set_num_threads
 from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .models import (LanguageModel, OneToManyGenerator, Seq2Seq, SequenceClassifier,
                      SequenceRegressor)

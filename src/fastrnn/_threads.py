@@ -1,7 +1,9 @@
 """The one thread knob: ``fastrnn.set_num_threads(n)`` and ``FASTRNN_NUM_THREADS``.
 
-The kernels split a batch across threads, each running the whole time loop over its own
-block of rows (no barrier per step; at least 4 rows a thread). The kernels' large products (the hoisted input projection, the weight gradients after
+For batches that run their per-step products on fastrnn's own kernel (up to 16 rows) the
+kernels split the batch across threads, each running the whole time loop over its own
+block of rows (no barrier per step; at least 4 rows a thread); larger batches leave the
+threading of each per-step product to BLAS, which measured faster. The kernels' large products (the hoisted input projection, the weight gradients after
 the time loop, and the per-step recurrent products of large batches) run on SciPy's
 BLAS, so the knob sets that BLAS's thread count. The small-batch per-step path is our
 own single-threaded code, so nothing ever nests threads on top of a threaded BLAS.
@@ -19,7 +21,13 @@ import glob
 import os
 from typing import Optional
 
-from . import _core
+# The batch split's OpenMP threads sleep between parallel regions instead of spinning:
+# spinning threads fight BLAS's own threads for the cores (measured: up to 10x slower on
+# 2 cores). Set before the OpenMP runtime loads with fastrnn._core; an explicit setting
+# by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _core  # noqa: E402
 
 _SETTERS = ("scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
             "openblas_set_num_threads", "openblas_set_num_threads64_")
