@@ -308,3 +308,26 @@ def gru_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
                                         ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
                                         1, B, I, H)
     check(status)
+
+
+# -- plain GEMM on the kernels' BLAS (fastrnn.ops.gemm) ------------------------------------
+
+def gemm(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] B,
+         bint trans_a, bint trans_b, floating beta):
+    """C = op(A) op(B) + beta C, row-major, shapes checked by fastrnn.ops.gemm.
+
+    BLAS is column-major: the row-major C = op(A) op(B) is the column-major
+    C^T = op(B)^T op(A)^T, so A and B trade places."""
+    cdef int M = C.shape[0], N = C.shape[1]
+    cdef int K = A.shape[0] if trans_a else A.shape[1]
+    cdef int lda = A.shape[1], ldb = B.shape[1], ldc = N
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    cdef floating one = 1
+    with nogil:
+        if floating is float:
+            sgemm(&ta, &tb, &N, &M, &K, &one, <float*>&B[0, 0], &ldb, <float*>&A[0, 0], &lda,
+                  &beta, &C[0, 0], &ldc)
+        else:
+            dgemm(&ta, &tb, &N, &M, &K, &one, <double*>&B[0, 0], &ldb, <double*>&A[0, 0], &lda,
+                  &beta, &C[0, 0], &ldc)

@@ -21,7 +21,7 @@ from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, check_backwa
                       check_forward, check_nonlinearity)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward"]
+           "gru_forward", "gru_backward", "gemm"]
 
 _BACKEND = "ops"
 
@@ -172,3 +172,41 @@ def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True):
     y, h_n = np.empty_like(h), np.empty_like(h)
     _core.gru_step(y, h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after))
     return h_n
+
+
+# -- a plain matrix product on the kernels' BLAS ---------------------------------------------
+
+def gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False):
+    """``op(a) @ op(b)`` for 2-D float arrays of one dtype, on the same BLAS (and so the
+    same thread pool, sized by :func:`fastrnn.set_num_threads`) as the kernels.
+
+    The layers use it instead of ``numpy.matmul``: NumPy's wheels bundle a second OpenBLAS
+    with its own threads, and two spinning BLAS thread pools on the same cores slow each
+    other down several times over. ``op(x)`` is ``x.T`` when ``trans_*``; with ``out``
+    (C-contiguous, the result's shape) the product is written there, or added to it when
+    ``accumulate``. Returns the result.
+    """
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"gemm needs 2-D arrays, got shapes {a.shape} and {b.shape}")
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm needs two float32 or two float64 arrays, got {a.dtype} and "
+                        f"{b.dtype}")
+    M, K = a.shape[::-1] if trans_a else a.shape
+    K_b, N = b.shape[::-1] if trans_b else b.shape
+    if K != K_b:
+        raise ValueError(f"gemm: inner sizes differ: op(a) is {(M, K)}, op(b) is {(K_b, N)}")
+    if out is None:
+        out = np.empty((M, N), a.dtype)
+        accumulate = False
+    elif out.shape != (M, N) or out.dtype != a.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {a.dtype} array of shape {(M, N)}, got "
+                         f"{out.dtype} {out.shape}")
+    if M and N:
+        if K == 0:
+            if not accumulate:
+                out[...] = 0
+        else:
+            _core.gemm(out, a, b, bool(trans_a), bool(trans_b), 1.0 if accumulate else 0.0)
+    return out

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..ops import gemm
 from .module import Module, Parameter
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -76,7 +77,7 @@ class Linear(Module):
     def forward(self, x) -> np.ndarray:
         x = _as_input("x", x, self.weight.dtype, self.in_features)
         self._x = x if self.training else None
-        y = x.reshape(-1, self.in_features) @ self.weight.value.T    # one GEMM, (N, out)
+        y = gemm(x.reshape(-1, self.in_features), self.weight.value, trans_b=True)  # (N, out)
         if self.bias is not None:
             y += self.bias.value
         return y.reshape(x.shape[:-1] + (self.out_features,))
@@ -88,10 +89,11 @@ class Linear(Module):
             raise ValueError(f"dy must have shape {self._x.shape[:-1] + (self.out_features,)}, "
                              f"got {dy.shape}")
         dy2 = dy.reshape(-1, self.out_features)                 # (N, out)
-        self.weight.grad += dy2.T @ self._x.reshape(-1, self.in_features)
+        gemm(dy2, self._x.reshape(-1, self.in_features), trans_a=True, out=self.weight.grad,
+             accumulate=True)                                   # dW += dyᵀ x
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return (dy2 @ self.weight.value).reshape(self._x.shape)   # (..., in)
+        return gemm(dy2, self.weight.value).reshape(self._x.shape)   # dx = dy W, (..., in)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
