@@ -19,7 +19,7 @@
 /* Batches up to this size run their per-step recurrent products on our own kernels
  * (gemm_small.h), larger ones on BLAS. Sequences of at least FR_PACK_STEPS steps pack
  * the weight first; shorter ones (a streaming step) use it as it is. */
-#define FR_SMALL_BATCH 16
+#define FR_SMALL_BATCH 32
 #define FR_PACK_STEPS 8
 /* Products with at most this many rows skip BLAS (its call overhead dominates). */
 #define FR_DIRECT_ROWS 4

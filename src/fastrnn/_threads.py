@@ -1,6 +1,6 @@
 """The one thread knob: ``fastrnn.set_num_threads(n)`` and ``FASTRNN_NUM_THREADS``.
 
-For batches that run their per-step products on fastrnn's own kernel (up to 16 rows) the
+For batches that run their per-step products on fastrnn's own kernel (up to 32 rows) the
 kernels split the batch across threads, each running the whole time loop over its own
 block of rows (no barrier per step; at least 4 rows a thread); larger batches leave the
 threading of each per-step product to BLAS, which measured faster. The kernels' large products (the hoisted input projection, the weight gradients after
