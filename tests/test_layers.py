@@ -491,3 +491,15 @@ def test_bad_call_arguments(call, error, match):
 def test_step_rejects_bidirectional():
     with pytest.raises(ValueError, match="unidirectional"):
         build("gru", input_size=3, hidden_size=4, bidirectional=True).step(np.zeros((1, 3)))
+
+
+def test_step_accepts_non_contiguous_input():
+    lstm = LSTM(4, 5, num_layers=2, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    strided = np.asfortranarray(x)                   # same values, Fortran order
+    assert not strided.flags.c_contiguous
+    want_out, want_state = lstm.step(x)
+    got_out, got_state = lstm.step(strided)
+    np.testing.assert_array_equal(got_out, want_out)
+    for got, want in zip(got_state, want_state):
+        np.testing.assert_array_equal(got, want)

@@ -153,25 +153,30 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
 # they skip _common's checks, which cost more than the step itself at B=1. Every array
 # must be C-contiguous and of one dtype; x_t (B, I), states (B, H), weights as above.
 
-def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False):
-    """Unchecked single RNN step: returns the new state h (B, H)."""
-    y, h_n = np.empty_like(h), np.empty_like(h)
-    _core.rnn_step(y, h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu)
-    return h_n
+def _step_out(out, like, n):
+    """The new states' arrays: ``out`` (n arrays like ``like``) or fresh ones."""
+    return out if out is not None else tuple(np.empty_like(like) for _ in range(n))
 
 
-def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
-    """Unchecked single LSTM step: returns the new states (h, c), each (B, H)."""
-    y, h_n, c_n = np.empty_like(h), np.empty_like(h), np.empty_like(c)
-    _core.lstm_step(y, h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False, out=None):
+    """Unchecked single RNN step: returns the new state (h,), written into ``out`` if given."""
+    (h_n,) = _step_out(out, h, 1)
+    _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu)
+    return (h_n,)
+
+
+def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, out=None):
+    """Unchecked single LSTM step: returns the new states (h, c), written into ``out``."""
+    h_n, c_n = _step_out(out, h, 2)
+    _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     return h_n, c_n
 
 
-def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True):
-    """Unchecked single GRU step: returns the new state h (B, H)."""
-    y, h_n = np.empty_like(h), np.empty_like(h)
-    _core.gru_step(y, h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after))
-    return h_n
+def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True, out=None):
+    """Unchecked single GRU step: returns the new state (h,), written into ``out`` if given."""
+    (h_n,) = _step_out(out, h, 1)
+    _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after))
+    return (h_n,)
 
 
 # -- a plain matrix product on the kernels' BLAS ---------------------------------------------

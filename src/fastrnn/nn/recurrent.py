@@ -468,40 +468,42 @@ class _RecurrentBase(Module):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional module: the reverse direction of a "
                              "bidirectional one reads the whole sequence; call the module on it")
-        x_t = _array("x_t", x_t, self.dtype)
+        x_t = np.ascontiguousarray(_array("x_t", x_t, self.dtype))
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
                              f"got {_shape_str(x_t.shape)}")
-        states = self._step_states(self._unpack_state(state, "state"), x_t.shape[0])
-        per_layer = []
+        B = x_t.shape[0]
+        states = self._step_states(self._unpack_state(state, "state"), B)
+        shape = (self.num_layers, B, self.hidden_size)
+        new = tuple(np.empty(shape, self.dtype) for _ in states)   # (L, B, H) each
         out = x_t
         for layer in range(self.num_layers):
-            per_layer.append(self._step_layer(layer, out, tuple(
-                None if s is None else s[layer] for s in states)))
-            out = per_layer[-1][0]
-        stacked = tuple(np.stack(s) if len(s) > 1 else s[0][None] for s in zip(*per_layer))
-        return out, self._pack_state(stacked)
+            self._step_layer(layer, out, tuple(s[layer] for s in states),
+                             tuple(n[layer] for n in new))
+            out = new[0][layer]
+        return out, self._pack_state(new)
 
     def _step_states(self, states, B: int) -> list:
+        """The incoming states as contiguous (L, B, H) arrays; None becomes zeros."""
         expected = (self.num_layers, B, self.hidden_size)
         checked = []
         for name, s in zip(self._state_names, states):
-            if s is not None:
+            if s is None:
+                s = np.zeros(expected, self.dtype)
+            else:
                 s = _array(f"state {name}", s, self.dtype)
                 _check_shape(f"state {name}", s, expected, "(num_layers, batch, hidden_size)")
                 s = np.ascontiguousarray(s)
             checked.append(s)
         return checked
 
-    def _step_layer(self, layer: int, x_t: np.ndarray, states: tuple) -> tuple:
-        """One layer, one step: ``x_t (B, I_layer)``, states ``(B, H)`` each -> new states.
+    def _step_layer(self, layer: int, x_t: np.ndarray, states: tuple, out: tuple) -> None:
+        """One layer, one step: ``x_t (B, I_layer)``, states ``(B, H)`` each; writes the new
+        states into ``out``.
 
         Runs the cell's unchecked C step (``ops.*_step``): step() has checked x_t and the
         states, and the weights are the module's own contiguous arrays."""
-        B = x_t.shape[0]
-        states = tuple(np.zeros((B, self.hidden_size), self.dtype) if s is None else s
-                       for s in states)
-        return self._kernel_step(x_t, states, self._weights(layer, 0))
+        self._kernel_step(x_t, states, self._weights(layer, 0), out)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -544,8 +546,8 @@ class RNN(_RecurrentBase):
         g = ops.rnn_backward(dy, dfinals[0], cache)
         return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
-    def _kernel_step(self, x_t, states, weights):
-        return (ops.rnn_step(x_t, states[0], *weights, relu=self.nonlinearity == "relu"),)
+    def _kernel_step(self, x_t, states, weights, out):
+        ops.rnn_step(x_t, states[0], *weights, relu=self.nonlinearity == "relu", out=out)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", nonlinearity='relu'"
@@ -594,8 +596,8 @@ class LSTM(_RecurrentBase):
         g = ops.lstm_backward(dy, *dfinals, cache)
         return g.dx, (g.dh0, g.dc0), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
-    def _kernel_step(self, x_t, states, weights):
-        return ops.lstm_step(x_t, *states, *weights)
+    def _kernel_step(self, x_t, states, weights, out):
+        ops.lstm_step(x_t, *states, *weights, out=out)
 
 
 class GRU(_RecurrentBase):
@@ -628,8 +630,8 @@ class GRU(_RecurrentBase):
         g = ops.gru_backward(dy, dfinals[0], cache)
         return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
-    def _kernel_step(self, x_t, states, weights):
-        return (ops.gru_step(x_t, states[0], *weights, reset_after=self.reset_after),)
+    def _kernel_step(self, x_t, states, weights, out):
+        ops.gru_step(x_t, states[0], *weights, reset_after=self.reset_after, out=out)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
