@@ -256,3 +256,27 @@ def test_bad_lstm_state_and_gradient():
     with pytest.raises(ValueError, match="dc must have shape"):
         cell.backward(None, np.ones((B + 1, H), np.float32))
     cell.backward(None, np.ones((B, H), np.float32))  # the cache survived the bad call
+
+
+@pytest.mark.parametrize("make", [
+    lambda dtype: RNNCell(5, 7, nonlinearity="relu", seed=1, dtype=dtype),
+    lambda dtype: RNNCell(5, 7, bias=False, seed=1, dtype=dtype),
+    lambda dtype: LSTMCell(5, 7, seed=1, dtype=dtype),
+    lambda dtype: GRUCell(5, 7, seed=1, dtype=dtype),
+    lambda dtype: GRUCell(5, 7, reset_after=False, seed=1, dtype=dtype),
+], ids=["rnn-relu", "rnn-nobias", "lstm", "gru", "gru-reset-before"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eval_fast_path_matches_training_path(make, dtype):
+    """Eval mode runs the unchecked C step; it must give the training path's states."""
+    cell = make(dtype)
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(dtype)
+    state = None
+    for _ in range(3):
+        trained = cell.train()(x, state)
+        inferred = cell.eval()(x, state)
+        cell.clear_cache()
+        as_tuple = (lambda s: s if isinstance(s, tuple) else (s,))
+        for got, want in zip(as_tuple(inferred), as_tuple(trained)):
+            np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13,
+                                       atol=1e-7)
+        state = trained

@@ -96,9 +96,21 @@ class _Cell(Module):
         new states (a tuple of ``(B, H)``) and the kernel's cache (None in eval mode).
         """
         values = [None if p is None else p.value for p in self._parameter_list()]
+        if not self.training:  # inference: the unchecked C step (inputs checked above)
+            return self._inference_step(np.ascontiguousarray(x), states, values), None
         forward = getattr(ops, f"{self._kind}_forward")
         out = forward(x[None], *states, *values, training=self.training, **self._options())
         return tuple(out[1:-1]), out[-1]
+
+    def _inference_step(self, x, states, values):
+        """``ops.*_step``: no cache, no per-call validation; states None become zeros."""
+        B, H = x.shape[0], self.hidden_size
+        states = tuple(np.zeros((B, H), self.dtype) if s is None else np.ascontiguousarray(s)
+                       for s in states)
+        options = self._options()
+        if "nonlinearity" in options:
+            options = {"relu": options["nonlinearity"] == "relu"}
+        return tuple(getattr(ops, f"{self._kind}_step")(x, *states, *values, **options))
 
     def _step_backward(self, cache, dstates):
         """Backward of one :meth:`_step`: ``dstates`` tuple of ``(B, H)`` or None.
