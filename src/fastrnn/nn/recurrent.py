@@ -468,7 +468,9 @@ class _RecurrentBase(Module):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional module: the reverse direction of a "
                              "bidirectional one reads the whole sequence; call the module on it")
-        x_t = np.ascontiguousarray(_array("x_t", x_t, self.dtype))
+        x_t = _array("x_t", x_t, self.dtype)
+        if not x_t.flags.c_contiguous:
+            x_t = np.ascontiguousarray(x_t)
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
                              f"got {_shape_str(x_t.shape)}")
@@ -491,9 +493,11 @@ class _RecurrentBase(Module):
             if s is None:
                 s = np.zeros(expected, self.dtype)
             else:
-                s = _array(f"state {name}", s, self.dtype)
-                _check_shape(f"state {name}", s, expected, "(num_layers, batch, hidden_size)")
-                s = np.ascontiguousarray(s)
+                s = _array("state " + name, s, self.dtype)
+                if s.shape != expected:
+                    _check_shape("state " + name, s, expected, "(num_layers, batch, hidden_size)")
+                if not s.flags.c_contiguous:
+                    s = np.ascontiguousarray(s)
             checked.append(s)
         return checked
 
