@@ -53,18 +53,32 @@ def run(opt, params, grads):
 
 # -- parity with torch ----------------------------------------------------------------
 
+def torch_twins(torch, params, grads=False):
+    """Torch copies of ``params`` (their gradients too when ``grads``)."""
+    tparams = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
+    if grads:
+        for tp, p in zip(tparams, params):
+            tp.grad = torch.tensor(p.grad.copy())
+    return tparams
+
+
+def step_both(theirs, tparams, ours, params, step_grads, torch):
+    """One optimizer step with the same gradients in torch and in fastrnn."""
+    for tp, g in zip(tparams, step_grads):
+        tp.grad = torch.tensor(g)
+    theirs.step()
+    run(ours, params, [step_grads])
+
+
 @pytest.mark.parametrize("cls,kwargs", CASES, ids=IDS)
 def test_optimizer_matches_torch(cls, kwargs):
     torch = pytest.importorskip("torch")
     params = make_params()
-    tparams = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
+    tparams = torch_twins(torch, params)
     ours = cls(params, **kwargs)
     theirs = getattr(torch.optim, cls.__name__)(tparams, **kwargs)
     for step_grads in grad_sequence(10):
-        for tp, g in zip(tparams, step_grads):
-            tp.grad = torch.tensor(g)
-        theirs.step()
-        run(ours, params, [step_grads])
+        step_both(theirs, tparams, ours, params, step_grads, torch)
         for p, tp in zip(params, tparams):
             np.testing.assert_allclose(p.value, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
@@ -73,15 +87,12 @@ def test_optimizer_matches_torch(cls, kwargs):
 def test_optimizer_matches_torch_with_changing_lr(cls, kwargs):
     torch = pytest.importorskip("torch")
     params = make_params(seed=3)
-    tparams = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
+    tparams = torch_twins(torch, params)
     ours = cls(params, **kwargs)
     theirs = getattr(torch.optim, cls.__name__)(tparams, **kwargs)
     for k, step_grads in enumerate(grad_sequence(6, seed=4)):
         ours.lr = theirs.param_groups[0]["lr"] = 0.1 / (k + 1)
-        for tp, g in zip(tparams, step_grads):
-            tp.grad = torch.tensor(g)
-        theirs.step()
-        run(ours, params, [step_grads])
+        step_both(theirs, tparams, ours, params, step_grads, torch)
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.value, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
@@ -93,9 +104,7 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm):
     params = make_params()
     for p, g in zip(params, grad_sequence(1)[0]):
         p.grad += g
-    tparams = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
-    for tp, p in zip(tparams, params):
-        tp.grad = torch.tensor(p.grad.copy())
+    tparams = torch_twins(torch, params, grads=True)
     expected = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type)
     total = clip_grad_norm_(params, max_norm, norm_type)
     assert total == pytest.approx(expected.item(), rel=1e-13)
@@ -109,9 +118,7 @@ def test_clip_grad_value_matches_torch():
     for p, g in zip(params, grad_sequence(1)[0]):
         p.grad += g
     before = math.sqrt(sum(float(np.sum(p.grad ** 2)) for p in params))
-    tparams = [torch.tensor(p.value.copy(), requires_grad=True) for p in params]
-    for tp, p in zip(tparams, params):
-        tp.grad = torch.tensor(p.grad.copy())
+    tparams = torch_twins(torch, params, grads=True)
     torch.nn.utils.clip_grad_value_(tparams, 0.5)
     assert clip_grad_value_(params, 0.5) == pytest.approx(before, rel=1e-13)
     for p, tp in zip(params, tparams):

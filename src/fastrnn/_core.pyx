@@ -18,6 +18,7 @@ cdef extern from "blas.h":
 
 cdef extern from "fastrnn.h" nogil:
     int FR_OK
+    int FR_RNN_SAVED_PER_UNIT
     int FR_LSTM_SAVED_PER_UNIT
     int FR_GRU_SAVED_PER_UNIT
     int fr_rnn_forward_f32(float*, float*, const float*, const float*, const float*,
@@ -69,6 +70,7 @@ cdef extern from "fastrnn.h" nogil:
 
 fr_set_blas(sgemm, dgemm)
 
+RNN_SAVED_PER_UNIT = FR_RNN_SAVED_PER_UNIT
 LSTM_SAVED_PER_UNIT = FR_LSTM_SAVED_PER_UNIT
 GRU_SAVED_PER_UNIT = FR_GRU_SAVED_PER_UNIT
 

@@ -11,8 +11,7 @@ own single-threaded code, so nothing ever nests threads on top of a threaded BLA
 SciPy's wheels bundle OpenBLAS (``scipy.libs/libscipy_openblas*``); its thread count is
 set through its C API. When SciPy was built against another BLAS (a distribution's
 package, MKL), that library keeps its own setting (``OPENBLAS_NUM_THREADS``,
-``MKL_NUM_THREADS``) and ``set_num_threads`` says so by returning False from
-``blas_thread_control()``.
+``MKL_NUM_THREADS``); ``blas_thread_control()`` then returns False.
 """
 from __future__ import annotations
 

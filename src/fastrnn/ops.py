@@ -71,7 +71,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     """
     relu = check_nonlinearity(nonlinearity) == "relu"
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    y, (h_n,), _ = _forward_outputs(inputs, 1, 0, training)
+    y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
     _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
                       inputs.lengths, relu, *_sizes(inputs))
     cache = Cache(inputs, y, {}, {"relu": relu}, _BACKEND) if training else None
