@@ -33,6 +33,28 @@
 #define FR_LSTM_SAVED_PER_UNIT 6 /* gates i, f, g, o after activation; c_t; tanh(c_t) */
 #define FR_GRU_SAVED_PER_UNIT 4  /* gates r, z, n after activation; W_hn h + b_hn, or r*h */
 
+/* Packs. Every per-step recurrent product runs on w_hh packed into the microkernel's panel
+ * layout (gemm/panel.h). A kernel packs it itself on each call unless `pack` (the last
+ * argument of every forward and backward) holds a pack made by fr_pack_* for the same cell,
+ * direction of the time loop (backward = 0 for forward, 1 for backward), H, dtype and
+ * vector width, at a 64-byte aligned address; anything else is ignored (never misread), so
+ * NULL is always safe. A pack is only valid while w_hh is unchanged: its owner (the layer)
+ * makes a new one when the weight changes. */
+#define FR_CELL_RNN 0
+#define FR_CELL_LSTM 1
+#define FR_CELL_GRU 2              /* reset_after = 1 (PyTorch) */
+#define FR_CELL_GRU_RESET_BEFORE 3 /* reset_after = 0 */
+#define FR_PACK_MAGIC 0x4b505246u  /* "FRPK" */
+
+typedef struct {
+    uint32_t magic;
+    int32_t vector_bytes; /* register width the panels were laid out for */
+    int32_t real_bytes;   /* 4 or 8 */
+    int32_t cell, backward, count;
+    int64_t H;
+    int64_t offset[2];    /* bytes from the pack's start to each panel */
+} fr_pack_header;
+
 #define FR_DECLARE_KERNELS(real, sfx)                                                      \
     /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \
     int fr_rnn_forward_##sfx(real *y,             /* (T, B, H) */                          \
@@ -44,7 +66,7 @@
                              const real *b_ih,    /* (H) or NULL */                        \
                              const real *b_hh,    /* (H) or NULL */                        \
                              const int64_t *lengths, /* (B) or NULL */                     \
-                             int relu, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H); \
+                             int relu, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack); \
     int fr_rnn_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
                               real *dh0,          /* (B, H) overwritten */                 \
                               real *dw_ih,        /* (H, I) accumulated */                 \
@@ -59,7 +81,7 @@
                               const real *w_ih,   /* (H, I) */                             \
                               const real *w_hh,   /* (H, H) */                             \
                               const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,  \
-                              ptrdiff_t I, ptrdiff_t H);                                   \
+                              ptrdiff_t I, ptrdiff_t H, const void *pack);                                   \
     /* LSTM: i, f, g, o = sigma, sigma, tanh, sigma of x w_ih^T + b_ih + h w_hh^T + b_hh;  \
      * c_t = f c_{t-1} + i g; h_t = o tanh(c_t) */                                         \
     int fr_lstm_forward_##sfx(real *y,            /* (T, B, H) */                          \
@@ -74,7 +96,7 @@
                               const real *b_ih,   /* (4H) or NULL */                       \
                               const real *b_hh,   /* (4H) or NULL */                       \
                               const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,            \
-                              ptrdiff_t I, ptrdiff_t H);                                   \
+                              ptrdiff_t I, ptrdiff_t H, const void *pack);                                   \
     int fr_lstm_backward_##sfx(real *dx,          /* (T, B, I) overwritten */              \
                                real *dh0,         /* (B, H) overwritten */                 \
                                real *dc0,         /* (B, H) overwritten */                 \
@@ -93,7 +115,7 @@
                                const real *w_ih,  /* (4H, I) */                            \
                                const real *w_hh,  /* (4H, H) */                            \
                                const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,           \
-                               ptrdiff_t I, ptrdiff_t H);                                  \
+                               ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
     /* GRU: r, z = sigma(x W^T + b_i + h U^T + b_h); reset_after (PyTorch, cuDNN):         \
      * n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn)); otherwise (Keras reset_after=False, \
      * ONNX linear_before_reset=0): n = tanh(x W_n^T + b_in + (r h) U_n^T + b_hn);        \
@@ -108,7 +130,7 @@
                              const real *b_ih,    /* (3H) or NULL */                       \
                              const real *b_hh,    /* (3H) or NULL */                       \
                              const int64_t *lengths, int reset_after, ptrdiff_t T,         \
-                             ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);                       \
+                             ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                       \
     int fr_gru_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
                               real *dh0,          /* (B, H) overwritten */                 \
                               real *dw_ih,        /* (3H, I) accumulated */                \
@@ -124,7 +146,13 @@
                               const real *w_ih,   /* (3H, I) */                            \
                               const real *w_hh,   /* (3H, H) */                            \
                               const int64_t *lengths, int reset_after, ptrdiff_t T,        \
-                              ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);
+                              ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
+    /* Packed recurrent weights (see "Packs" above): bytes of the pack of w_hh for         \
+     * (cell, backward, H), and the pack itself written to dst (64-byte aligned, that many  \
+     * bytes). Returns 0, or FR_ERR_NOMEM when dst is too small or misaligned. */            \
+    size_t fr_pack_bytes_##sfx(int cell, int backward, ptrdiff_t H);                       \
+    int fr_pack_##sfx(void *dst, size_t bytes, const real *w_hh, /* (G*H, H) */            \
+                      int cell, int backward, ptrdiff_t H);
 
 /* Saved layouts (each block contiguous, time-major):
  *   LSTM: gates (T, B, 4H) [i f g o after activation], c (T, B, H), tanh(c) (T, B, H)
@@ -171,5 +199,9 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_lstm_backward_f64 FR_DISPATCH(fr_lstm_backward_f64)
 #define fr_gru_forward_f64 FR_DISPATCH(fr_gru_forward_f64)
 #define fr_gru_backward_f64 FR_DISPATCH(fr_gru_backward_f64)
+#define fr_pack_bytes_f32 FR_DISPATCH(fr_pack_bytes_f32)
+#define fr_pack_bytes_f64 FR_DISPATCH(fr_pack_bytes_f64)
+#define fr_pack_f32 FR_DISPATCH(fr_pack_f32)
+#define fr_pack_f64 FR_DISPATCH(fr_pack_f64)
 
 #endif

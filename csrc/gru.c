@@ -26,135 +26,170 @@ static gru_saved gru_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdiff_
     return s;
 }
 
-/* The per-step recurrent products: reset_after needs one over all of w_hh (3H, H);
- * reset before needs one over the r, z rows (2H, H) and one over the n rows (H, H). */
+/* The cell (FR_CELL_*) whose packs serve this GRU. */
+static int gru_cell(int reset_after) {
+    return reset_after ? FR_CELL_GRU : FR_CELL_GRU_RESET_BEFORE;
+}
+
+/* One step of the forward time loop, as the recurrent products' epilogues see it. */
 typedef struct {
-    fr_recurrent all_or_rz, n;
-} gru_recurrent;
+    real *y_t, *h_next;   /* (B, H) written */
+    const real *h_prev;   /* (B, H) */
+    real *gates_t;        /* (B, 3H): [xr xz xn] (with b_ih) on entry, [r z n] on exit */
+    real *extra_t;        /* (B, H): hn + b_hn (reset_after) or r h_{t-1} (reset before) */
+    const real *b_hh;     /* (3H), zeros when the layer has no bias */
+    const int64_t *lengths;
+    ptrdiff_t t, H;
+} gru_step;
 
-static int gru_recurrent_init(gru_recurrent *rec, const real *w_hh, int reset_after,
-                              int forward, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
-    /* forward: h (B, H) . w^T;  backward: dG (B, rows) . w */
-    ptrdiff_t rows = reset_after ? 3 * H : 2 * H;
-    rec->n.panel = NULL;
-    if (FR_FN(recurrent_init)(&rec->all_or_rz, w_hh, forward ? H : rows, forward ? rows : H,
-                              forward, T, B) != FR_OK)
-        return FR_ERR_NOMEM;
-    if (!reset_after &&
-        FR_FN(recurrent_init)(&rec->n, w_hh + 2 * H * H, H, H, forward, T, B) != FR_OK) {
-        FR_FN(recurrent_free)(&rec->all_or_rz);
-        return FR_ERR_NOMEM;
-    }
-    return FR_OK;
-}
-
-static void gru_recurrent_free(gru_recurrent *rec) {
-    FR_FN(recurrent_free)(&rec->all_or_rz);
-    FR_FN(recurrent_free)(&rec->n);
-}
-
-/* r and z for one row: gates (2H of 3H) hold xr, xz on entry and r, z on exit. */
-static inline void gru_cell_reset_update(real *restrict gates, const real *restrict hg,
-                                         ptrdiff_t H) {
-    for (ptrdiff_t j = 0; j < 2 * H; j++)
-        gates[j] = fr_sigmoid(gates[j] + hg[j]);
-}
-
-/* n and the new state for one row: gates (3H) hold r, z, xn on entry and r, z, n on
- * exit; hn (H) is the recurrent part of n: r * hn (reset_after) or hn itself (already
- * (r h) w_hh[n]^T + b_hn); h (H) is updated in place and y (H) gets it. */
-static inline void gru_cell_new_state(real *restrict gates, real *restrict h, real *restrict y,
-                                      const real *restrict hn, int reset_after, ptrdiff_t H) {
-    const real *restrict r = gates, *restrict z = gates + H;
-    real *restrict n = gates + 2 * H;
-    for (ptrdiff_t j = 0; j < H; j++) {
-        real n_j = fr_tanh(n[j] + (reset_after ? r[j] * hn[j] : hn[j]));
-        n[j] = n_j;
-        h[j] = y[j] = ((real)1 - z[j]) * n_j + z[j] * h[j];
+/* reset_after, `units` units of one row: acc holds [hr hz hn] (gate stride gs). */
+static FR_ALWAYS_INLINE void gru_units_after(const real *restrict acc, ptrdiff_t gs,
+                                             real *restrict g, real *restrict extra,
+                                             const real *restrict bh,
+                                             const real *restrict h_prev,
+                                             real *restrict h_next, real *restrict y,
+                                             ptrdiff_t units, ptrdiff_t H) {
+    for (ptrdiff_t j = 0; j < units; j++) {
+        real r = fr_sigmoid(g[j] + acc[j] + bh[j]);
+        real z = fr_sigmoid(g[H + j] + acc[gs + j] + bh[H + j]);
+        real hn = acc[2 * gs + j] + bh[2 * H + j];
+        real n = fr_tanh(g[2 * H + j] + r * hn);
+        g[j] = r;
+        g[H + j] = z;
+        g[2 * H + j] = n;
+        extra[j] = hn;
+        h_next[j] = y[j] = ((real)1 - z) * n + z * h_prev[j];
     }
 }
 
-/* One forward step. gates_t (B, 3H) holds [xr xz xn] on entry, the activated gates on
- * exit; h (B, H) is the carried state; hg (B, 3H) workspace for the recurrent
- * projections; extra_t (B, H) gets hn or r h (a workspace when not training). */
-static void gru_step_forward(real *y_t, real *h, real *gates_t, real *extra_t, real *hg,
-                             const gru_recurrent *rec, const real *b_hh, int reset_after,
-                             const int64_t *lengths, ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
-    const ptrdiff_t G = 3 * H;
-    FR_FN(fill_bias_rows)(hg, b_hh, NULL, B, G);
-    FR_FN(recurrent_product)(&rec->all_or_rz, hg, G, h, H, B, 1); /* hg += h w^T */
-    if (!reset_after) {
-        for (ptrdiff_t b = 0; b < B; b++) {
-            gru_cell_reset_update(gates_t + b * G, hg + b * G, H);
-            for (ptrdiff_t j = 0; j < H; j++) /* r h */
-                extra_t[b * H + j] = gates_t[b * G + j] * h[b * H + j];
-        }
-        FR_FN(recurrent_product)(&rec->n, hg + 2 * H, G, extra_t, H, B, 1);
-    }
-    for (ptrdiff_t b = 0; b < B; b++) {
-        if (!fr_step_valid(lengths, t, b)) {
-            memset(y_t + b * H, 0, (size_t)H * sizeof(real));
+static void gru_epilogue_after(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gs,
+                               ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0,
+                               ptrdiff_t units) {
+    const gru_step *s = ctx;
+    const ptrdiff_t H = s->H;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        ptrdiff_t b = row0 + i, at = b * H + unit0;
+        if (!fr_step_valid(s->lengths, s->t, b)) {
+            memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
+            memset(s->y_t + at, 0, (size_t)units * sizeof(real));
             continue;
         }
-        const real *hn = hg + b * G + 2 * H;
-        if (reset_after) {
-            gru_cell_reset_update(gates_t + b * G, hg + b * G, H);
-            memcpy(extra_t + b * H, hn, (size_t)H * sizeof(real));
-        }
-        gru_cell_new_state(gates_t + b * G, h + b * H, y_t + b * H, hn, reset_after, H);
+        gru_units_after(acc + i * acc_ld, gs, s->gates_t + b * 3 * H + unit0, s->extra_t + at,
+                        s->b_hh + unit0, s->h_prev + at, s->h_next + at, s->y_t + at, units, H);
     }
 }
 
-/* What the forward time loop reads and writes, for any block of rows (threads.h). */
+/* reset before, first product: acc holds [hr hz] of h_{t-1}; r, z and r h_{t-1} out. */
+static void gru_epilogue_reset(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gs,
+                               ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0,
+                               ptrdiff_t units) {
+    const gru_step *s = ctx;
+    const ptrdiff_t H = s->H;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        ptrdiff_t b = row0 + i, at = b * H + unit0;
+        real *restrict g = s->gates_t + b * 3 * H + unit0, *restrict rh = s->extra_t + at;
+        const real *restrict a = acc + i * acc_ld, *restrict bh = s->b_hh + unit0;
+        const real *restrict h = s->h_prev + at;
+        for (ptrdiff_t j = 0; j < units; j++) {
+            real r = fr_sigmoid(g[j] + a[j] + bh[j]);
+            g[j] = r;
+            g[H + j] = fr_sigmoid(g[H + j] + a[gs + j] + bh[H + j]);
+            rh[j] = r * h[j];
+        }
+    }
+}
+
+/* reset before, second product: acc holds (r h_{t-1}) w_hh[n]^T; n and h_t out. */
+static void gru_epilogue_new(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gs,
+                             ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
+    const gru_step *s = ctx;
+    const ptrdiff_t H = s->H;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        ptrdiff_t b = row0 + i, at = b * H + unit0;
+        if (!fr_step_valid(s->lengths, s->t, b)) {
+            memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
+            memset(s->y_t + at, 0, (size_t)units * sizeof(real));
+            continue;
+        }
+        real *restrict g = s->gates_t + b * 3 * H + unit0, *restrict y = s->y_t + at;
+        real *restrict h_next = s->h_next + at;
+        const real *restrict a = acc + i * acc_ld, *restrict bn = s->b_hh + 2 * H + unit0;
+        const real *restrict h = s->h_prev + at;
+        for (ptrdiff_t j = 0; j < units; j++) {
+            real n = fr_tanh(g[2 * H + j] + a[j] + bn[j]), z = g[H + j];
+            g[2 * H + j] = n;
+            h_next[j] = y[j] = ((real)1 - z) * n + z * h[j];
+        }
+    }
+}
+
+/* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
-    real *y, *h, *gates; /* (T, B, H), carried (B, H), (T, B, 3H) */
-    real *extra;         /* (T, B, H) saved, or a (B, H) workspace when extra_step == 0 */
-    real *hg;            /* (B, 3H) workspace */
+    real *y, *hbuf, *gates; /* (T, B, H); h_{t-1}, h_t alternating (2, B, H); (T, B, 3H) */
+    real *extra;            /* (T, B, H) saved, or a (B, H) workspace when extra_step == 0 */
+    real *scratch;          /* (B, 3H) for a direct product */
     ptrdiff_t extra_step;
-    const gru_recurrent *rec;
+    const fr_recurrent *rec;
     const real *b_hh;
     const int64_t *lengths;
     int reset_after;
     ptrdiff_t T, B, H;
 } gru_forward_loop;
 
-static void gru_forward_rows(const void *ctx, fr_rows r) {
+static void gru_forward_part(const void *ctx, fr_part part) {
     const gru_forward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H, G = 3 * H;
-    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
-    for (ptrdiff_t t = 0; t < a->T; t++)
-        gru_step_forward(a->y + (t * B + r.b0) * H, a->h + r.b0 * H,
-                         a->gates + (t * B + r.b0) * G, a->extra + t * a->extra_step + r.b0 * H,
-                         a->hg + r.b0 * G, a->rec, a->b_hh, a->reset_after, lengths, t, r.rows,
-                         H);
+    const ptrdiff_t B = a->B, H = a->H, BH = B * H;
+    for (ptrdiff_t t = 0; t < a->T; t++) {
+        gru_step s = {a->y + t * BH,        a->hbuf + ((t + 1) & 1) * BH,
+                      a->hbuf + (t & 1) * BH, a->gates + t * B * 3 * H,
+                      a->extra + t * a->extra_step, a->b_hh, a->lengths, t, H};
+        if (a->reset_after) {
+            FR_FN(recurrent_apply)(&a->rec[0], s.h_prev, H, &part, gru_epilogue_after, &s, a->scratch);
+        } else {
+            FR_FN(recurrent_apply)(&a->rec[0], s.h_prev, H, &part, gru_epilogue_reset, &s, a->scratch);
+            fr_part_sync(&part); /* the n product reads r h_{t-1} of every unit */
+            FR_FN(recurrent_apply)(&a->rec[1], s.extra_t, H, &part, gru_epilogue_new, &s, a->scratch);
+        }
+        fr_part_sync(&part);
+    }
 }
 
 int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const real *h0,
                        const real *w_ih, const real *w_hh, const real *b_ih,
                        const real *b_hh, const int64_t *lengths, int reset_after,
-                       ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
+                       ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 3 * H;
     real *gates = saved ? saved : FR_FN(alloc)(T * B * G); /* (T, B, 3H) */
-    real *hg = FR_FN(alloc)(B * G);                         /* (B, 3H) */
     real *extra = saved ? NULL : FR_FN(alloc)(B * H);       /* (B, H) unsaved */
-    gru_recurrent rec;
+    real *hbuf = FR_FN(alloc)(2 * B * H);                   /* (2, B, H) */
+    real *scratch = FR_FN(alloc)(B * G);                    /* (B, 3H) */
+    real *bias = FR_FN(alloc_zeroed)(G);                    /* (3H) b_hh or zeros */
+    fr_recurrent rec[2];
     int status = FR_ERR_NOMEM;
-    if (!gates || !hg || (!saved && !extra) ||
-        gru_recurrent_init(&rec, w_hh, reset_after, 1, T, B, H) != FR_OK)
+    if (!gates || (!saved && !extra) || !hbuf || !scratch || !bias ||
+        FR_FN(recurrent_setup_cell)(rec, gru_cell(reset_after), 0, w_hh, H, T, B, pack) !=
+            FR_OK)
         goto done;
+    if (b_hh)
+        memcpy(bias, b_hh, (size_t)G * sizeof(real));
     gru_saved s = gru_saved_views(gates, T, B, H);
     FR_FN(input_projection)(gates, x, w_ih, b_ih, NULL, T * B, I, G);
-    FR_FN(init_state)(h_n, h0, B * H);
-    gru_forward_loop loop = {y,       h_n,     gates, saved ? s.extra : extra, hg,
-                             saved ? B * H : 0, &rec, b_hh, lengths, reset_after, T, B, H};
-    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec.all_or_rz), gru_forward_rows, &loop);
-    gru_recurrent_free(&rec);
+    FR_FN(init_state)(hbuf, h0, B * H);
+    gru_forward_loop loop = {y,    hbuf,    gates,   saved ? s.extra : extra,
+                             scratch, saved ? B * H : 0, rec, bias, lengths, reset_after, T,
+                             B,    H};
+    fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * G, gru_forward_part, &loop);
+    memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
+    FR_FN(recurrent_free)(&rec[0]);
+    FR_FN(recurrent_free)(&rec[1]);
     status = FR_OK;
 done:
     if (!saved)
         free(gates);
-    free(hg);
     free(extra);
+    free(hbuf);
+    free(scratch);
+    free(bias);
     return status;
 }
 
@@ -199,7 +234,7 @@ typedef struct {
  * step's dL/d[hr hz hn], whose n block is kept in dGhn_t (B, H) for dw_hh (its r and z
  * blocks equal dG_t's). */
 static void gru_step_backward_after(real *dG_t, real *dGh, real *dGhn_t, real *dh,
-                                    gru_step_inputs in, const gru_recurrent *rec,
+                                    gru_step_inputs in, const fr_recurrent *rec,
                                     const int64_t *lengths, ptrdiff_t t, ptrdiff_t B,
                                     ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
@@ -214,14 +249,14 @@ static void gru_step_backward_after(real *dG_t, real *dGh, real *dGhn_t, real *d
                                 in.gates + b * G, in.extra + b * H,
                                 in.h_prev + b * in.h_prev_stride, H);
     }
-    FR_FN(recurrent_product)(&rec->all_or_rz, dh, H, dGh_t, G, B, 1); /* dh += dGh w_hh */
+    FR_FN(recurrent_product)(&rec[0], dh, H, dGh_t, G, B, 1); /* dh += dGh w_hh */
     for (ptrdiff_t b = 0; b < B; b++)
         memcpy(dGhn_t + b * H, dGh_t + b * G + 2 * H, (size_t)H * sizeof(real));
 }
 
 /* reset before: n = tanh(xn + (r h) w_hh[n]^T + b_hn). drh (B, H) = dL/d(r h) workspace. */
 static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_inputs in,
-                                     const gru_recurrent *rec, const int64_t *lengths,
+                                     const fr_recurrent *rec, const int64_t *lengths,
                                      ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
     const ptrdiff_t G = 3 * H;
     for (ptrdiff_t b = 0; b < B; b++) {
@@ -234,7 +269,7 @@ static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_i
                                  in.dy + b * in.dy_stride, z, z + H,
                                  in.h_prev + b * in.h_prev_stride, H);
     }
-    FR_FN(recurrent_product)(&rec->n, drh, H, dG_t + 2 * H, G, B, 0); /* dGn w_hh[n] */
+    FR_FN(recurrent_product)(&rec[1], drh, H, dG_t + 2 * H, G, B, 0); /* dGn w_hh[n] */
     for (ptrdiff_t b = 0; b < B; b++) {
         if (!fr_step_valid(lengths, t, b))
             continue;
@@ -246,7 +281,7 @@ static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_i
             dh_row[j] += drh_row[j] * r[j];
         }
     }
-    FR_FN(recurrent_product)(&rec->all_or_rz, dh, H, dG_t, G, B, 1); /* [dGr dGz] w_hh[r,z] */
+    FR_FN(recurrent_product)(&rec[0], dh, H, dG_t, G, B, 1); /* [dGr dGz] w_hh[r,z] */
 }
 
 /* What the backward time loop reads and writes, for any block of rows. */
@@ -255,7 +290,7 @@ typedef struct {
     real *dGhn;      /* reset_after: (T, B, H) n block of dL/d[hr hz hn]; else NULL */
     real *work;      /* reset_after: dGh (B, 3H); reset before: drh (B, H) */
     const real *dy, *y, *h0, *zeros, *gates, *extra;
-    const gru_recurrent *rec;
+    const fr_recurrent *rec;
     const int64_t *lengths;
     int reset_after;
     ptrdiff_t T, B, H;
@@ -289,24 +324,24 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         real *db_hh, const real *dy, const real *dh_n, const real *saved,
                         const real *y, const real *x, const real *h0, const real *w_ih,
                         const real *w_hh, const int64_t *lengths, int reset_after,
-                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
+                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 3 * H;
     real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
     real *dGhn = reset_after ? FR_FN(alloc)(T * B * H) : NULL; /* (T, B, H) */
     real *work = FR_FN(alloc)(B * (reset_after ? G : H));      /* per step, see the loop */
     real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
-    gru_recurrent rec;
+    fr_recurrent rec[2];
     int status = FR_ERR_NOMEM;
     if (!dG || (reset_after && !dGhn) || !work || !zeros ||
-        gru_recurrent_init(&rec, w_hh, reset_after, 0, T, B, H) != FR_OK)
+        FR_FN(recurrent_setup_cell)(rec, gru_cell(reset_after), 1, w_hh, H, T, B, pack) !=
+            FR_OK)
         goto done;
     gru_saved s = gru_saved_views((real *)saved, T, B, H);
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
     gru_backward_loop loop = {dG, dh0,     dGhn,    work, dy,      y,           h0, zeros,
-                              s.gates, s.extra, &rec, lengths, reset_after, T,  B, H};
-    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec.all_or_rz), gru_backward_rows,
-                      &loop);
+                              s.gates, s.extra, rec, lengths, reset_after, T,  B, H};
+    fr_for_row_blocks(B, 1, gru_backward_rows, &loop);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, 2 * H);
@@ -316,7 +351,8 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     else /* n: dL/d(pre-n) = dGn, fed by r * h_{t-1} (saved for every step) */
         FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dG + 2 * H, G,
                             s.extra, s.extra + B * H, T, B, H, H);
-    gru_recurrent_free(&rec);
+    FR_FN(recurrent_free)(&rec[0]);
+    FR_FN(recurrent_free)(&rec[1]);
     status = FR_OK;
 done:
     free(dG);

@@ -22,99 +22,126 @@ static lstm_saved lstm_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdif
     return s;
 }
 
-/* One row of the elementwise pass (restrict: the loop vectorizes). gates (4H) holds the
- * pre-activations on entry and the activated gates on exit; c, h (H) are the carried
- * state, updated; y (H) gets h_t; c_save, tanh_c_save (H) get c_t and tanh(c_t). */
-static inline void lstm_cell_forward(real *restrict gates, real *restrict c, real *restrict h,
-                                     real *restrict y, real *restrict c_save,
-                                     real *restrict tanh_c_save, ptrdiff_t H) {
-    real *restrict gi = gates, *restrict gf = gates + H;
-    real *restrict gg = gates + 2 * H, *restrict go = gates + 3 * H;
-    for (ptrdiff_t j = 0; j < H; j++) {
-        real i = fr_sigmoid(gi[j]), f = fr_sigmoid(gf[j]);
-        real g = fr_tanh(gg[j]), o = fr_sigmoid(go[j]);
+/* The cell's math for `units` hidden units of one row, fused behind the recurrent product.
+ * acc holds h_{t-1} w_hh^T of those units, gate g at acc[g * gate_stride + j]; xp (4H, the
+ * row of the input projection with both biases, offset to the first unit) the rest of the
+ * pre-activations, overwritten by the activated gates when `save`. c (the carried cell
+ * state) is updated; h_next and y get h_t; c_save, tanh_c_save get c_t and tanh(c_t) when
+ * `save`. `save` is a constant where this is inlined, so each variant vectorizes. */
+static FR_ALWAYS_INLINE void lstm_units_forward(const real *restrict acc, ptrdiff_t gate_stride,
+                                                real *restrict xp, real *restrict c,
+                                                real *restrict h_next, real *restrict y,
+                                                real *restrict c_save,
+                                                real *restrict tanh_c_save, ptrdiff_t units,
+                                                ptrdiff_t H, const int save) {
+    const real *restrict ai = acc, *restrict af = acc + gate_stride;
+    const real *restrict ag = acc + 2 * gate_stride, *restrict ao = acc + 3 * gate_stride;
+    for (ptrdiff_t j = 0; j < units; j++) {
+        real i = fr_sigmoid(ai[j] + xp[j]), f = fr_sigmoid(af[j] + xp[H + j]);
+        real g = fr_tanh(ag[j] + xp[2 * H + j]), o = fr_sigmoid(ao[j] + xp[3 * H + j]);
         real c_new = f * c[j] + i * g;
         real tc = fr_tanh(c_new);
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = g;
-        go[j] = o;
-        c[j] = c_save[j] = c_new;
-        tanh_c_save[j] = tc;
-        h[j] = y[j] = o * tc;
+        c[j] = c_new;
+        h_next[j] = y[j] = o * tc;
+        if (save) {
+            xp[j] = i;
+            xp[H + j] = f;
+            xp[2 * H + j] = g;
+            xp[3 * H + j] = o;
+            c_save[j] = c_new;
+            tanh_c_save[j] = tc;
+        }
     }
 }
 
-/* One step of the elementwise pass over B rows: gates_t (B, 4H), state h, c (B, H),
- * y_t (B, H); c_t, tanh_c_t (B, H) save c_t and tanh(c_t) (a workspace reused every step
- * when inference keeps nothing). Rows past their length keep their state. */
-static void lstm_step_forward(real *y_t, real *h, real *c, real *gates_t, real *c_t,
-                              real *tanh_c_t, const int64_t *lengths, ptrdiff_t t,
-                              ptrdiff_t B, ptrdiff_t H) {
-    for (ptrdiff_t b = 0; b < B; b++) {
-        if (!fr_step_valid(lengths, t, b)) {
-            memset(y_t + b * H, 0, (size_t)H * sizeof(real));
+/* One step of the forward time loop, as the recurrent product's epilogue sees it. */
+typedef struct {
+    real *y_t, *h_next;     /* (B, H) written */
+    const real *h_prev;     /* (B, H) */
+    real *c;                /* (B, H) carried cell state, updated */
+    real *gates_t;          /* (B, 4H) input projection; activated gates when saving */
+    real *c_t, *tanh_c_t;   /* (B, H) saved c_t and tanh(c_t), or NULL (inference) */
+    const int64_t *lengths;
+    ptrdiff_t t, H;
+} lstm_step;
+
+/* Rows past their length keep their state (h and c) and output zeros. */
+static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
+                          ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
+    const lstm_step *s = ctx;
+    const ptrdiff_t H = s->H;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        ptrdiff_t b = row0 + i, at = b * H + unit0;
+        if (!fr_step_valid(s->lengths, s->t, b)) {
+            memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
+            memset(s->y_t + at, 0, (size_t)units * sizeof(real));
             continue;
         }
-        lstm_cell_forward(gates_t + b * 4 * H, c + b * H, h + b * H, y_t + b * H,
-                          c_t + b * H, tanh_c_t + b * H, H);
+        real *xp = s->gates_t + b * 4 * H + unit0;
+        if (s->c_t)
+            lstm_units_forward(acc + i * acc_ld, gate_stride, xp, s->c + at, s->h_next + at,
+                               s->y_t + at, s->c_t + at, s->tanh_c_t + at, units, H, 1);
+        else
+            lstm_units_forward(acc + i * acc_ld, gate_stride, xp, s->c + at, s->h_next + at,
+                               s->y_t + at, NULL, NULL, units, H, 0);
     }
 }
 
-/* What the forward time loop reads and writes, for any block of rows (threads.h). */
+/* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
-    real *y, *h, *c;      /* (T, B, H), (B, H), (B, H) */
-    real *gates;          /* (T, B, 4H) */
-    real *c_save, *tc_save; /* (T, B, H) saved, or a (B, H) workspace when step == 0 */
-    ptrdiff_t save_step;  /* B * H when saving, 0 when reusing the workspace */
+    real *y, *hbuf, *c;     /* (T, B, H); h_{t-1}, h_t alternating in (2, B, H); (B, H) */
+    real *gates;            /* (T, B, 4H) */
+    real *c_save, *tc_save; /* (T, B, H) each, or NULL (inference) */
+    real *scratch;          /* (B, 4H) for a direct product */
     const fr_recurrent *rec;
     const int64_t *lengths;
     ptrdiff_t T, B, H;
 } lstm_forward_loop;
 
-static void lstm_forward_rows(const void *ctx, fr_rows r) {
+static void lstm_forward_part(const void *ctx, fr_part part) {
     const lstm_forward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H, G = 4 * H;
-    real *h = a->h + r.b0 * H, *c = a->c + r.b0 * H;
-    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    const ptrdiff_t B = a->B, H = a->H, BH = B * H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
-        real *gates_t = a->gates + (t * B + r.b0) * G;
-        FR_FN(recurrent_product)(a->rec, gates_t, G, h, H, r.rows, 1); /* += h w_hh^T */
-        lstm_step_forward(a->y + (t * B + r.b0) * H, h, c, gates_t,
-                          a->c_save + t * a->save_step + r.b0 * H,
-                          a->tc_save + t * a->save_step + r.b0 * H, lengths, t, r.rows, H);
+        lstm_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
+                       a->c, a->gates + t * B * 4 * H,
+                       a->c_save ? a->c_save + t * BH : NULL,
+                       a->tc_save ? a->tc_save + t * BH : NULL, a->lengths, t, H};
+        FR_FN(recurrent_apply)(a->rec, s.h_prev, H, &part,
+                               lstm_epilogue, &s, a->scratch);
+        fr_part_sync(&part);
     }
 }
 
 int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *x,
                         const real *h0, const real *c0, const real *w_ih, const real *w_hh,
                         const real *b_ih, const real *b_hh, const int64_t *lengths,
-                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
+                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 4 * H;
-    /* Inference keeps no saved block: the gates go to a workspace freed on return. */
-    real *gates = saved ? saved : FR_FN(alloc)(T * B * G);  /* (T, B, 4H) */
-    real *scratch = saved ? NULL : FR_FN(alloc)(2 * B * H); /* c_t, tanh(c_t) */
-    fr_recurrent rec;
-    if (!gates || (!saved && !scratch) ||
-        FR_FN(recurrent_init)(&rec, w_hh, H, G, 1, T, B) != FR_OK) {
-        if (!saved)
-            free(gates);
-        free(scratch);
-        return FR_ERR_NOMEM;
-    }
+    /* Inference keeps no saved block: the input projection goes to a workspace. */
+    real *gates = saved ? saved : FR_FN(alloc)(T * B * G); /* (T, B, 4H) */
+    real *hbuf = FR_FN(alloc)(2 * B * H);                   /* (2, B, H) */
+    real *scratch = FR_FN(alloc)(B * G);                    /* (B, 4H) */
+    fr_recurrent rec[2];
+    int status = FR_ERR_NOMEM;
+    if (!gates || !hbuf || !scratch ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, pack) != FR_OK)
+        goto done;
     lstm_saved s = lstm_saved_views(gates, T, B, H);
     FR_FN(input_projection)(gates, x, w_ih, b_ih, b_hh, T * B, I, G);
-    FR_FN(init_state)(h_n, h0, B * H);
+    FR_FN(init_state)(hbuf, h0, B * H);
     FR_FN(init_state)(c_n, c0, B * H);
-    lstm_forward_loop loop = {y, h_n, c_n, gates, saved ? s.c : scratch,
-                              saved ? s.tanh_c : scratch + B * H, saved ? B * H : 0,
-                              &rec, lengths, T, B, H};
-    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), lstm_forward_rows, &loop);
-    FR_FN(recurrent_free)(&rec);
+    lstm_forward_loop loop = {y,       hbuf, c_n, gates, saved ? s.c : NULL,
+                              saved ? s.tanh_c : NULL, scratch, rec, lengths, T, B, H};
+    fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * G, lstm_forward_part, &loop);
+    memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
+    FR_FN(recurrent_free)(rec);
+    status = FR_OK;
+done:
     if (!saved)
         free(gates);
+    free(hbuf);
     free(scratch);
-    return FR_OK;
+    return status;
 }
 
 /* One row backward (restrict: the loop vectorizes). dh, dc (H) hold dL/dh_t, dL/dc_t
@@ -190,12 +217,13 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                          const real *dc_n, const real *saved, const real *y, const real *x,
                          const real *h0, const real *c0, const real *w_ih, const real *w_hh,
                          const int64_t *lengths, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
-                         ptrdiff_t H) {
+                         ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 4 * H;
     real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
-    fr_recurrent rec;
-    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, G, H, 0, T, B) != FR_OK) {
+    fr_recurrent rec[2];
+    if (!dG || !zeros ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 1, w_hh, H, T, B, pack) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;
@@ -204,10 +232,10 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     /* dh0, dc0 (B, H) carry dL/dh_t, dL/dc_t back through time and end as dL/dh0, dL/dc0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
     FR_FN(init_state)(dc0, dc_n, B * H);
-    lstm_backward_loop loop = {dG,     dh0,  dc0,   dy,   s.gates, s.tanh_c, s.c,
-                               c0,     zeros, &rec, lengths, T,     B,        H};
-    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), lstm_backward_rows, &loop);
-    FR_FN(recurrent_free)(&rec);
+    lstm_backward_loop loop = {dG, dh0,   dc0, dy,      s.gates, s.tanh_c, s.c,
+                               c0, zeros, rec, lengths, T,       B,        H};
+    fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
+    FR_FN(recurrent_free)(rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, G);
     free(dG);

@@ -9,65 +9,85 @@
 #include "act.h"
 #include "seq.h"
 
-/* One row of the elementwise pass: y (H) holds a_t on entry and h_t on exit; the
- * carried state h (H) gets h_t too. One loop per activation, so each vectorizes. */
-static inline void rnn_cell_forward(real *restrict y, real *restrict h, int relu, ptrdiff_t H) {
+/* One step of the forward time loop, as the recurrent product's epilogue sees it: y_t
+ * (B, H) holds the input projection with both biases on entry and h_t on exit; h_next
+ * (B, H) gets h_t, or h_{t-1} (h_prev) for rows past their length, whose y_t is zero. */
+typedef struct {
+    real *y_t, *h_next;
+    const real *h_prev;
+    const int64_t *lengths;
+    ptrdiff_t t, H;
+    int relu;
+} rnn_step;
+
+/* h = act(acc + y) for `units` units of one row; one loop per activation, so each
+ * vectorizes. */
+static inline void rnn_units_forward(const real *restrict acc, real *restrict y,
+                                     real *restrict h_next, int relu, ptrdiff_t units) {
     if (relu)
-        for (ptrdiff_t j = 0; j < H; j++)
-            h[j] = y[j] = fr_relu(y[j]);
+        for (ptrdiff_t j = 0; j < units; j++)
+            h_next[j] = y[j] = fr_relu(acc[j] + y[j]);
     else
-        for (ptrdiff_t j = 0; j < H; j++)
-            h[j] = y[j] = fr_tanh(y[j]);
+        for (ptrdiff_t j = 0; j < units; j++)
+            h_next[j] = y[j] = fr_tanh(acc[j] + y[j]);
 }
 
-/* One step of the elementwise pass: y_t (B, H) holds a_t on entry; writes y_t and the
- * carried state h (B, H) for rows inside their sequence, zeros y_t past a length. */
-static void rnn_step_forward(real *y_t, real *h, const int64_t *lengths, int relu, ptrdiff_t t,
-                             ptrdiff_t B, ptrdiff_t H) {
-    for (ptrdiff_t b = 0; b < B; b++) {
-        if (fr_step_valid(lengths, t, b))
-            rnn_cell_forward(y_t + b * H, h + b * H, relu, H);
-        else
-            memset(y_t + b * H, 0, (size_t)H * sizeof(real));
+static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
+                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
+    const rnn_step *s = ctx;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        ptrdiff_t b = row0 + i, at = b * s->H + unit0;
+        if (fr_step_valid(s->lengths, s->t, b))
+            rnn_units_forward(acc + i * acc_ld, s->y_t + at, s->h_next + at, s->relu, units);
+        else {
+            memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
+            memset(s->y_t + at, 0, (size_t)units * sizeof(real));
+        }
     }
 }
 
-/* What the forward time loop reads and writes, for any block of rows (threads.h). */
+/* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
-    real *y, *h; /* (T, B, H), carried (B, H) */
+    real *y, *hbuf, *scratch; /* (T, B, H); h_{t-1}, h_t alternating (2, B, H); (B, H) */
     const fr_recurrent *rec;
     const int64_t *lengths;
     int relu;
     ptrdiff_t T, B, H;
 } rnn_forward_loop;
 
-static void rnn_forward_rows(const void *ctx, fr_rows r) {
+static void rnn_forward_part(const void *ctx, fr_part part) {
     const rnn_forward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H;
-    real *h = a->h + r.b0 * H;
-    const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
+    const ptrdiff_t BH = a->B * a->H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
-        real *y_t = a->y + (t * B + r.b0) * H;
-        FR_FN(recurrent_product)(a->rec, y_t, H, h, H, r.rows, 1); /* a_t += h w_hh^T */
-        rnn_step_forward(y_t, h, lengths, a->relu, t, r.rows, H);
+        rnn_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
+                      a->lengths, t, a->H, a->relu};
+        FR_FN(recurrent_apply)(a->rec, s.h_prev, a->H, &part, rnn_epilogue, &s, a->scratch);
+        fr_part_sync(&part);
     }
 }
 
 int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const real *w_ih,
                        const real *w_hh, const real *b_ih, const real *b_hh,
                        const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
-                       ptrdiff_t I, ptrdiff_t H) {
-    /* The pre-activations of step t are built in y[t] and activated in place; h_n
-     * carries the state (it differs from y[t] for rows past their length). */
-    fr_recurrent rec;
-    if (FR_FN(recurrent_init)(&rec, w_hh, H, H, 1, T, B) != FR_OK)
-        return FR_ERR_NOMEM;
+                       ptrdiff_t I, ptrdiff_t H, const void *pack) {
+    /* The pre-activations of step t are built in y[t] and activated in place. */
+    real *hbuf = FR_FN(alloc)(2 * B * H), *scratch = FR_FN(alloc)(B * H);
+    fr_recurrent rec[2];
+    int status = FR_ERR_NOMEM;
+    if (!hbuf || !scratch ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 0, w_hh, H, T, B, pack) != FR_OK)
+        goto done;
     FR_FN(input_projection)(y, x, w_ih, b_ih, b_hh, T * B, I, H);
-    FR_FN(init_state)(h_n, h0, B * H);
-    rnn_forward_loop loop = {y, h_n, &rec, lengths, relu, T, B, H};
-    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), rnn_forward_rows, &loop);
-    FR_FN(recurrent_free)(&rec);
-    return FR_OK;
+    FR_FN(init_state)(hbuf, h0, B * H);
+    rnn_forward_loop loop = {y, hbuf, scratch, rec, lengths, relu, T, B, H};
+    fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * H, rnn_forward_part, &loop);
+    memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
+    FR_FN(recurrent_free)(rec);
+    status = FR_OK;
+done:
+    free(hbuf);
+    free(scratch);
+    return status;
 }
 
 /* One row backward: dG (H) = dL/da_t from dy (H) and the carried dh (H) = dL/dh_t;
@@ -126,20 +146,21 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         real *db_hh, const real *dy, const real *dh_n, const real *y,
                         const real *x, const real *h0, const real *w_ih, const real *w_hh,
                         const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
-                        ptrdiff_t I, ptrdiff_t H) {
+                        ptrdiff_t I, ptrdiff_t H, const void *pack) {
     real *dG = FR_FN(alloc)(T * B * H); /* (T, B, H) dL/da_t */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
-    fr_recurrent rec;
-    if (!dG || !zeros || FR_FN(recurrent_init)(&rec, w_hh, H, H, 0, T, B) != FR_OK) {
+    fr_recurrent rec[2];
+    if (!dG || !zeros ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 1, w_hh, H, T, B, pack) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;
     }
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
-    rnn_backward_loop loop = {dG, dh0, dy, y, zeros, &rec, lengths, relu, T, B, H};
-    fr_for_row_blocks(B, FR_FN(recurrent_own_kernel)(&rec), rnn_backward_rows, &loop);
-    FR_FN(recurrent_free)(&rec);
+    rnn_backward_loop loop = {dG, dh0, dy, y, zeros, rec, lengths, relu, T, B, H};
+    fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);
+    FR_FN(recurrent_free)(rec);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, H);
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, H, h0, y, T, B, H, H);
     free(dG);

@@ -13,14 +13,10 @@
 
 #include "blas.h"
 #include "fastrnn.h"
-#include "gemm_small.h"
+#include "gemm/direct.h"
+#include "gemm/microkernel.h"
 #include "threads.h"
 
-/* Batches up to this size run their per-step recurrent products on our own kernels
- * (gemm_small.h), larger ones on BLAS. Sequences of at least FR_PACK_STEPS steps pack
- * the weight first; shorter ones (a streaming step) use it as it is. */
-#define FR_SMALL_BATCH 32
-#define FR_PACK_STEPS 8
 /* Products with at most this many rows skip BLAS (its call overhead dominates). */
 #define FR_DIRECT_ROWS 4
 
@@ -106,62 +102,192 @@ static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG,
     FR_FN(add_column_sums)(db_hh, dG, T * B, n, ld);
 }
 
-/* The weight side of a per-step recurrent product C (B, N) (+)= A (B, K) . op(W), set
- * up once per sequence: op(W) = W^T for W (N, K) (transpose) or W (K, N); packed for
- * small batches, else handed to BLAS as is. */
+/* The weight side of the per-step recurrent products, set up once per sequence.
+ *
+ * A product  P (B, G*H) = A (B, K) . op(W)  runs on a packed panel (gemm/panel.h) with the
+ * microkernel and an epilogue (gemm/microkernel.h) at every batch size, or, when the weight
+ * serves fewer than FR_PACK_ROWS rows in the whole call (a streaming step of a batch of a
+ * few), directly on W as it is. The panel comes from a pack made earlier (fr_pack_*, kept
+ * by the layer while the weight is unchanged) when one matching this build is given, and is
+ * made here otherwise. */
+#define FR_PACK_ROWS 8
+
 typedef struct {
-    const real *w;
-    real *panel; /* packed op(W), or NULL */
-    int direct;  /* 1: our unpacked loops; 0 with no panel: BLAS */
-    ptrdiff_t K, N;
-    int transpose;
+    fr_panel panel;     /* packed op(W), or data == NULL: direct */
+    int owned;          /* panel.data was allocated here */
+    const real *w;      /* W in PyTorch layout */
+    int transpose;      /* op(W) = W^T (forward) or W (backward) */
+    ptrdiff_t K, G, H;  /* op(W) (K, G*H) */
 } fr_recurrent;
 
-/* Set up for T steps of batch B. Returns 0, or FR_ERR_NOMEM when packing fails. */
-static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_t K,
-                                        ptrdiff_t N, int transpose, ptrdiff_t T, ptrdiff_t B) {
-    r->w = w;
-    r->K = K;
-    r->N = N;
-    r->transpose = transpose;
-    r->panel = NULL;
-    r->direct = B <= FR_SMALL_BATCH && T < FR_PACK_STEPS;
-    if (B > FR_SMALL_BATCH || r->direct)
-        return FR_OK;
-    r->panel = FR_FN(pack_panel)(w, K, N, transpose);
-    return r->panel ? FR_OK : FR_ERR_NOMEM;
+/* What one product of a cell multiplies by (see fr_recurrent_specs). */
+typedef struct {
+    ptrdiff_t w_offset; /* first element of W inside w_hh */
+    ptrdiff_t K, G;     /* op(W) (K, G*H) */
+    int transpose;
+} fr_recurrent_spec;
+
+/* The products of `cell` (FR_CELL_*) in its forward or backward time loop: count of them
+ * (1 or 2) written to specs. Forward multiplies h by w_hh^T with gate blocks interleaved;
+ * backward multiplies dG by w_hh. GRU with the reset gate before its product needs the r, z
+ * rows and the n rows of w_hh as two products. */
+static inline int FR_FN(recurrent_specs)(fr_recurrent_spec specs[2], int cell, int backward,
+                                         ptrdiff_t H) {
+    ptrdiff_t G = cell == FR_CELL_LSTM ? 4 : cell == FR_CELL_RNN ? 1 : 3;
+    if (cell == FR_CELL_GRU_RESET_BEFORE) {
+        fr_recurrent_spec rz = {0, backward ? 2 * H : H, backward ? 1 : 2, !backward};
+        fr_recurrent_spec n = {2 * H * H, H, 1, !backward};
+        specs[0] = rz;
+        specs[1] = n;
+        return 2;
+    }
+    fr_recurrent_spec all = {0, backward ? G * H : H, backward ? 1 : G, !backward};
+    specs[0] = all;
+    return 1;
 }
 
-/* Whether the per-step products run on our own kernel (not BLAS): then the time loop may
- * be split across threads by rows (threads.c). */
+/* The panel for spec inside a pack made by fr_pack_* for (cell, backward, H), or NULL when
+ * `pack` is NULL or was made for something else (another cell, size or vector width). */
+static inline real *FR_FN(pack_panel_data)(const void *pack, int cell, int backward,
+                                            ptrdiff_t H, int index) {
+    const fr_pack_header *h = pack;
+    if (h == NULL || ((uintptr_t)pack & 63) != 0 || h->magic != FR_PACK_MAGIC ||
+        h->vector_bytes != FR_VBYTES || h->real_bytes != (int32_t)sizeof(real) ||
+        h->cell != cell || h->backward != backward || h->H != H || index >= h->count)
+        return NULL;
+    return (real *)((char *)pack + h->offset[index]);
+}
+
+/* Set r up for the product `spec` of w_hh, over T steps of B rows: on the matching panel of
+ * `pack`, on a panel packed now, or direct. Returns 0, or FR_ERR_NOMEM. */
+static inline int FR_FN(recurrent_setup)(fr_recurrent *r, const real *w_hh,
+                                         fr_recurrent_spec spec, ptrdiff_t H, ptrdiff_t T,
+                                         ptrdiff_t B, real *packed) {
+    r->w = w_hh + spec.w_offset;
+    r->transpose = spec.transpose;
+    r->K = spec.K;
+    r->G = spec.G;
+    r->H = H;
+    r->owned = 0;
+    r->panel = FR_FN(panel_shape)(spec.K, spec.G, H);
+    if (packed) {
+        r->panel.data = packed;
+        return FR_OK;
+    }
+    if (T * B < FR_PACK_ROWS)
+        return FR_OK; /* direct */
+    r->panel = FR_FN(panel_new)(r->w, spec.transpose, spec.K, spec.G, H);
+    r->owned = 1;
+    return r->panel.data ? FR_OK : FR_ERR_NOMEM;
+}
+
+/* Set up every product of `cell` (recs[0], and recs[1] for GRU reset before). */
+static inline int FR_FN(recurrent_setup_cell)(fr_recurrent recs[2], int cell, int backward,
+                                              const real *w_hh, ptrdiff_t H, ptrdiff_t T,
+                                              ptrdiff_t B, const void *pack) {
+    fr_recurrent_spec specs[2];
+    int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
+    recs[1].owned = 0;
+    recs[1].panel.data = NULL;
+    for (int i = 0; i < n; i++) {
+        real *packed = FR_FN(pack_panel_data)(pack, cell, backward, H, i);
+        if (FR_FN(recurrent_setup)(&recs[i], w_hh, specs[i], H, T, B, packed) != FR_OK) {
+            for (int j = 0; j < i; j++)
+                if (recs[j].owned)
+                    FR_FN(panel_free)(&recs[j].panel);
+            return FR_ERR_NOMEM;
+        }
+    }
+    return FR_OK;
+}
+
+/* The general form kept for kernels with a product of their own: op(W) (K, N) of W (N, K)
+ * (transpose) or W (K, N), no gate interleaving. */
+static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_t K,
+                                        ptrdiff_t N, int transpose, ptrdiff_t T, ptrdiff_t B) {
+    fr_recurrent_spec spec = {0, K, 1, transpose};
+    return FR_FN(recurrent_setup)(r, w, spec, N, T, B, NULL);
+}
+
+/* Our own kernel runs every product now, so the time loop may always be split. */
 static inline int FR_FN(recurrent_own_kernel)(const fr_recurrent *r) {
-    return r->panel != NULL || r->direct;
+    (void)r;
+    return 1;
 }
 
 static inline void FR_FN(recurrent_free)(fr_recurrent *r) {
-    free(r->panel);
-    r->panel = NULL;
+    if (r->owned)
+        FR_FN(panel_free)(&r->panel);
+    r->panel.data = NULL;
+    r->owned = 0;
+}
+
+/* Column blocks of the product (threads may split them); a direct product is one block. */
+static inline ptrdiff_t FR_FN(recurrent_blocks)(const fr_recurrent *r) {
+    return r->panel.data ? r->panel.blocks : 1;
+}
+
+/* For the rows and column blocks of `part`: P = A . op(W), handed tile by tile to
+ * epilogue(ctx, ...). A direct product goes through `scratch` (B, G*H) and reaches the
+ * epilogue as one tile of every unit (it is never split by hidden units). */
+static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, ptrdiff_t lda,
+                                          const fr_part *part, fr_epilogue_fn epilogue,
+                                          void *ctx, real *scratch) {
+    const ptrdiff_t row0 = part->row0, rows = part->rows;
+    if (r->panel.data) {
+        ptrdiff_t first, last;
+        fr_part_blocks(part, r->panel.blocks, &first, &last);
+        FR_FN(panel_product)(&r->panel, A, lda, row0, rows, first, last, epilogue, ctx);
+        return;
+    }
+    const ptrdiff_t N = r->G * r->H;
+    real *P = scratch + row0 * N;
+    memset(P, 0, (size_t)(rows * N) * sizeof(real));
+    if (r->transpose)
+        FR_FN(gemm_direct_nt)(P, N, A + row0 * lda, lda, r->w, rows, N, r->K);
+    else
+        FR_FN(gemm_direct_nn)(P, N, A + row0 * lda, lda, r->w, rows, N, r->K);
+    epilogue(ctx, P, N, r->H, row0, rows, 0, r->H);
 }
 
 /* C (B, N) = A (B, K) . op(W) + (accumulate ? C : 0), rows with leading dims lda, ldc. */
 static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrdiff_t ldc,
                                             const real *A, ptrdiff_t lda, ptrdiff_t B,
                                             int accumulate) {
-    if (r->panel == NULL && !r->direct) {
-        ptrdiff_t ldw = r->transpose ? r->K : r->N;
-        FR_FN(gemm)(0, r->transpose, B, r->N, r->K, 1, A, lda, r->w, ldw,
-                    accumulate ? 1 : 0, C, ldc);
-        return;
-    }
+    const ptrdiff_t N = r->G * r->H;
     if (!accumulate)
         for (ptrdiff_t b = 0; b < B; b++)
-            memset(C + b * ldc, 0, (size_t)r->N * sizeof(real));
-    if (r->panel)
-        FR_FN(gemm_packed)(C, ldc, A, lda, r->panel, B, r->N, r->K);
-    else if (r->transpose)
-        FR_FN(gemm_direct_nt)(C, ldc, A, lda, r->w, B, r->N, r->K);
+            memset(C + b * ldc, 0, (size_t)N * sizeof(real));
+    if (r->panel.data) {
+        fr_accumulate acc = {C, ldc, r->H, r->G};
+        FR_FN(panel_product)(&r->panel, A, lda, 0, B, 0, r->panel.blocks,
+                             FR_FN(accumulate_epilogue), &acc);
+    } else if (r->transpose)
+        FR_FN(gemm_direct_nt)(C, ldc, A, lda, r->w, B, N, r->K);
     else
-        FR_FN(gemm_direct_nn)(C, ldc, A, lda, r->w, B, r->N, r->K);
+        FR_FN(gemm_direct_nn)(C, ldc, A, lda, r->w, B, N, r->K);
+}
+
+/* Bytes of a pack for (cell, backward, H): a header, then each panel 64-byte aligned. */
+static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backward,
+                                        ptrdiff_t H) {
+    fr_recurrent_spec specs[2];
+    int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
+    size_t at = (sizeof(fr_pack_header) + 63) / 64 * 64;
+    memset(h, 0, sizeof *h);
+    h->magic = FR_PACK_MAGIC;
+    h->vector_bytes = FR_VBYTES;
+    h->real_bytes = (int32_t)sizeof(real);
+    h->cell = cell;
+    h->backward = backward;
+    h->count = n;
+    h->H = H;
+    for (int i = 0; i < n; i++) {
+        fr_panel p = FR_FN(panel_shape)(specs[i].K, specs[i].G, H);
+        h->offset[i] = (int64_t)at;
+        at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
+    }
+    return at;
 }
 
 #endif

@@ -21,52 +21,62 @@ cdef extern from "fastrnn.h" nogil:
     int FR_RNN_SAVED_PER_UNIT
     int FR_LSTM_SAVED_PER_UNIT
     int FR_GRU_SAVED_PER_UNIT
+    int FR_CELL_RNN
+    int FR_CELL_LSTM
+    int FR_CELL_GRU
+    int FR_CELL_GRU_RESET_BEFORE
+    size_t fr_pack_bytes_f32(int cell, int backward, Py_ssize_t H)
+    size_t fr_pack_bytes_f64(int cell, int backward, Py_ssize_t H)
+    int fr_pack_f32(void *dst, size_t nbytes, const float *w_hh, int cell, int backward,
+                    Py_ssize_t H)
+    int fr_pack_f64(void *dst, size_t nbytes, const double *w_hh, int cell, int backward,
+                    Py_ssize_t H)
     int fr_rnn_forward_f32(float*, float*, const float*, const float*, const float*,
                            const float*, const float*, const float*, const int64_t*, int,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_forward_f64(double*, double*, const double*, const double*, const double*,
                            const double*, const double*, const double*, const int64_t*, int,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
                             const float*, const float*, const float*, const float*,
                             const float*, const float*, const int64_t*, int,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_backward_f64(double*, double*, double*, double*, double*, double*,
                             const double*, const double*, const double*, const double*,
                             const double*, const double*, const double*, const int64_t*, int,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_lstm_forward_f32(float*, float*, float*, float*, const float*, const float*,
                             const float*, const float*, const float*, const float*,
                             const float*, const int64_t*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_lstm_forward_f64(double*, double*, double*, double*, const double*, const double*,
                             const double*, const double*, const double*, const double*,
                             const double*, const int64_t*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*,
                              const float*, const float*, const float*, const float*,
                              const float*, const float*, const float*, const float*,
                              const float*, const float*, const int64_t*,
-                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
                              const double*, const double*, const double*, const double*,
                              const double*, const double*, const double*, const double*,
                              const double*, const double*, const int64_t*,
-                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_forward_f32(float*, float*, float*, const float*, const float*, const float*,
                            const float*, const float*, const float*, const int64_t*, int,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_forward_f64(double*, double*, double*, const double*, const double*,
                            const double*, const double*, const double*, const double*,
-                           const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                           const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
                             const float*, const float*, const float*, const float*,
                             const float*, const float*, const float*, const int64_t*, int,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_backward_f64(double*, double*, double*, double*, double*, double*,
                             const double*, const double*, const double*, const double*,
                             const double*, const double*, const double*, const double*,
-                            const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+                            const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
 
 fr_set_blas(sgemm, dgemm)
 
@@ -87,6 +97,10 @@ cdef inline const int64_t* lens(const int64_t[::1] a) noexcept nogil:
     return &a[0] if a is not None else NULL
 
 
+cdef inline const void* pk(const unsigned char[::1] a) noexcept nogil:
+    return <const void*>&a[0] if a is not None else NULL
+
+
 cdef inline check(int status):
     if status != FR_OK:
         raise MemoryError("fastrnn kernel could not allocate its workspace")
@@ -96,15 +110,16 @@ def rnn_forward(floating[::1] y, floating[::1] h_n, const floating[::1] x,
                 const floating[::1] h0, const floating[::1] w_ih, const floating[::1] w_hh,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 const int64_t[::1] lengths, bint relu,
-                Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+                Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                const unsigned char[::1] pack=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_rnn_forward_f32(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
-                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H)
+                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H, pk(pack))
         else:
             status = fr_rnn_forward_f64(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
-                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H)
+                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H, pk(pack))
     check(status)
 
 
@@ -113,17 +128,18 @@ def rnn_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
                  const floating[::1] dy, const floating[::1] dh_n, const floating[::1] y,
                  const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
                  const floating[::1] w_hh, const int64_t[::1] lengths, bint relu,
-                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                 const unsigned char[::1] pack=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_rnn_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
-                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H)
+                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H, pk(pack))
         else:
             status = fr_rnn_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
-                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H)
+                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H, pk(pack))
     check(status)
 
 
@@ -132,17 +148,18 @@ def lstm_forward(floating[::1] y, floating[::1] h_n, floating[::1] c_n, floating
                  const floating[::1] w_ih, const floating[::1] w_hh,
                  const floating[::1] b_ih, const floating[::1] b_hh,
                  const int64_t[::1] lengths,
-                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                 const unsigned char[::1] pack=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_lstm_forward_f32(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x), ro(h0),
                                          ro(c0), ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh),
-                                         lens(lengths), T, B, I, H)
+                                         lens(lengths), T, B, I, H, pk(pack))
         else:
             status = fr_lstm_forward_f64(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x), ro(h0),
                                          ro(c0), ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh),
-                                         lens(lengths), T, B, I, H)
+                                         lens(lengths), T, B, I, H, pk(pack))
     check(status)
 
 
@@ -153,19 +170,20 @@ def lstm_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dc0,
                   const floating[::1] x, const floating[::1] h0, const floating[::1] c0,
                   const floating[::1] w_ih, const floating[::1] w_hh,
                   const int64_t[::1] lengths,
-                  Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+                  Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                  const unsigned char[::1] pack=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_lstm_backward_f32(mut(dx), mut(dh0), mut(dc0), mut(dw_ih), mut(dw_hh),
                                           mut(db_ih), mut(db_hh), ro(dy), ro(dh_n), ro(dc_n),
                                           ro(saved), ro(y), ro(x), ro(h0), ro(c0), ro(w_ih),
-                                          ro(w_hh), lens(lengths), T, B, I, H)
+                                          ro(w_hh), lens(lengths), T, B, I, H, pk(pack))
         else:
             status = fr_lstm_backward_f64(mut(dx), mut(dh0), mut(dc0), mut(dw_ih), mut(dw_hh),
                                           mut(db_ih), mut(db_hh), ro(dy), ro(dh_n), ro(dc_n),
                                           ro(saved), ro(y), ro(x), ro(h0), ro(c0), ro(w_ih),
-                                          ro(w_hh), lens(lengths), T, B, I, H)
+                                          ro(w_hh), lens(lengths), T, B, I, H, pk(pack))
     check(status)
 
 
@@ -173,17 +191,18 @@ def gru_forward(floating[::1] y, floating[::1] h_n, floating[::1] saved,
                 const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
                 const floating[::1] w_hh, const floating[::1] b_ih, const floating[::1] b_hh,
                 const int64_t[::1] lengths, bint reset_after,
-                Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+                Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                const unsigned char[::1] pack=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_gru_forward_f32(mut(y), mut(h_n), mut(saved), ro(x), ro(h0), ro(w_ih),
                                         ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths),
-                                        reset_after, T, B, I, H)
+                                        reset_after, T, B, I, H, pk(pack))
         else:
             status = fr_gru_forward_f64(mut(y), mut(h_n), mut(saved), ro(x), ro(h0), ro(w_ih),
                                         ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths),
-                                        reset_after, T, B, I, H)
+                                        reset_after, T, B, I, H, pk(pack))
     check(status)
 
 
@@ -193,19 +212,20 @@ def gru_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
                  const floating[::1] y, const floating[::1] x, const floating[::1] h0,
                  const floating[::1] w_ih, const floating[::1] w_hh,
                  const int64_t[::1] lengths, bint reset_after,
-                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                 const unsigned char[::1] pack=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_gru_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(saved), ro(y), ro(x),
                                          ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
-                                         reset_after, T, B, I, H)
+                                         reset_after, T, B, I, H, pk(pack))
         else:
             status = fr_gru_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(saved), ro(y), ro(x),
                                          ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
-                                         reset_after, T, B, I, H)
+                                         reset_after, T, B, I, H, pk(pack))
     check(status)
 
 
@@ -256,6 +276,37 @@ def get_num_threads():
     return fr_get_num_threads()
 
 
+# -- packed recurrent weights (see "Packs" in csrc/fastrnn.h) ---------------------------------
+
+CELL_IDS = {"rnn": FR_CELL_RNN, "lstm": FR_CELL_LSTM, "gru": FR_CELL_GRU,
+            "gru_reset_before": FR_CELL_GRU_RESET_BEFORE}
+
+
+def pack(const floating[::1] w_hh, str cell, bint backward, Py_ssize_t H):
+    """w_hh (G*H*H,) packed for the forward (backward=False) or backward time loop of
+    ``cell`` under the current ISA level: a 64-byte aligned uint8 array to hand to the
+    kernels as ``pack=``. Valid only while w_hh is unchanged (the caller's duty)."""
+    import numpy as np
+    cdef int cell_id = CELL_IDS[cell]
+    cdef size_t nbytes
+    if floating is float:
+        nbytes = fr_pack_bytes_f32(cell_id, backward, H)
+    else:
+        nbytes = fr_pack_bytes_f64(cell_id, backward, H)
+    raw = np.empty(nbytes + 64, np.uint8)
+    cdef size_t start = (-raw.ctypes.data) % 64
+    out = raw[start:start + nbytes]
+    cdef unsigned char[::1] dst = out
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_pack_f32(&dst[0], nbytes, &w_hh[0], cell_id, backward, H)
+        else:
+            status = fr_pack_f64(&dst[0], nbytes, &w_hh[0], cell_id, backward, H)
+    check(status)
+    return out
+
+
 # -- one streaming step: 2-D arrays as they come, no reshapes (fastrnn.ops.*_step) ------------
 
 cdef inline const floating* ro2(const floating[:, ::1] a) noexcept nogil:
@@ -264,51 +315,54 @@ cdef inline const floating* ro2(const floating[:, ::1] a) noexcept nogil:
 
 def rnn_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
              const floating[:, ::1] h, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-             const floating[::1] b_ih, const floating[::1] b_hh, bint relu):
+             const floating[::1] b_ih, const floating[::1] b_hh, bint relu,
+             const unsigned char[::1] pack=None):
     cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1]
     cdef int status
     with nogil:
         if floating is float:
             status = fr_rnn_forward_f32(&y[0, 0], &h_n[0, 0], ro2(x), ro2(h), ro2(w_ih),
-                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H)
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H, pk(pack))
         else:
             status = fr_rnn_forward_f64(&y[0, 0], &h_n[0, 0], ro2(x), ro2(h), ro2(w_ih),
-                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H)
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H, pk(pack))
     check(status)
 
 
 def lstm_step(floating[:, ::1] y, floating[:, ::1] h_n, floating[:, ::1] c_n,
               const floating[:, ::1] x, const floating[:, ::1] h, const floating[:, ::1] c,
               const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-              const floating[::1] b_ih, const floating[::1] b_hh):
+              const floating[::1] b_ih, const floating[::1] b_hh,
+              const unsigned char[::1] pack=None):
     cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1]
     cdef int status
     with nogil:
         if floating is float:
             status = fr_lstm_forward_f32(&y[0, 0], &h_n[0, 0], &c_n[0, 0], NULL, ro2(x), ro2(h),
                                          ro2(c), ro2(w_ih), ro2(w_hh), ro(b_ih), ro(b_hh), NULL,
-                                         1, B, I, H)
+                                         1, B, I, H, pk(pack))
         else:
             status = fr_lstm_forward_f64(&y[0, 0], &h_n[0, 0], &c_n[0, 0], NULL, ro2(x), ro2(h),
                                          ro2(c), ro2(w_ih), ro2(w_hh), ro(b_ih), ro(b_hh), NULL,
-                                         1, B, I, H)
+                                         1, B, I, H, pk(pack))
     check(status)
 
 
 def gru_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
              const floating[:, ::1] h, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-             const floating[::1] b_ih, const floating[::1] b_hh, bint reset_after):
+             const floating[::1] b_ih, const floating[::1] b_hh, bint reset_after,
+             const unsigned char[::1] pack=None):
     cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1]
     cdef int status
     with nogil:
         if floating is float:
             status = fr_gru_forward_f32(&y[0, 0], &h_n[0, 0], NULL, ro2(x), ro2(h), ro2(w_ih),
                                         ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
-                                        1, B, I, H)
+                                        1, B, I, H, pk(pack))
         else:
             status = fr_gru_forward_f64(&y[0, 0], &h_n[0, 0], NULL, ro2(x), ro2(h), ro2(w_ih),
                                         ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
-                                        1, B, I, H)
+                                        1, B, I, H, pk(pack))
     check(status)
 
 

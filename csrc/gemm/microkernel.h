@@ -1,0 +1,136 @@
+/* microkernel.h - register-tiled products over a packed panel, finished by an epilogue.
+ *
+ * The microkernel computes one tile  acc (m, NB) = A (m, K) . slab (K, NB)  with the m x nv
+ * accumulator vectors in registers (BLIS's design: broadcast one A element, FMA it into
+ * nv weight vectors, for every k), m <= MR = FR_ACC_REGS / nv rows. The tile is then
+ * handed to an epilogue, the cell's math for those rows and hidden units, while it is
+ * still hot in L1 (or registers, once inlined): the (B, G*H) pre-activations never make a
+ * round trip through memory. Tiles walk column block by column block, and down the rows
+ * inside each block, so a (K, NB) slab is reused by every row block from L1/L2 while A (the
+ * state rows) stays in L2.
+ *
+ * An epilogue sees the tile as acc[i * acc_ld + g * gate_stride + j]: row i of the tile,
+ * gate g, hidden unit unit0 + j (j < units). The same epilogue also finishes products that
+ * did not come from a panel (a direct product into a (B, G*H) buffer: gate_stride = H).
+ */
+#ifndef FASTRNN_GEMM_MICROKERNEL_H
+#define FASTRNN_GEMM_MICROKERNEL_H
+
+#include "panel.h"
+
+#define FR_MR_MAX 8 /* rows of the tallest tile: FR_ACC_REGS / 3 on AVX-512 */
+
+typedef void (*fr_epilogue_fn)(void *ctx, const real *acc, ptrdiff_t acc_ld,
+                               ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
+                               ptrdiff_t unit0, ptrdiff_t units);
+
+/* acc (m, nv*VLEN) = A (m, K; leading dimension lda) . slab (K, nv*VLEN). m and nv are
+ * constants where this is inlined, so the accumulators live in registers. A single row has
+ * no other rows to hide the FMA latency behind: even and odd k go to two accumulator sets. */
+static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, const real *A, ptrdiff_t lda,
+                                                 const real *slab, ptrdiff_t K, const int m,
+                                                 const int nv) {
+    const ptrdiff_t NB = nv * FR_VLEN;
+    fr_vec acc[FR_MR_MAX][4], odd[4];
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < nv; v++)
+            acc[i][v] = (fr_vec){0};
+    for (int v = 0; v < nv; v++)
+        odd[v] = (fr_vec){0};
+    ptrdiff_t k = 0;
+    if (m == 1)
+        for (; k + 1 < K; k += 2) {
+            const real *p = slab + k * NB;
+            for (int v = 0; v < nv; v++) {
+                acc[0][v] += A[k] * *(const fr_vec *)(p + v * FR_VLEN);
+                odd[v] += A[k + 1] * *(const fr_vec *)(p + NB + v * FR_VLEN);
+            }
+        }
+    for (; k < K; k++) {
+        const real *p = slab + k * NB;
+        fr_vec b[4];
+        for (int v = 0; v < nv; v++)
+            b[v] = *(const fr_vec *)(p + v * FR_VLEN);
+        for (int i = 0; i < m; i++) {
+            real a = A[i * lda + k];
+            for (int v = 0; v < nv; v++)
+                acc[i][v] += a * b[v];
+        }
+    }
+    if (m == 1)
+        for (int v = 0; v < nv; v++)
+            acc[0][v] += odd[v];
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < nv; v++)
+            *(fr_vec *)(acc_out + i * NB + v * FR_VLEN) = acc[i][v];
+}
+
+/* tile_product with m and nv turned into constants (m <= MR for this nv). */
+#define FR_TILE_CASE(rows, NV)                                                             \
+    case rows:                                                                             \
+        if (rows <= FR_ACC_REGS / NV)                                                      \
+            FR_FN(tile_product)(acc, A, lda, slab, K, rows, NV);                           \
+        break;
+
+static void FR_FN(tile_nv4)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
+                            ptrdiff_t K, ptrdiff_t m) {
+    switch (m) {
+        FR_TILE_CASE(1, 4) FR_TILE_CASE(2, 4) FR_TILE_CASE(3, 4)
+        FR_TILE_CASE(4, 4) FR_TILE_CASE(5, 4) FR_TILE_CASE(6, 4)
+    }
+}
+
+static void FR_FN(tile_nv3)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
+                            ptrdiff_t K, ptrdiff_t m) {
+    switch (m) {
+        FR_TILE_CASE(1, 3) FR_TILE_CASE(2, 3) FR_TILE_CASE(3, 3) FR_TILE_CASE(4, 3)
+        FR_TILE_CASE(5, 3) FR_TILE_CASE(6, 3) FR_TILE_CASE(7, 3) FR_TILE_CASE(8, 3)
+    }
+}
+#undef FR_TILE_CASE
+
+/* Rows per tile for a panel of nv vectors per row. */
+static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
+
+/* For rows [row0, row0 + rows) of A (row r at A + r * lda) and the panel's column blocks
+ * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
+static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
+                                        ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
+                                        ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
+    const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
+    real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
+    for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
+        const real *slab = p->data + blk * p->K * NB;
+        ptrdiff_t unit0 = blk * p->units;
+        ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
+        for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
+            ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
+            if (p->nv == 3)
+                FR_FN(tile_nv3)(acc, A + r * lda, lda, slab, p->K, m);
+            else
+                FR_FN(tile_nv4)(acc, A + r * lda, lda, slab, p->K, m);
+            epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
+        }
+    }
+}
+
+/* The plainest epilogue: C (rows, G*H; leading dimension ldc) += the tile. */
+typedef struct {
+    real *C;
+    ptrdiff_t ldc, H, G;
+} fr_accumulate;
+
+static void FR_FN(accumulate_epilogue)(void *ctx, const real *acc, ptrdiff_t acc_ld,
+                                       ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
+                                       ptrdiff_t unit0, ptrdiff_t units) {
+    const fr_accumulate *a = ctx;
+    for (ptrdiff_t i = 0; i < rows; i++)
+        for (ptrdiff_t g = 0; g < a->G; g++) {
+            real *restrict c = a->C + (row0 + i) * a->ldc + g * a->H + unit0;
+            const real *restrict t = acc + i * acc_ld + g * gate_stride;
+            for (ptrdiff_t j = 0; j < units; j++)
+                c[j] += t[j];
+        }
+}
+
+#endif

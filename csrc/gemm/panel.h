@@ -1,0 +1,85 @@
+/* panel.h - the recurrent weight packed for the microkernel, gate blocks interleaved.
+ *
+ * A recurrent step computes P (B, G*H) = A (B, K) . op(W), where op(W) (K, G*H) holds G
+ * gate blocks of H hidden units each (forward: op(W) = w_hh^T, K = H; backward: op(W) =
+ * w_hh, G = 1, K = G*H). The panel stores op(W) in column blocks of NB = nv * VLEN
+ * columns: block j holds, for the `units` hidden units u0 = j*units .. u0+units-1, gate 0's
+ * columns of those units, then gate 1's, ... (units = NB / G). One register tile of the
+ * microkernel (rows x nv vectors) then holds every gate of the same hidden units, so the
+ * cell's epilogue can finish those units while the tile is in registers. Each block is a
+ * contiguous (K, NB) slab that the microkernel streams from the first k to the last; columns
+ * past H are zero.
+ *
+ *   data (blocks, K, NB)     block-major, 64-byte aligned, NB = nv * VLEN
+ */
+#ifndef FASTRNN_GEMM_PANEL_H
+#define FASTRNN_GEMM_PANEL_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "vec.h"
+
+typedef struct {
+    real *data;          /* (blocks, K, NB) */
+    ptrdiff_t K, G, H;   /* op(W) is (K, G*H) */
+    ptrdiff_t nv;        /* vectors per tile row, a multiple of G */
+    ptrdiff_t units;     /* hidden units per block: nv / G * VLEN */
+    ptrdiff_t blocks;    /* ceil(H / units) */
+} fr_panel;
+
+/* Vectors per tile row for G gate blocks: 4 (G = 1, 2, 4) or 3 (GRU). */
+static inline ptrdiff_t FR_FN(panel_vectors)(ptrdiff_t G) { return G == 3 ? 3 : 4; }
+
+/* The panel's geometry (data = NULL) for op(W) of K rows and G blocks of H columns. */
+static inline fr_panel FR_FN(panel_shape)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H) {
+    fr_panel p = {NULL, K, G, H, FR_FN(panel_vectors)(G), 0, 0};
+    p.units = p.nv / G * FR_VLEN;
+    p.blocks = (H + p.units - 1) / p.units;
+    return p;
+}
+
+static inline ptrdiff_t FR_FN(panel_reals)(const fr_panel *p) {
+    return p->blocks * p->K * p->nv * FR_VLEN;
+}
+
+/* Fill p->data from W: transpose = 1 packs W^T for W (G*H, K) row-major (forward:
+ * h w_hh^T); transpose = 0 packs W (K, G*H) itself (backward: dG w_hh). */
+static inline void FR_FN(panel_fill)(fr_panel *p, const real *W, int transpose) {
+    const ptrdiff_t K = p->K, H = p->H, NB = p->nv * FR_VLEN, per_gate = p->units;
+    memset(p->data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(real));
+    for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
+        real *slab = p->data + blk * K * NB;
+        for (ptrdiff_t c = 0; c < NB; c++) {
+            ptrdiff_t unit = blk * per_gate + c % per_gate;
+            if (unit >= H)
+                continue;
+            ptrdiff_t col = (c / per_gate) * H + unit; /* column of op(W) */
+            if (transpose)
+                for (ptrdiff_t k = 0; k < K; k++)
+                    slab[k * NB + c] = W[col * K + k];
+            else
+                for (ptrdiff_t k = 0; k < K; k++)
+                    slab[k * NB + c] = W[k * p->G * H + col];
+        }
+    }
+}
+
+/* A panel with its own 64-byte aligned storage (free it with panel_free), or one whose
+ * data is NULL when the allocation fails. */
+static inline fr_panel FR_FN(panel_new)(const real *W, int transpose, ptrdiff_t K, ptrdiff_t G,
+                                        ptrdiff_t H) {
+    fr_panel p = FR_FN(panel_shape)(K, G, H);
+    size_t bytes = (size_t)FR_FN(panel_reals)(&p) * sizeof(real);
+    p.data = (real *)aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (p.data)
+        FR_FN(panel_fill)(&p, W, transpose);
+    return p;
+}
+
+static inline void FR_FN(panel_free)(fr_panel *p) {
+    free(p->data);
+    p->data = NULL;
+}
+
+#endif
