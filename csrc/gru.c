@@ -125,10 +125,12 @@ static void gru_epilogue_new(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdi
 
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
-    real *y, *hbuf, *gates; /* (T, B, H); h_{t-1}, h_t alternating (2, B, H); (T, B, 3H) */
+    real *y, *hbuf;         /* (T, B, H); h_{t-1}, h_t alternating (2, B, H) */
+    real *gates;            /* (T, B, 3H), or (B, 3H) reused when gates_step == 0 */
     real *extra;            /* (T, B, H) saved, or a (B, H) workspace when extra_step == 0 */
     real *scratch;          /* (B, 3H) for a direct product */
-    ptrdiff_t extra_step;
+    ptrdiff_t gates_step, extra_step;
+    const fr_input *in;
     const fr_recurrent *rec;
     const real *b_hh;
     const int64_t *lengths;
@@ -141,11 +143,13 @@ static void gru_forward_part(const void *ctx, fr_part part) {
     const ptrdiff_t B = a->B, H = a->H, BH = B * H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
         gru_step s = {a->y + t * BH,        a->hbuf + ((t + 1) & 1) * BH,
-                      a->hbuf + (t & 1) * BH, a->gates + t * B * 3 * H,
+                      a->hbuf + (t & 1) * BH, a->gates + t * a->gates_step,
                       a->extra + t * a->extra_step, a->b_hh, a->lengths, t, H};
+        FR_FN(input_step)(a->in, s.gates_t, t, &part, a->scratch);
         if (a->reset_after) {
             FR_FN(recurrent_apply)(&a->rec[0], s.h_prev, H, &part, gru_epilogue_after, &s, a->scratch);
         } else {
+            fr_part_sync(&part); /* the r, z blocks do not match the input's blocks */
             FR_FN(recurrent_apply)(&a->rec[0], s.h_prev, H, &part, gru_epilogue_reset, &s, a->scratch);
             fr_part_sync(&part); /* the n product reads r h_{t-1} of every unit */
             FR_FN(recurrent_apply)(&a->rec[1], s.extra_t, H, &part, gru_epilogue_new, &s, a->scratch);
@@ -159,31 +163,39 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
                        const real *b_hh, const int64_t *lengths, int reset_after,
                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 3 * H;
-    real *gates = saved ? saved : FR_FN(alloc)(T * B * G); /* (T, B, 3H) */
+    ptrdiff_t gates_step = saved || !FR_FN(input_per_step)(B) ? B * G : 0;
+    real *gates = saved ? saved : FR_FN(alloc)(gates_step ? T * B * G : B * G);
     real *extra = saved ? NULL : FR_FN(alloc)(B * H);       /* (B, H) unsaved */
     real *hbuf = FR_FN(alloc)(2 * B * H);                   /* (2, B, H) */
     real *scratch = FR_FN(alloc)(B * G);                    /* (B, 3H) */
     real *bias = FR_FN(alloc_zeroed)(G);                    /* (3H) b_hh or zeros */
     fr_recurrent rec[2];
+    fr_input in = {0};
     int status = FR_ERR_NOMEM;
     if (!gates || (!saved && !extra) || !hbuf || !scratch || !bias ||
         FR_FN(recurrent_setup_cell)(rec, gru_cell(reset_after), 0, w_hh, H, T, B, pack) !=
             FR_OK)
         goto done;
+    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, NULL, T, B, I, 3, H) != FR_OK) {
+        FR_FN(recurrent_free)(&rec[0]);
+        FR_FN(recurrent_free)(&rec[1]);
+        goto done;
+    }
     if (b_hh)
         memcpy(bias, b_hh, (size_t)G * sizeof(real));
     gru_saved s = gru_saved_views(gates, T, B, H);
-    FR_FN(input_projection)(gates, x, w_ih, b_ih, NULL, T * B, I, G);
     FR_FN(init_state)(hbuf, h0, B * H);
-    gru_forward_loop loop = {y,    hbuf,    gates,   saved ? s.extra : extra,
-                             scratch, saved ? B * H : 0, rec, bias, lengths, reset_after, T,
-                             B,    H};
+    gru_forward_loop loop = {y,          hbuf,       gates, saved ? s.extra : extra,
+                             scratch,    gates_step, saved ? B * H : 0,
+                             &in,        rec,        bias,  lengths,
+                             reset_after, T,         B,     H};
     fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * G, gru_forward_part, &loop);
     memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
     FR_FN(recurrent_free)(&rec[0]);
     FR_FN(recurrent_free)(&rec[1]);
     status = FR_OK;
 done:
+    FR_FN(input_free)(&in);
     if (!saved)
         free(gates);
     free(extra);

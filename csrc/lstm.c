@@ -90,9 +90,11 @@ static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
     real *y, *hbuf, *c;     /* (T, B, H); h_{t-1}, h_t alternating in (2, B, H); (B, H) */
-    real *gates;            /* (T, B, 4H) */
+    real *gates;            /* (T, B, 4H), or (B, 4H) reused when gates_step == 0 */
+    ptrdiff_t gates_step;   /* B * 4H, or 0 */
     real *c_save, *tc_save; /* (T, B, H) each, or NULL (inference) */
     real *scratch;          /* (B, 4H) for a direct product */
+    const fr_input *in;
     const fr_recurrent *rec;
     const int64_t *lengths;
     ptrdiff_t T, B, H;
@@ -103,9 +105,10 @@ static void lstm_forward_part(const void *ctx, fr_part part) {
     const ptrdiff_t B = a->B, H = a->H, BH = B * H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
         lstm_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
-                       a->c, a->gates + t * B * 4 * H,
+                       a->c, a->gates + t * a->gates_step,
                        a->c_save ? a->c_save + t * BH : NULL,
                        a->tc_save ? a->tc_save + t * BH : NULL, a->lengths, t, H};
+        FR_FN(input_step)(a->in, s.gates_t, t, &part, a->scratch);
         FR_FN(recurrent_apply)(a->rec, s.h_prev, H, &part,
                                lstm_epilogue, &s, a->scratch);
         fr_part_sync(&part);
@@ -117,26 +120,33 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
                         const real *b_ih, const real *b_hh, const int64_t *lengths,
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 4 * H;
-    /* Inference keeps no saved block: the input projection goes to a workspace. */
-    real *gates = saved ? saved : FR_FN(alloc)(T * B * G); /* (T, B, 4H) */
-    real *hbuf = FR_FN(alloc)(2 * B * H);                   /* (2, B, H) */
-    real *scratch = FR_FN(alloc)(B * G);                    /* (B, 4H) */
+    /* Inference keeps no saved block: the input projection goes to a workspace, of one
+     * step when each step computes its own. */
+    ptrdiff_t gates_step = saved || !FR_FN(input_per_step)(B) ? B * G : 0;
+    real *gates = saved ? saved : FR_FN(alloc)(gates_step ? T * B * G : B * G);
+    real *hbuf = FR_FN(alloc)(2 * B * H); /* (2, B, H) */
+    real *scratch = FR_FN(alloc)(B * G);  /* (B, 4H) */
     fr_recurrent rec[2];
+    fr_input in = {0};
     int status = FR_ERR_NOMEM;
     if (!gates || !hbuf || !scratch ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
+    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, b_hh, T, B, I, 4, H) != FR_OK) {
+        FR_FN(recurrent_free)(rec);
+        goto done;
+    }
     lstm_saved s = lstm_saved_views(gates, T, B, H);
-    FR_FN(input_projection)(gates, x, w_ih, b_ih, b_hh, T * B, I, G);
     FR_FN(init_state)(hbuf, h0, B * H);
     FR_FN(init_state)(c_n, c0, B * H);
-    lstm_forward_loop loop = {y,       hbuf, c_n, gates, saved ? s.c : NULL,
-                              saved ? s.tanh_c : NULL, scratch, rec, lengths, T, B, H};
+    lstm_forward_loop loop = {y,       hbuf,    c_n, gates, gates_step, saved ? s.c : NULL,
+                              saved ? s.tanh_c : NULL, scratch, &in, rec, lengths, T, B, H};
     fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * G, lstm_forward_part, &loop);
     memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
     FR_FN(recurrent_free)(rec);
     status = FR_OK;
 done:
+    FR_FN(input_free)(&in);
     if (!saved)
         free(gates);
     free(hbuf);

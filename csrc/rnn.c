@@ -49,6 +49,7 @@ static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
     real *y, *hbuf, *scratch; /* (T, B, H); h_{t-1}, h_t alternating (2, B, H); (B, H) */
+    const fr_input *in;
     const fr_recurrent *rec;
     const int64_t *lengths;
     int relu;
@@ -61,6 +62,7 @@ static void rnn_forward_part(const void *ctx, fr_part part) {
     for (ptrdiff_t t = 0; t < a->T; t++) {
         rnn_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
                       a->lengths, t, a->H, a->relu};
+        FR_FN(input_step)(a->in, s.y_t, t, &part, a->scratch);
         FR_FN(recurrent_apply)(a->rec, s.h_prev, a->H, &part, rnn_epilogue, &s, a->scratch);
         fr_part_sync(&part);
     }
@@ -73,18 +75,23 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
     /* The pre-activations of step t are built in y[t] and activated in place. */
     real *hbuf = FR_FN(alloc)(2 * B * H), *scratch = FR_FN(alloc)(B * H);
     fr_recurrent rec[2];
+    fr_input in = {0};
     int status = FR_ERR_NOMEM;
     if (!hbuf || !scratch ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
-    FR_FN(input_projection)(y, x, w_ih, b_ih, b_hh, T * B, I, H);
+    if (FR_FN(input_prepare)(&in, y, x, w_ih, b_ih, b_hh, T, B, I, 1, H) != FR_OK) {
+        FR_FN(recurrent_free)(rec);
+        goto done;
+    }
     FR_FN(init_state)(hbuf, h0, B * H);
-    rnn_forward_loop loop = {y, hbuf, scratch, rec, lengths, relu, T, B, H};
+    rnn_forward_loop loop = {y, hbuf, scratch, &in, rec, lengths, relu, T, B, H};
     fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * H, rnn_forward_part, &loop);
     memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
     FR_FN(recurrent_free)(rec);
     status = FR_OK;
 done:
+    FR_FN(input_free)(&in);
     free(hbuf);
     free(scratch);
     return status;

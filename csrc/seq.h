@@ -268,6 +268,91 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
         FR_FN(gemm_direct_nn)(C, ldc, A, lda, r->w, B, N, r->K);
 }
 
+/* The input side of a forward time loop: P_t (B, G*H) = x_t (B, I) . w_ih^T + bias.
+ *
+ * Small batches compute it for the whole sequence before the loop, one BLAS GEMM over all
+ * T*B rows (a (T, B, G*H) buffer that stays in cache at those sizes). Batches of at least
+ * FR_STEP_PROJECTION_ROWS rows compute it step by step inside the loop, on a panel of
+ * w_ih with the same column blocks as the recurrent product, each part of the loop for its
+ * own rows and units: P_t is then still in L2 when the epilogue reads it (a whole-sequence
+ * buffer of that size would come back from L3 or memory), and no BLAS call repacks w_ih. */
+#define FR_STEP_PROJECTION_ROWS 16
+
+typedef struct {
+    int per_step;     /* 1: project_step computes P_t; 0: input_prepare did all of P */
+    fr_recurrent rec; /* op(W) = w_ih^T, gate blocks interleaved (per_step) */
+    real *bias;       /* (G*H) bias_a + bias_b (per_step) */
+    const real *x;    /* (T, B, I) */
+    ptrdiff_t B, I, N;
+} fr_input;
+
+/* Whether a forward over B rows projects its input step by step. */
+static inline int FR_FN(input_per_step)(ptrdiff_t B) { return B >= FR_STEP_PROJECTION_ROWS; }
+
+/* Set the input side up; when it is not per step, P (T, B, G*H) gets the whole projection
+ * now. Returns 0, or FR_ERR_NOMEM. */
+static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
+                                       const real *bias_a, const real *bias_b, ptrdiff_t T,
+                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H) {
+    in->per_step = FR_FN(input_per_step)(B);
+    in->x = x;
+    in->B = B;
+    in->I = I;
+    in->N = G * H;
+    in->bias = NULL;
+    in->rec.owned = 0;
+    in->rec.panel.data = NULL;
+    if (!in->per_step) {
+        FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
+        return FR_OK;
+    }
+    fr_recurrent_spec spec = {0, I, G, 1};
+    in->bias = FR_FN(alloc)(G * H);
+    if (!in->bias || FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, B, NULL) != FR_OK)
+        return FR_ERR_NOMEM;
+    FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
+    return FR_OK;
+}
+
+static inline void FR_FN(input_free)(fr_input *in) {
+    FR_FN(recurrent_free)(&in->rec);
+    free(in->bias);
+    in->bias = NULL;
+}
+
+/* The epilogue of the per-step projection: P (B, G*H) = tile + bias. */
+typedef struct {
+    real *P;
+    const real *bias;
+    ptrdiff_t G, H;
+} fr_bias_store;
+
+static void FR_FN(bias_store_epilogue)(void *ctx, const real *acc, ptrdiff_t acc_ld,
+                                       ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
+                                       ptrdiff_t unit0, ptrdiff_t units) {
+    const fr_bias_store *s = ctx;
+    const ptrdiff_t N = s->G * s->H;
+    for (ptrdiff_t i = 0; i < rows; i++)
+        for (ptrdiff_t g = 0; g < s->G; g++) {
+            real *restrict p = s->P + (row0 + i) * N + g * s->H + unit0;
+            const real *restrict t = acc + i * acc_ld + g * gate_stride;
+            const real *restrict b = s->bias + g * s->H + unit0;
+            for (ptrdiff_t j = 0; j < units; j++)
+                p[j] = t[j] + b[j];
+        }
+}
+
+/* P_t (B, G*H) for step t, this part's rows and units (nothing when it was done before the
+ * loop). `scratch` (B, G*H) serves a direct product. */
+static inline void FR_FN(input_step)(const fr_input *in, real *P_t, ptrdiff_t t,
+                                     const fr_part *part, real *scratch) {
+    if (!in->per_step)
+        return;
+    fr_bias_store s = {P_t, in->bias, in->rec.G, in->rec.H};
+    FR_FN(recurrent_apply)(&in->rec, in->x + t * in->B * in->I, in->I, part,
+                           FR_FN(bias_store_epilogue), &s, scratch);
+}
+
 /* Bytes of a pack for (cell, backward, H): a header, then each panel 64-byte aligned. */
 static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backward,
                                         ptrdiff_t H) {
