@@ -44,3 +44,30 @@ def one_thread_by_default():
     fastrnn.set_num_threads(1)
     yield
     fastrnn.set_num_threads(before)
+
+
+def _isa_names():
+    try:
+        from fastrnn import _core
+    except ImportError:
+        return ["portable"]
+    return list(_core.available_isas())
+
+
+@pytest.fixture(params=_isa_names())
+def isa(request):
+    """Each instruction-set variant of the kernels this CPU has, forced in turn."""
+    from fastrnn import _core
+    previous = _core.get_isa()
+    assert _core.set_isa(request.param) == request.param
+    yield request.param
+    _core.set_isa(previous)
+
+
+@pytest.fixture
+def restore_threads():
+    """fastrnn.set_num_threads, with the thread count restored afterwards."""
+    import fastrnn
+    previous = fastrnn.get_num_threads()
+    yield fastrnn.set_num_threads
+    fastrnn.set_num_threads(previous)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastrnn import _core, ops, reference
+from fastrnn import ops, reference
 
 CELLS = {  # name: (kernel prefix, gates, forward options)
     "rnn_tanh": ("rnn", 1, {"nonlinearity": "tanh"}),
@@ -20,19 +20,14 @@ CELLS = {  # name: (kernel prefix, gates, forward options)
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1), (1, 3, 4, 5), (4, 1, 3, 1), (5, 2, 7, 7), (6, 3, 33, 7),
     (3, 4, 5, 33), (4, 2, 65, 65), (2, 7, 16, 65),
-    (3, 17, 5, 9), (3, 32, 4, 6),   # the packed small-batch kernel's last sizes
-    (2, 33, 5, 9), (2, 40, 7, 33),  # past it: BLAS per step
+    (3, 17, 5, 9), (3, 32, 4, 6),   # the input projection step by step (B >= 16)
+    (2, 33, 5, 9), (2, 40, 7, 33),
 ]
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-10}
 
 
-@pytest.fixture(params=_core.available_isas(), autouse=True)
-def isa(request):
-    """Run every test once per instruction-set variant of the kernels this CPU has."""
-    previous = _core.get_isa()
-    assert _core.set_isa(request.param) == request.param
-    yield request.param
-    _core.set_isa(previous)
+# Every test runs once per instruction-set variant of the kernels this CPU has.
+pytestmark = pytest.mark.usefixtures("isa")
 
 
 def make_case(cell, shape, dtype, *, lengths, bias, initial, seed=0):
@@ -63,6 +58,8 @@ def run(module, cell, case, training=True):
     kernel, _, options = CELLS[cell]
     forward = getattr(module, f"{kernel}_forward")
     backward = getattr(module, f"{kernel}_backward")
+    if "packs" in case:
+        options = dict(options, packs=case["packs"])
     *outputs, cache = forward(case["x"], *case["states"], *case["weights"],
                               lengths=case["lengths"], training=training, **options)
     if not training:
@@ -170,18 +167,10 @@ def test_kernels_run_concurrently_from_threads():
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture
-def restore_threads():
-    import fastrnn
-    previous = fastrnn.get_num_threads()
-    yield fastrnn.set_num_threads
-    fastrnn.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(6, 13, 5, 9), (4, 40, 7, 33)],
-                         ids=["packed-kernel", "blas-per-step"])
+                         ids=["projection-before", "projection-per-step"])
 def test_batch_split_across_threads_matches_reference(cell, shape, dtype, restore_threads):
     """Blocks of rows on 1, 2 and 3 threads (uneven blocks) give the reference's results."""
     case = make_case(cell, shape, dtype, lengths=True, bias=True, initial=True)

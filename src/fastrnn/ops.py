@@ -5,6 +5,9 @@ that proves the kernels right). Arrays are time-major: ``x (T, B, I)``, ``y (T, 
 states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)``,
 ``b_ih, b_hh (G*H,)`` with G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n).
 
+``packs`` (from :func:`pack_weights`) lets a caller that runs the same ``w_hh`` many times
+pack it once; the NumPy reference accepts and ignores it.
+
 Inputs are validated before any C code runs (see :mod:`fastrnn._common`): ``x`` sets the
 dtype (float32 or float64), every other array must match it, non-contiguous arrays are
 copied, and a wrong shape raises ``ValueError`` naming the argument. ``h0``/``c0`` and
@@ -14,6 +17,8 @@ the biases may be None (zeros / no bias); backward's upstream gradients may be N
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from . import _core
@@ -21,9 +26,49 @@ from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, check_backwa
                       check_forward, check_nonlinearity)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward", "gemm"]
+           "gru_forward", "gru_backward", "gemm", "Packs", "pack_weights"]
 
 _BACKEND = "ops"
+
+
+class Packs(NamedTuple):
+    """``w_hh`` packed for the kernels' per-step products: one pack for the forward time
+    loop and one for the backward loop (None: the kernel packs for itself). Made by
+    :func:`pack_weights`; valid while ``w_hh`` is unchanged and only under the ISA level,
+    dtype and sizes it was made for (the kernels ignore a pack made for anything else)."""
+
+    forward: Optional[np.ndarray]
+    backward: Optional[np.ndarray]
+
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def pack_weights(cell, w_hh, *, reset_after=True, backward=True, **_ignored) -> Packs:
+    """Pack ``w_hh (G*H, H)`` of ``cell`` ('rnn', 'lstm' or 'gru') once, to hand to many
+    calls of the cell's forward (and backward) as ``packs=``: the layers do this and keep
+    the packs until the weight changes. ``backward=False`` packs for inference only.
+    Extra keyword arguments of the cell (``nonlinearity``) are accepted and ignored."""
+    if cell not in _GATES:
+        raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
+    w_hh = np.ascontiguousarray(w_hh)
+    if w_hh.dtype not in (np.float32, np.float64):
+        raise TypeError(f"w_hh must be float32 or float64, got {w_hh.dtype}")
+    H = w_hh.shape[-1] if w_hh.ndim == 2 else -1
+    if w_hh.ndim != 2 or w_hh.shape[0] != _GATES[cell] * H or H < 1:
+        raise ValueError(f"w_hh must have shape ({_GATES[cell]}*H, H) for {cell}, got "
+                         f"{w_hh.shape}")
+    name = "gru_reset_before" if cell == "gru" and not reset_after else cell
+    flat = w_hh.reshape(-1)
+    return Packs(_core.pack(flat, name, False, H),
+                 _core.pack(flat, name, True, H) if backward else None)
+
+
+def _pack(packs: Optional[Packs], backward: bool):
+    """The forward or backward pack (or None) of ``packs``."""
+    if packs is None:
+        return None
+    return packs.backward if backward else packs.forward
 
 
 def _flat(*arrays):
@@ -64,7 +109,7 @@ def _state_grads(inputs: Inputs, n_states: int):
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True):
+                lengths=None, training=True, packs=None):
     """Vanilla RNN over a sequence: ``h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh)``.
 
     Returns ``(y (T, B, H), h_n (B, H), cache)``; ``act`` is tanh or relu.
@@ -73,8 +118,9 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
     _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
-                      inputs.lengths, relu, *_sizes(inputs))
-    cache = Cache(inputs, y, {}, {"relu": relu}, _BACKEND) if training else None
+                      inputs.lengths, relu, *_sizes(inputs), _pack(packs, False))
+    options = {"relu": relu, "packs": packs}
+    cache = Cache(inputs, y, {}, options, _BACKEND) if training else None
     return y, h_n, cache
 
 
@@ -86,12 +132,13 @@ def rnn_backward(dy, dh_n, cache) -> RNNGrads:
     params = _parameter_grads(inputs)
     _core.rnn_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"], cache.y,
                               inputs.x, inputs.states[0], inputs.w_ih, inputs.w_hh),
-                       inputs.lengths, cache.options["relu"], *_sizes(inputs))
+                       inputs.lengths, cache.options["relu"], *_sizes(inputs),
+                       _pack(cache.options["packs"], True))
     return RNNGrads(dx, dh0, *params)
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True):
+                 training=True, packs=None):
     """LSTM over a sequence (gates i, f, g, o; ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``).
 
     Returns ``(y (T, B, H), h_n (B, H), c_n (B, H), cache)``.
@@ -99,8 +146,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n, c_n), saved = _forward_outputs(inputs, 2, _core.LSTM_SAVED_PER_UNIT, training)
     _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states, *_weights(inputs)),
-                       inputs.lengths, *_sizes(inputs))
-    cache = Cache(inputs, y, {"saved": saved}, {}, _BACKEND) if training else None
+                       inputs.lengths, *_sizes(inputs), _pack(packs, False))
+    cache = Cache(inputs, y, {"saved": saved}, {"packs": packs}, _BACKEND) if training else None
     return y, h_n, c_n, cache
 
 
@@ -113,12 +160,12 @@ def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
     _core.lstm_backward(*_flat(dx, dh0, dc0, *params, upstream["dy"], upstream["dh_n"],
                                upstream["dc_n"], cache.saved["saved"], cache.y, inputs.x,
                                *inputs.states, inputs.w_ih, inputs.w_hh),
-                        inputs.lengths, *_sizes(inputs))
+                        inputs.lengths, *_sizes(inputs), _pack(cache.options["packs"], True))
     return LSTMGrads(dx, dh0, dc0, *params)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True):
+                training=True, packs=None):
     """GRU over a sequence (gates r, z, n; ``h_t = (1 - z) n + z h_{t-1}``).
 
     ``reset_after=True`` (PyTorch): ``n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn))``;
@@ -129,9 +176,9 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n,), saved = _forward_outputs(inputs, 1, _core.GRU_SAVED_PER_UNIT, training)
     _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),
-                      inputs.lengths, bool(reset_after), *_sizes(inputs))
-    cache = (Cache(inputs, y, {"saved": saved}, {"reset_after": bool(reset_after)}, _BACKEND)
-             if training else None)
+                      inputs.lengths, bool(reset_after), *_sizes(inputs), _pack(packs, False))
+    options = {"reset_after": bool(reset_after), "packs": packs}
+    cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
     return y, h_n, cache
 
 
@@ -144,7 +191,8 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
     _core.gru_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"],
                               cache.saved["saved"], cache.y, inputs.x, inputs.states[0],
                               inputs.w_ih, inputs.w_hh),
-                       inputs.lengths, cache.options["reset_after"], *_sizes(inputs))
+                       inputs.lengths, cache.options["reset_after"], *_sizes(inputs),
+                       _pack(cache.options["packs"], True))
     return GRUGrads(dx, dh0, *params)
 
 

@@ -24,6 +24,8 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
   valid step. Backward: past a length, ``dy`` is ignored, the gradient flows through the
   unchanged state, and nothing reaches the weights.
 * Computation stays in the dtype of ``x`` (float32 or float64); outputs are fresh arrays.
+* ``packs`` (packed weights for the C kernels, :func:`fastrnn.ops.pack_weights`) is accepted
+  for the same signatures and ignored.
 * ``training=True`` returns a cache for backward (post-activation gates and states);
   ``training=False`` returns ``None`` and keeps no per-step intermediates.
 * Backward takes activation derivatives from saved outputs (``s*(1-s)``, ``1-y*y``) and never
@@ -160,7 +162,7 @@ def _make_cache(inputs, y, saved, **options):
 # ---------------------------------------------------------------------------------------------
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True):
+                lengths=None, training=True, packs=None):
     """Elman RNN over a whole sequence.
 
     Equations (act = tanh or relu)::
@@ -228,7 +230,7 @@ def _lstm_gates(a):
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True):
+                 training=True, packs=None):
     """LSTM over a whole sequence (PyTorch equations and gate order i, f, g, o).
 
     Equations::
@@ -310,7 +312,7 @@ def lstm_backward(dy, dh_n, dc_n, cache):
 # ---------------------------------------------------------------------------------------------
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True):
+                training=True, packs=None):
     """GRU over a whole sequence (gate order r, z, n).
 
     Equations (W_r*, W_z*, W_n* the blocks of H rows of w_ih and w_hh)::
