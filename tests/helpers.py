@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 
-def numeric_grad(f, array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar ``f()`` with respect to ``array`` (perturbed in place)."""
-    grad = np.zeros_like(array)
+def numeric_grad(f, array, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``f()`` with respect to ``array``, an ndarray or a
+    Parameter, perturbed in place through ``array[idx] = ...`` (which a Parameter records)."""
+    grad = np.zeros(array.shape)
     for idx in np.ndindex(array.shape):
         orig = array[idx]
         array[idx] = orig + eps

@@ -49,10 +49,10 @@ def test_linear_backward_finite_differences(bias):
     layer(x)
     dx = layer.backward(dy)
     np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(layer.weight.grad, numeric_grad(loss, layer.weight.value),
+    np.testing.assert_allclose(layer.weight.grad, numeric_grad(loss, layer.weight),
                                rtol=1e-7, atol=1e-9)
     if bias:
-        np.testing.assert_allclose(layer.bias.grad, numeric_grad(loss, layer.bias.value),
+        np.testing.assert_allclose(layer.bias.grad, numeric_grad(loss, layer.bias),
                                    rtol=1e-7, atol=1e-9)
 
 

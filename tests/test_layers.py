@@ -231,10 +231,10 @@ def test_dropout_backward_matches_finite_differences():
     dx = module.backward(*weights)
     numeric = {"dx": (x, dx)}
     for name in ("weight_ih_l1", "weight_hh_l0_reverse", "bias_ih_l2"):
-        numeric[name] = (getattr(module, name).value, getattr(module, name).grad)
+        numeric[name] = (getattr(module, name), getattr(module, name).grad)
     eps = 1e-6
     for what, (value, analytic) in numeric.items():
-        fd = np.zeros_like(value)
+        fd = np.zeros(value.shape)
         for index in np.ndindex(value.shape):
             saved = value[index]
             value[index] = saved + eps

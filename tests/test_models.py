@@ -172,12 +172,12 @@ def _check_gradients(model, make, rng, per_param=3, eps=1e-6):
             idx = tuple(rng.integers(0, n) for n in p.shape)
             if name.endswith("embedding.weight"):          # pick a row that is used
                 idx = (int(np.argmax(np.abs(analytic[name]).sum(1))), idx[1])
-            old = p.value[idx]
-            p.value[idx] = old + eps
+            old = p[idx]
+            p[idx] = old + eps
             up = make()[0]
-            p.value[idx] = old - eps
+            p[idx] = old - eps
             down = make()[0]
-            p.value[idx] = old
+            p[idx] = old
             numeric = (up - down) / (2 * eps)
             assert analytic[name][idx] == pytest.approx(numeric, rel=1e-5, abs=1e-8), name
 
@@ -381,7 +381,7 @@ def test_bad_fit_and_predict_inputs(rng):
 def test_diverging_training_raises():
     text = "abcabd" * 100
     model = LanguageModel(Vocabulary.from_text(text), embed=4, hidden=8, cell="rnn", seed=0)
-    model.net.head.weight.value[0, 0] = np.inf           # as after an exploding update
+    model.net.head.weight[0, 0] = np.inf           # as after an exploding update
     with pytest.raises(FloatingPointError, match="lower the learning rate"), \
             np.errstate(all="ignore"):
         model.fit(text, epochs=1, seq_len=8, batch_size=4, verbose=False)

@@ -387,3 +387,131 @@ def gemm(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] B,
         else:
             dgemm(&ta, &tb, &N, &M, &K, &one, <double*>&B[0, 0], &ldb, <double*>&A[0, 0], &lda,
                   &beta, &C[0, 0], &ldc)
+
+
+# -- a stepper: one streaming step of a whole stack from Python at the least cost ------------
+
+cdef class Stepper:
+    """The layers of a unidirectional recurrent module held for step-by-step inference.
+
+    Built by the layer (fastrnn.nn.recurrent) from its own contiguous weights and packs,
+    which it keeps alive and unchanged while the stepper is in use; ``step`` then checks
+    only what a caller can get wrong (x_t and the states) and runs every layer's C step
+    with the GIL released. ``kind``: 'rnn', 'rnn_relu', 'lstm', 'gru', 'gru_reset_before'.
+    """
+    cdef object layers      # per layer: (w_ih, w_hh, b_ih, b_hh, pack)
+    cdef object dtype
+    cdef object convert     # convert(name, value): an ndarray of dtype, or a clear error
+    cdef int kind, n_states
+    cdef Py_ssize_t n_layers, n_input, n_hidden
+
+    def __init__(self, str kind, layers, dtype, Py_ssize_t input_size, Py_ssize_t hidden_size,
+                 convert):
+        kinds = ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_before")
+        self.kind = kinds.index(kind)
+        self.n_states = 2 if kind == "lstm" else 1
+        self.layers = tuple(layers)
+        self.dtype = dtype
+        self.convert = convert
+        self.n_layers = len(self.layers)
+        self.n_input = input_size
+        self.n_hidden = hidden_size
+
+    cdef object _state(self, object s, Py_ssize_t B, str name):
+        import numpy as np
+        shape = (self.n_layers, B, self.n_hidden)
+        if s is None:
+            return np.zeros(shape, self.dtype)
+        if type(s) is not np.ndarray or s.dtype != self.dtype:
+            s = self.convert("state " + name, s)
+        if s.shape != shape:
+            raise ValueError(f"state {name} must have shape (num_layers, batch, "
+                             f"hidden_size) = {shape}, got {s.shape}")
+        return s if s.flags.c_contiguous else np.ascontiguousarray(s)
+
+    def step(self, x_t, state):
+        """``(out (B, H), new state)`` for ``x_t (B, I)`` and ``state`` ((L, B, H), a pair
+        of them for LSTM, or None: zeros)."""
+        import numpy as np
+        if type(x_t) is not np.ndarray or x_t.dtype != self.dtype:
+            x_t = self.convert("x_t", x_t)
+        if not x_t.flags.c_contiguous:
+            x_t = np.ascontiguousarray(x_t)
+        if x_t.ndim != 2 or x_t.shape[1] != self.n_input:
+            raise ValueError(f"x_t must have shape (B, input_size={self.n_input}), got "
+                             f"{tuple(x_t.shape)}")
+        cdef Py_ssize_t B = x_t.shape[0]
+        if self.n_states == 2:
+            if state is None:
+                h = c = None
+            elif isinstance(state, (tuple, list)) and len(state) == 2:
+                h, c = state
+            else:
+                raise TypeError(f"state must be None or a pair (h, c) for LSTM, got "
+                                f"{type(state).__name__}")
+            h = self._state(h, B, "h")
+            c = self._state(c, B, "c")
+            new_h = np.empty((self.n_layers, B, self.n_hidden), self.dtype)
+            new_c = np.empty((self.n_layers, B, self.n_hidden), self.dtype)
+        else:
+            h = self._state(state, B, "h")
+            c = new_c = None
+            new_h = np.empty((self.n_layers, B, self.n_hidden), self.dtype)
+        if self.dtype == np.float32:
+            self._run[float](x_t, h, c, new_h, new_c, B)
+        else:
+            self._run[double](x_t, h, c, new_h, new_c, B)
+        out = new_h[self.n_layers - 1]
+        return out, ((new_h, new_c) if self.n_states == 2 else new_h)
+
+    cdef _run(self, floating[:, ::1] x, floating[:, :, ::1] hh, floating[:, :, ::1] cc,
+              floating[:, :, ::1] nh, floating[:, :, ::1] nc, Py_ssize_t B):
+        """Every layer's step: x (B, I), states hh, cc -> nh, nc (L, B, H); cc, nc None
+        unless LSTM. Layer k > 0 reads layer k-1's new h."""
+        cdef Py_ssize_t layer, width
+        cdef const floating[::1] w_ih, w_hh, b_ih, b_hh
+        cdef const unsigned char[::1] pack
+        cdef const floating *inp
+        cdef floating *c_new
+        cdef const floating *c_old
+        cdef int status = FR_OK
+        for layer in range(self.n_layers):
+            w_ih, w_hh, b_ih, b_hh, pack = self.layers[layer]
+            inp = &x[0, 0] if layer == 0 else &nh[layer - 1, 0, 0]
+            width = self.n_input if layer == 0 else self.n_hidden
+            c_old = &cc[layer, 0, 0] if cc is not None else NULL
+            c_new = &nc[layer, 0, 0] if nc is not None else NULL
+            with nogil:
+                if floating is float:
+                    if self.kind <= 1:
+                        status = fr_rnn_forward_f32(
+                            &nh[layer, 0, 0], &nh[layer, 0, 0], inp, &hh[layer, 0, 0],
+                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 1,
+                            1, B, width, self.n_hidden, pk(pack))
+                    elif self.kind == 2:
+                        status = fr_lstm_forward_f32(
+                            &nh[layer, 0, 0], &nh[layer, 0, 0], c_new, NULL, inp,
+                            &hh[layer, 0, 0], c_old, &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh),
+                            NULL, 1, B, width, self.n_hidden, pk(pack))
+                    else:
+                        status = fr_gru_forward_f32(
+                            &nh[layer, 0, 0], &nh[layer, 0, 0], NULL, inp, &hh[layer, 0, 0],
+                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 3,
+                            1, B, width, self.n_hidden, pk(pack))
+                else:
+                    if self.kind <= 1:
+                        status = fr_rnn_forward_f64(
+                            &nh[layer, 0, 0], &nh[layer, 0, 0], inp, &hh[layer, 0, 0],
+                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 1,
+                            1, B, width, self.n_hidden, pk(pack))
+                    elif self.kind == 2:
+                        status = fr_lstm_forward_f64(
+                            &nh[layer, 0, 0], &nh[layer, 0, 0], c_new, NULL, inp,
+                            &hh[layer, 0, 0], c_old, &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh),
+                            NULL, 1, B, width, self.n_hidden, pk(pack))
+                    else:
+                        status = fr_gru_forward_f64(
+                            &nh[layer, 0, 0], &nh[layer, 0, 0], NULL, inp, &hh[layer, 0, 0],
+                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 3,
+                            1, B, width, self.n_hidden, pk(pack))
+            check(status)

@@ -206,24 +206,26 @@ def _step_out(out, like, n):
     return out if out is not None else tuple(np.empty_like(like) for _ in range(n))
 
 
-def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False, out=None):
-    """Unchecked single RNN step: returns the new state (h,), written into ``out`` if given."""
+def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False, out=None, pack=None):
+    """Unchecked single RNN step: returns the new state (h,), written into ``out`` if given.
+    ``pack``: the forward pack of :func:`pack_weights` for these weights, or None."""
     (h_n,) = _step_out(out, h, 1)
-    _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu)
+    _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu, pack)
     return (h_n,)
 
 
-def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, out=None):
+def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, out=None, pack=None):
     """Unchecked single LSTM step: returns the new states (h, c), written into ``out``."""
     h_n, c_n = _step_out(out, h, 2)
-    _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+    _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh, pack)
     return h_n, c_n
 
 
-def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True, out=None):
+def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True, out=None, pack=None):
     """Unchecked single GRU step: returns the new state (h,), written into ``out`` if given."""
     (h_n,) = _step_out(out, h, 1)
-    _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after))
+    _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after),
+                   pack)
     return (h_n,)
 
 

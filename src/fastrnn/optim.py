@@ -104,7 +104,7 @@ class Optimizer:
             if state is None:
                 state = self.state[name] = self._init_state(p)
             state["step"] += 1
-            self._update(p.value, p.grad, state)
+            self._update(p.edit(), p.grad, state)
 
     def _init_state(self, p: Parameter) -> dict:
         return {"step": 0}

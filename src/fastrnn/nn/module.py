@@ -14,13 +14,55 @@ import numpy as np
 
 
 class Parameter:
-    """A trainable array and its gradient (same shape and dtype, accumulated by backward)."""
+    """A trainable array and its gradient (same shape and dtype, accumulated by backward).
 
-    __slots__ = ("value", "grad")
+    ``version`` counts changes of the value, like ``torch.Tensor._version``, so whatever is
+    derived from the value (the recurrent layers' packed weights) knows when to be rebuilt.
+    NumPy cannot see writes into an array's memory, so ``p.value`` is a read-only view (as
+    PyTorch refuses in-place changes of a leaf that requires grad); change the value with
+    ``p[...] = new`` or ``p.value = new``, or write into the array that ``p.edit()``
+    returns. Each of these, optimizer steps and ``load_state_dict`` bump the version.
+    """
+
+    __slots__ = ("_value", "_view", "grad", "version")
+    changes = 0  # bumped with every version of every Parameter: one cheap "anything changed?"
 
     def __init__(self, value: np.ndarray):
-        self.value = np.ascontiguousarray(value)
-        self.grad = np.zeros_like(self.value)
+        self._set(value)
+        self.grad = np.zeros_like(self._value)
+        self.version = 0
+
+    def _set(self, value) -> None:
+        self._value = np.array(value, order="C")  # its own memory, never the caller's
+        self._view = self._value.view()
+        self._view.flags.writeable = False
+
+    @property
+    def value(self) -> np.ndarray:
+        """The value, read-only (see the class docstring)."""
+        return self._view
+
+    @value.setter
+    def value(self, new) -> None:
+        self._set(new)
+        self.bump_version()
+
+    def __getitem__(self, index):
+        return self._value[index]
+
+    def __setitem__(self, index, new) -> None:
+        self._value[index] = new
+        self.bump_version()
+
+    def edit(self) -> np.ndarray:
+        """The writeable value array, for changing it in place; bumps the version first."""
+        self.bump_version()
+        return self._value
+
+    def bump_version(self) -> None:
+        """Record that the value changed (in place by hand: see the class docstring)."""
+        self.version += 1
+        Parameter.changes += 1
 
     @property
     def shape(self):
@@ -131,7 +173,7 @@ class Module:
                                  f"{own[name].shape}, got {value.shape}")
         for name, value in incoming.items():
             if name in own:
-                own[name].value[...] = value.astype(own[name].dtype, copy=False)
+                own[name][...] = value.astype(own[name].dtype, copy=False)
 
     def num_parameters(self) -> int:
         return sum(p.value.size for p in self.parameters())

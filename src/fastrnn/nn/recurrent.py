@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .. import ops
+from .. import _core, ops
 from .._common import _check_lengths, check_nonlinearity
 from .module import Module, Parameter
 
@@ -272,7 +272,7 @@ class _RecurrentBase(Module):
                 value = self._rng.uniform(-bound, bound, p.shape)
             else:
                 value = self._keras_value(name, p.shape)
-            p.value[...] = value
+            p[...] = value
 
     def _keras_value(self, name: str, shape) -> np.ndarray:
         rows, H = shape[0], self.hidden_size
@@ -293,8 +293,27 @@ class _RecurrentBase(Module):
     def _params(self, layer: int, direction: int):
         return [getattr(self, name) for name in self._names(layer, direction)]
 
+    def _packs(self, layer: int, direction: int, training: bool) -> ops.Packs:
+        """w_hh of one layer and direction packed for the kernels, made once and kept until
+        the weight changes (its Parameter, its version, the ISA level or dtype differ) or a
+        training forward needs the backward pack too."""
+        w_hh = getattr(self, self._names(layer, direction)[1])
+        cache = self.__dict__.setdefault("_pack_cache", {})
+        key = (layer, direction)
+        isa = _core.get_isa()
+        entry = cache.get(key)
+        if (entry is None or entry[0] is not w_hh or entry[1] != w_hh.version or
+                entry[2] != isa or (training and entry[3].backward is None)):
+            packs = ops.pack_weights(self._cell, w_hh.value, backward=training,
+                                     **self._cell_options())
+            entry = cache[key] = (w_hh, w_hh.version, isa, packs)
+        return entry[3]
+
+    def _cell_options(self) -> dict:
+        return {}
+
     # -- the cell-specific part (overridden) -----------------------------------------------
-    def _kernel_forward(self, x, states, weights, lengths, training):
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
         """One layer, one direction: ``(y (T, B, H), final states tuple, cache)``."""
         raise NotImplementedError
 
@@ -397,8 +416,9 @@ class _RecurrentBase(Module):
         """One layer and direction over the sequence (reverse: within each length)."""
         if direction:
             x = reverser(x)
+        packs = self._packs(layer, direction, self.training)
         y, final, cache = self._kernel_forward(x, initial, self._weights(layer, direction),
-                                               lengths, self.training)
+                                               lengths, self.training, packs)
         return (reverser(y) if direction else y), final, cache
 
     # -- backward --------------------------------------------------------------------------
@@ -468,46 +488,27 @@ class _RecurrentBase(Module):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional module: the reverse direction of a "
                              "bidirectional one reads the whole sequence; call the module on it")
-        x_t = _array("x_t", x_t, self.dtype)
-        if not x_t.flags.c_contiguous:
-            x_t = np.ascontiguousarray(x_t)
-        if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
-            raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
-                             f"got {_shape_str(x_t.shape)}")
-        B = x_t.shape[0]
-        states = self._step_states(self._unpack_state(state, "state"), B)
-        shape = (self.num_layers, B, self.hidden_size)
-        new = tuple(np.empty(shape, self.dtype) for _ in states)   # (L, B, H) each
-        out = x_t
+        return self._stepper().step(x_t, state)
+
+    def _stepper(self) -> _core.Stepper:
+        """The C-level stepper over this module's weights and packs, rebuilt only after any
+        Parameter changed (Parameter.changes) or the ISA level moved."""
+        key = (Parameter.changes, _core.get_isa())
+        entry = self.__dict__.get("_stepper_entry")
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        layers = []
         for layer in range(self.num_layers):
-            self._step_layer(layer, out, tuple(s[layer] for s in states),
-                             tuple(n[layer] for n in new))
-            out = new[0][layer]
-        return out, self._pack_state(new)
+            flat = [None if w is None else w.reshape(-1) for w in self._weights(layer, 0)]
+            layers.append((*flat, self._packs(layer, 0, False).forward))
+        stepper = _core.Stepper(self._step_kind(), layers, self.dtype, self.input_size,
+                                self.hidden_size, lambda name, value: _array(name, value,
+                                                                             self.dtype))
+        self.__dict__["_stepper_entry"] = (key, stepper)
+        return stepper
 
-    def _step_states(self, states, B: int) -> list:
-        """The incoming states as contiguous (L, B, H) arrays; None becomes zeros."""
-        expected = (self.num_layers, B, self.hidden_size)
-        checked = []
-        for name, s in zip(self._state_names, states):
-            if s is None:
-                s = np.zeros(expected, self.dtype)
-            else:
-                s = _array("state " + name, s, self.dtype)
-                if s.shape != expected:
-                    _check_shape("state " + name, s, expected, "(num_layers, batch, hidden_size)")
-                if not s.flags.c_contiguous:
-                    s = np.ascontiguousarray(s)
-            checked.append(s)
-        return checked
-
-    def _step_layer(self, layer: int, x_t: np.ndarray, states: tuple, out: tuple) -> None:
-        """One layer, one step: ``x_t (B, I_layer)``, states ``(B, H)`` each; writes the new
-        states into ``out``.
-
-        Runs the cell's unchecked C step (``ops.*_step``): step() has checked x_t and the
-        states, and the weights are the module's own contiguous arrays."""
-        self._kernel_step(x_t, states, self._weights(layer, 0), out)
+    def _step_kind(self) -> str:
+        return self._cell
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -541,17 +542,20 @@ class RNN(_RecurrentBase):
                          bidirectional, **kwargs)
         self.nonlinearity = nonlinearity
 
-    def _kernel_forward(self, x, states, weights, lengths, training):
+    _cell = "rnn"
+
+    def _step_kind(self) -> str:
+        return "rnn_relu" if self.nonlinearity == "relu" else "rnn"
+
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
         y, h_n, cache = ops.rnn_forward(x, states[0], *weights, nonlinearity=self.nonlinearity,
-                                        lengths=lengths, training=training)
+                                        lengths=lengths, training=training, packs=packs)
         return y, (h_n,), cache
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.rnn_backward(dy, dfinals[0], cache)
         return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
-    def _kernel_step(self, x_t, states, weights, out):
-        ops.rnn_step(x_t, states[0], *weights, relu=self.nonlinearity == "relu", out=out)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", nonlinearity='relu'"
@@ -591,17 +595,17 @@ class LSTM(_RecurrentBase):
     def _pack_state(self, states: tuple):
         return tuple(states)
 
-    def _kernel_forward(self, x, states, weights, lengths, training):
+    _cell = "lstm"
+
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
         y, h_n, c_n, cache = ops.lstm_forward(x, *states, *weights, lengths=lengths,
-                                              training=training)
+                                              training=training, packs=packs)
         return y, (h_n, c_n), cache
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.lstm_backward(dy, *dfinals, cache)
         return g.dx, (g.dh0, g.dc0), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
-    def _kernel_step(self, x_t, states, weights, out):
-        ops.lstm_step(x_t, *states, *weights, out=out)
 
 
 class GRU(_RecurrentBase):
@@ -625,17 +629,23 @@ class GRU(_RecurrentBase):
                          bidirectional, **kwargs)
         self.reset_after = reset_after
 
-    def _kernel_forward(self, x, states, weights, lengths, training):
+    _cell = "gru"
+
+    def _cell_options(self) -> dict:
+        return {"reset_after": self.reset_after}
+
+    def _step_kind(self) -> str:
+        return "gru" if self.reset_after else "gru_reset_before"
+
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
         y, h_n, cache = ops.gru_forward(x, states[0], *weights, reset_after=self.reset_after,
-                                        lengths=lengths, training=training)
+                                        lengths=lengths, training=training, packs=packs)
         return y, (h_n,), cache
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.gru_backward(dy, dfinals[0], cache)
         return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
 
-    def _kernel_step(self, x_t, states, weights, out):
-        ops.gru_step(x_t, states[0], *weights, reset_after=self.reset_after, out=out)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
