@@ -102,3 +102,19 @@ def test_unchanged_weights_reuse_the_pack(x):
     first = module._packs(0, 0, True)
     results(module, x)
     assert module._packs(0, 0, True) is first
+
+
+@pytest.mark.parametrize("cell", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cells_repack_after_a_change(cell):
+    """The cells' inference step reads a kept pack too; a changed weight is repacked."""
+    rng = np.random.default_rng(3)
+    module = getattr(fastrnn, cell)(4, 9, dtype=np.float64, seed=0).eval()
+    x = rng.standard_normal((2, 4))
+    module(x)
+    module.weight_hh[...] = rng.standard_normal(module.weight_hh.shape)
+    fresh = getattr(fastrnn, cell)(4, 9, dtype=np.float64, seed=5).eval()
+    fresh.load_state_dict(module.state_dict())
+    got, want = module(x), fresh(x)
+    for a, b in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):
+        np.testing.assert_array_equal(a, b)

@@ -44,6 +44,7 @@ import numpy as np
 
 from .. import ops
 from .._common import as_array, check_nonlinearity
+from ._packs import cached_packs
 from .layers import _float_dtype, _positive_int
 from .module import Module, Parameter
 
@@ -108,9 +109,11 @@ class _Cell(Module):
         states = tuple(np.zeros((B, H), self.dtype) if s is None else np.ascontiguousarray(s)
                        for s in states)
         options = self._options()
+        pack = cached_packs(self, 0, self.weight_hh, self._kind, options, False).forward
         if "nonlinearity" in options:
             options = {"relu": options["nonlinearity"] == "relu"}
-        return tuple(getattr(ops, f"{self._kind}_step")(x, *states, *values, **options))
+        return tuple(getattr(ops, f"{self._kind}_step")(x, *states, *values, **options,
+                                                        pack=pack))
 
     def _step_backward(self, cache, dstates):
         """Backward of one :meth:`_step`: ``dstates`` tuple of ``(B, H)`` or None.

@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import _core, ops
 from .._common import _check_lengths, check_nonlinearity
+from ._packs import cached_packs
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -298,16 +299,8 @@ class _RecurrentBase(Module):
         the weight changes (its Parameter, its version, the ISA level or dtype differ) or a
         training forward needs the backward pack too."""
         w_hh = getattr(self, self._names(layer, direction)[1])
-        cache = self.__dict__.setdefault("_pack_cache", {})
-        key = (layer, direction)
-        isa = _core.get_isa()
-        entry = cache.get(key)
-        if (entry is None or entry[0] is not w_hh or entry[1] != w_hh.version or
-                entry[2] != isa or (training and entry[3].backward is None)):
-            packs = ops.pack_weights(self._cell, w_hh.value, backward=training,
-                                     **self._cell_options())
-            entry = cache[key] = (w_hh, w_hh.version, isa, packs)
-        return entry[3]
+        return cached_packs(self, (layer, direction), w_hh, self._cell, self._cell_options(),
+                            training)
 
     def _cell_options(self) -> dict:
         return {}
