@@ -246,9 +246,9 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                                c0, zeros, rec, lengths, T,       B,        H};
     fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
     FR_FN(recurrent_free)(rec);
-    FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
-    FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, G);
+    int status = FR_FN(weight_grads)(dx, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T, B,
+                                     I, H, G);
     free(dG);
     free(zeros);
-    return FR_OK;
+    return status;
 }

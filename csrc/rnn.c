@@ -168,9 +168,9 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     rnn_backward_loop loop = {dG, dh0, dy, y, zeros, rec, lengths, relu, T, B, H};
     fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);
     FR_FN(recurrent_free)(rec);
-    FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, H);
-    FR_FN(hidden_grads)(dw_hh, db_hh, dG, H, h0, y, T, B, H, H);
+    int status = FR_FN(weight_grads)(dx, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T, B,
+                                     I, H, H);
     free(dG);
     free(zeros);
-    return FR_OK;
+    return status;
 }

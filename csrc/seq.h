@@ -102,6 +102,64 @@ static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG,
     FR_FN(add_column_sums)(db_hh, dG, T * B, n, ld);
 }
 
+/* After the time loop, the weight gradients of a cell whose recurrent pre-activations
+ * share their gradient dG with the input side (RNN, LSTM) as one GEMM per block of rows:
+ *   [dw_ih | dw_hh] (N, I+H) += dG^T (N, T*B) . [x | h_prev] (T*B, I+H)
+ * with h_prev at step t = h_first (t = 0; NULL = zeros) or y[t-1]; db_ih and db_hh (NULL:
+ * skipped) both get the column sums of dG; dx (T*B, I) = dG . w_ih. [x | h_prev] is built
+ * FR_GRAD_ROWS rows at a time, so the extra memory stays small. Returns 0 or FR_ERR_NOMEM. */
+#define FR_GRAD_ROWS 2048
+
+static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *db_ih,
+                                      real *db_hh, const real *dG, const real *x,
+                                      const real *h_first, const real *y, const real *w_ih,
+                                      ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,
+                                      ptrdiff_t N) {
+    const ptrdiff_t rows = T * B, K = I + H;
+    const ptrdiff_t chunk = rows < FR_GRAD_ROWS ? rows : FR_GRAD_ROWS;
+    real *xh = FR_FN(alloc)(chunk * K); /* (chunk, I+H) */
+    real *dw = FR_FN(alloc)(N * K);     /* (N, I+H) */
+    if (!xh || !dw) {
+        free(xh);
+        free(dw);
+        return FR_ERR_NOMEM;
+    }
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += chunk) {
+        ptrdiff_t n = rows - r0 < chunk ? rows - r0 : chunk;
+        for (ptrdiff_t r = 0; r < n; r++) {
+            ptrdiff_t row = r0 + r; /* row = t * B + b */
+            memcpy(xh + r * K, x + row * I, (size_t)I * sizeof(real));
+            if (row >= B)
+                memcpy(xh + r * K + I, y + (row - B) * H, (size_t)H * sizeof(real));
+            else if (h_first)
+                memcpy(xh + r * K + I, h_first + row * H, (size_t)H * sizeof(real));
+            else
+                memset(xh + r * K + I, 0, (size_t)H * sizeof(real));
+        }
+        FR_FN(gemm)(1, 0, N, K, n, 1, dG + r0 * N, N, xh, K, r0 > 0, dw, K);
+    }
+    for (ptrdiff_t g = 0; g < N; g++) {
+        for (ptrdiff_t i = 0; i < I; i++)
+            dw_ih[g * I + i] += dw[g * K + i];
+        for (ptrdiff_t j = 0; j < H; j++)
+            dw_hh[g * H + j] += dw[g * K + I + j];
+    }
+    FR_FN(gemm)(0, 0, rows, I, N, 1, dG, N, w_ih, I, 0, dx, I);
+    if (db_ih || db_hh) { /* both biases get the same sums: one pass over dG */
+        memset(dw, 0, (size_t)N * sizeof(real));
+        FR_FN(add_column_sums)(dw, dG, rows, N, N);
+        for (ptrdiff_t g = 0; g < N; g++) {
+            if (db_ih)
+                db_ih[g] += dw[g];
+            if (db_hh)
+                db_hh[g] += dw[g];
+        }
+    }
+    free(xh);
+    free(dw);
+    return FR_OK;
+}
+
 /* The weight side of the per-step recurrent products, set up once per sequence.
  *
  * A product  P (B, G*H) = A (B, K) . op(W)  runs on a packed panel (gemm/panel.h) with the

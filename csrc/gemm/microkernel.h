@@ -24,29 +24,24 @@ typedef void (*fr_epilogue_fn)(void *ctx, const real *acc, ptrdiff_t acc_ld,
                                ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
                                ptrdiff_t unit0, ptrdiff_t units);
 
-/* acc (m, nv*VLEN) = A (m, K; leading dimension lda) . slab (K, nv*VLEN). m and nv are
- * constants where this is inlined, so the accumulators live in registers. A single row has
- * no other rows to hide the FMA latency behind: even and odd k go to two accumulator sets. */
-static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, const real *A, ptrdiff_t lda,
-                                                 const real *slab, ptrdiff_t K, const int m,
-                                                 const int nv) {
+/* acc (m, nv*VLEN) = A (m, K; leading dimension lda) . slab (K, nv*VLEN), and with `pair`
+ * (two column blocks of one row, m = 1) acc2 = A . slab2 in the same pass. m, nv and pair
+ * are constants where this is inlined, so the accumulators live in registers. A single row
+ * has too few accumulators to hide the FMA latency: it walks two blocks at once instead
+ * (summing every column in the same order as the taller tiles do, so a row's result never
+ * depends on how the rows were tiled, which keeps every thread split bitwise equal). */
+static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out, const real *A,
+                                                 ptrdiff_t lda, const real *slab,
+                                                 const real *slab2, ptrdiff_t K, const int m,
+                                                 const int nv, const int pair) {
     const ptrdiff_t NB = nv * FR_VLEN;
-    fr_vec acc[FR_MR_MAX][4], odd[4];
+    fr_vec acc[FR_MR_MAX][4], acc2[4];
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
             acc[i][v] = (fr_vec){0};
     for (int v = 0; v < nv; v++)
-        odd[v] = (fr_vec){0};
-    ptrdiff_t k = 0;
-    if (m == 1)
-        for (; k + 1 < K; k += 2) {
-            const real *p = slab + k * NB;
-            for (int v = 0; v < nv; v++) {
-                acc[0][v] += A[k] * *(const fr_vec *)(p + v * FR_VLEN);
-                odd[v] += A[k + 1] * *(const fr_vec *)(p + NB + v * FR_VLEN);
-            }
-        }
-    for (; k < K; k++) {
+        acc2[v] = (fr_vec){0};
+    for (ptrdiff_t k = 0; k < K; k++) {
         const real *p = slab + k * NB;
         fr_vec b[4];
         for (int v = 0; v < nv; v++)
@@ -56,20 +51,23 @@ static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, const real *A, p
             for (int v = 0; v < nv; v++)
                 acc[i][v] += a * b[v];
         }
+        if (pair)
+            for (int v = 0; v < nv; v++)
+                acc2[v] += A[k] * *(const fr_vec *)(slab2 + k * NB + v * FR_VLEN);
     }
-    if (m == 1)
-        for (int v = 0; v < nv; v++)
-            acc[0][v] += odd[v];
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
             *(fr_vec *)(acc_out + i * NB + v * FR_VLEN) = acc[i][v];
+    if (pair)
+        for (int v = 0; v < nv; v++)
+            *(fr_vec *)(acc2_out + v * FR_VLEN) = acc2[v];
 }
 
 /* tile_product with m and nv turned into constants (m <= MR for this nv). */
 #define FR_TILE_CASE(rows, NV)                                                             \
     case rows:                                                                             \
         if (rows <= FR_ACC_REGS / NV)                                                      \
-            FR_FN(tile_product)(acc, A, lda, slab, K, rows, NV);                           \
+            FR_FN(tile_product)(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);            \
         break;
 
 static void FR_FN(tile_nv4)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
@@ -89,6 +87,15 @@ static void FR_FN(tile_nv3)(real *acc, const real *A, ptrdiff_t lda, const real 
 }
 #undef FR_TILE_CASE
 
+/* One row against two column blocks (slab, slab2) in one pass. */
+static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *slab,
+                             const real *slab2, ptrdiff_t K, ptrdiff_t nv) {
+    if (nv == 3)
+        FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);
+    else
+        FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
+}
+
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
 
@@ -99,10 +106,20 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
                                         ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
     const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
     real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
+    real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
     for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
         const real *slab = p->data + blk * p->K * NB;
         ptrdiff_t unit0 = blk * p->units;
         ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
+        if (rows == 1 && blk + 1 < blk1) { /* a single row takes two blocks at a time */
+            ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
+                                                                  : p->units;
+            FR_FN(tile_pair)(acc, acc2, A + row0 * lda, slab, slab + p->K * NB, p->K, p->nv);
+            epilogue(ctx, acc, NB, p->units, row0, 1, unit0, units);
+            epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
+            blk++;
+            continue;
+        }
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
             if (p->nv == 3)
