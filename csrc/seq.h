@@ -39,6 +39,8 @@ static inline real *FR_FN(alloc_zeroed)(ptrdiff_t n) {
 /* out (rows, cols) = bias_a + bias_b broadcast over rows (NULL biases count as 0). */
 static inline void FR_FN(fill_bias_rows)(real *out, const real *bias_a, const real *bias_b,
                                          ptrdiff_t rows, ptrdiff_t cols) {
+    if (rows <= 0) /* an empty batch: nothing to fill (not even row 0) */
+        return;
     for (ptrdiff_t j = 0; j < cols; j++)
         out[j] = (bias_a ? bias_a[j] : 0) + (bias_b ? bias_b[j] : 0);
     for (ptrdiff_t r = 1; r < rows; r++)
