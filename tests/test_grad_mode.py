@@ -23,6 +23,20 @@ def _x(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
+@pytest.fixture
+def lstm_training_flags(monkeypatch):
+    """The ``training`` flag of every ``ops.lstm_forward`` call, in order."""
+    calls = []
+    real = ops.lstm_forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["training"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "lstm_forward", spy)
+    return calls
+
+
 # -- the switches ---------------------------------------------------------------------
 
 def test_no_grad_context_nests_and_restores():
@@ -168,15 +182,8 @@ def test_no_grad_forward_matches_and_backward_raises(layer_class):
 
 
 @pytest.mark.parametrize("switch", [fastrnn.no_grad, fastrnn.inference_mode])
-def test_no_grad_selects_the_kernels_inference_path(monkeypatch, switch):
-    calls = []
-    real = ops.lstm_forward
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["training"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ops, "lstm_forward", spy)
+def test_no_grad_selects_the_kernels_inference_path(lstm_training_flags, switch):
+    calls = lstm_training_flags
     layer = LSTM(I, H, num_layers=2, seed=0).eval()
     x = _x(T, B, I).astype(np.float32)
     layer(x)
@@ -236,15 +243,8 @@ def test_model_inference_context_is_eval_plus_no_grad():
     assert model.training and fastrnn.is_grad_enabled()
 
 
-def test_model_predict_takes_the_fast_path_and_backward_then_raises(monkeypatch):
-    calls = []
-    real = ops.lstm_forward
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["training"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ops, "lstm_forward", spy)
+def test_model_predict_takes_the_fast_path_and_backward_then_raises(lstm_training_flags):
+    calls = lstm_training_flags
     model = fastrnn.SequenceClassifier(input_size=I, num_classes=3, hidden=H, seed=0)
     x = _x(4, T, I).astype(np.float32)
     model.predict(x)
@@ -260,15 +260,8 @@ def test_model_predict_takes_the_fast_path_and_backward_then_raises(monkeypatch)
     assert calls[-1] is True
 
 
-def test_language_model_generation_saves_nothing(monkeypatch):
-    calls = []
-    real = ops.lstm_forward
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["training"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ops, "lstm_forward", spy)
+def test_language_model_generation_saves_nothing(lstm_training_flags):
+    calls = lstm_training_flags
     vocab = fastrnn.data.Vocabulary.from_text("abc\n")
     model = fastrnn.LanguageModel(vocab, hidden=8, embed=4, seed=0)
     text = model.generate("ab", length=5, seed=0)
