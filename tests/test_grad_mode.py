@@ -267,3 +267,24 @@ def test_language_model_generation_saves_nothing(lstm_training_flags):
     text = model.generate("ab", length=5, seed=0)
     assert text.startswith("ab") and len(text) == 7
     assert calls and not any(calls)
+
+
+def test_one_no_grad_object_shared_by_threads():
+    switch = fastrnn.no_grad()
+    inside, leave = threading.Barrier(4), threading.Barrier(4)
+    seen = []
+
+    def worker():
+        with switch:
+            inside.wait()            # all four threads are inside the same object
+            seen.append(fastrnn.is_grad_enabled())
+            leave.wait()
+        seen.append(fastrnn.is_grad_enabled())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(seen) == [False] * 4 + [True] * 4
+    assert fastrnn.is_grad_enabled()

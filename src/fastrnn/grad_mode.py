@@ -52,17 +52,24 @@ def is_inference_mode_enabled() -> bool:
 
 
 class _Switch:
-    """A context manager that sets this thread's flags on entry and restores them on exit;
-    also a decorator (each call of the decorated function runs inside the switch)."""
+    """A context manager that sets this thread's flags on entry and restores them on exit
+    (None: leave that flag as it is); also a decorator (each call of the decorated function
+    runs inside the switch)."""
 
-    def __init__(self, grad_enabled: bool, inference: bool | None = None):
-        self._grad_enabled = bool(grad_enabled)
+    def __init__(self, grad_enabled: bool | None, inference: bool | None = None):
+        self._grad_enabled = grad_enabled
         self._inference = inference
-        self._saved = []   # a stack: the same object may be entered again while inside
+        self._local = threading.local()   # one object may be entered by several threads
+
+    @property
+    def _saved(self) -> list:
+        """This thread's stack of flags to restore (the object may be re-entered)."""
+        return self._local.__dict__.setdefault("stack", [])
 
     def __enter__(self):
         self._saved.append((_state.grad_enabled, _state.inference))
-        _state.grad_enabled = self._grad_enabled
+        if self._grad_enabled is not None:
+            _state.grad_enabled = self._grad_enabled
         if self._inference is not None:
             _state.inference = self._inference
         return None
@@ -74,22 +81,25 @@ class _Switch:
     def __call__(self, function):
         if not callable(function):
             raise TypeError(f"{type(self).__name__} decorates a function, got {function!r}")
+        switch = self._as_decorator()
 
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            with self._fresh():
+            with switch:
                 return function(*args, **kwargs)
         return wrapper
 
-    def _fresh(self) -> "_Switch":
-        """A new switch with the same settings (a decorated function may run in several
-        threads at once; each call needs its own saved flags)."""
-        clone = object.__new__(type(self))
-        _Switch.__init__(clone, self._grad_enabled, self._inference)
-        return clone
+    def _as_decorator(self) -> "_Switch":
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _check_mode(function: str, mode) -> bool:
+    if not isinstance(mode, bool) and type(mode).__name__ != "bool_":
+        raise TypeError(f"{function}(mode) needs True or False, got {mode!r}")
+    return bool(mode)
 
 
 class no_grad(_Switch):  # noqa: N801 (PyTorch's name)
@@ -107,47 +117,29 @@ class enable_grad(_Switch):  # noqa: N801
 
 
 class inference_mode(_Switch):  # noqa: N801
-    """``no_grad`` under PyTorch's name; ``inference_mode(False)`` is a no-op switch."""
+    """``no_grad`` under PyTorch's name; ``inference_mode(False)`` leaves grad mode as it
+    is (as in PyTorch)."""
 
     def __init__(self, mode: bool = True):
-        if not isinstance(mode, bool):
-            raise TypeError(f"inference_mode(mode) needs True or False, got {mode!r}")
-        self.mode = mode
-        if mode:
-            super().__init__(False, True)
-        else:
-            super().__init__(is_grad_enabled(), False)
-
-    def __enter__(self):
-        if not self.mode:   # keep the grad mode in force at entry, as PyTorch does
-            self._grad_enabled = is_grad_enabled()
-        return super().__enter__()
-
-    def _fresh(self) -> "_Switch":
-        return inference_mode(self.mode)
+        mode = _check_mode("inference_mode", mode)
+        super().__init__(False if mode else None, mode)
 
 
 class set_grad_enabled(_Switch):  # noqa: N801
     """``set_grad_enabled(False)`` switches grad mode at once in this thread; used as a
     context manager (``with set_grad_enabled(False):``) it restores the previous mode on
-    exit, as in PyTorch."""
+    exit, and as a decorator it leaves the caller's mode alone, as in PyTorch."""
 
     def __init__(self, mode: bool):
-        if not isinstance(mode, (bool,)) and type(mode).__name__ != "bool_":
-            raise TypeError(f"set_grad_enabled(mode) needs True or False, got {mode!r}")
-        super().__init__(bool(mode))
+        super().__init__(_check_mode("set_grad_enabled", mode))
         self._previous = (_state.grad_enabled, _state.inference)
-        _state.grad_enabled = bool(mode)
+        _state.grad_enabled = self._grad_enabled
 
     def __enter__(self):
         # The mode is already set by the constructor; restore the one before it on exit.
         self._saved.append(self._previous)
         return None
 
-    def _fresh(self) -> "_Switch":
+    def _as_decorator(self) -> "_Switch":
+        _state.grad_enabled, _state.inference = self._previous   # undo the constructor
         return _Switch(self._grad_enabled)
-
-    def __call__(self, function):
-        # As a decorator the constructor must not have switched the caller's mode.
-        _state.grad_enabled, _state.inference = self._previous
-        return super().__call__(function)
