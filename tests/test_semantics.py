@@ -135,6 +135,9 @@ def test_lstm_size_errors_have_torchs_types(bad):
 
 # -- dtype arguments -------------------------------------------------------------------
 
+_VOCAB = fastrnn.data.Vocabulary.from_sequences(["abc"])
+
+
 def _dtype_builders():
     builders = [(c.__name__, lambda dtype, c=c: c(3, 4, dtype=dtype)) for c in LAYERS + CELLS]
     builders += [("Linear", lambda dtype: Linear(3, 4, dtype=dtype)),
@@ -142,7 +145,13 @@ def _dtype_builders():
                  ("SequenceClassifier", lambda dtype: fastrnn.SequenceClassifier(
                      input_size=3, num_classes=2, hidden=4, dtype=dtype)),
                  ("LanguageModel", lambda dtype: fastrnn.LanguageModel(5, hidden=4, embed=2,
-                                                                      dtype=dtype))]
+                                                                      dtype=dtype)),
+                 ("SequenceRegressor", lambda dtype: fastrnn.SequenceRegressor(
+                     input_size=3, hidden=4, dtype=dtype)),
+                 ("Seq2Seq", lambda dtype: fastrnn.Seq2Seq(_VOCAB, _VOCAB, hidden=4, embed=2,
+                                                           dtype=dtype)),
+                 ("OneToManyGenerator", lambda dtype: fastrnn.OneToManyGenerator(
+                     3, _VOCAB, hidden=4, embed=2, dtype=dtype))]
     return builders
 
 

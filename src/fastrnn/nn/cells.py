@@ -211,7 +211,7 @@ class RNNCell(_Cell):
     """Elman cell ``h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)``, act = tanh or relu.
 
     ``h1 = cell(x, h=None)``: x (B, I) or (I,), h (B, H) / (H,) or None (zeros), h1 like h.
-    ``dx, dh_prev = cell.backward(dh)`` undoes the latest training-mode call.
+    ``dx, dh_prev = cell.backward(dh)`` undoes the latest call made with grad enabled.
     """
 
     _kind, _gates, _n_states = "rnn", 1, 1
