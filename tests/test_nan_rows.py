@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import ops, reference
+from fastrnn import _core, ops, reference
 from fastrnn.nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -66,16 +66,21 @@ def _assert_other_rows_equal(got, want, B):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["x", "h0"])
-@pytest.mark.parametrize("B", [5, 40])           # own small-batch kernel, the BLAS path
+@pytest.mark.parametrize("B", [3, 5, 40, 70])   # small-batch, hidden-split, batch-split paths
 def test_non_finite_value_stays_in_its_row(backend, cell, dtype, value, where, B):
     x, states, weights, dy, dfinals = _case(cell, dtype, B)
-    clean = _run(backend, cell, x, states, weights, dy, dfinals, None)
     bad_x, bad_states = _poison(where, value, x, states)
-    poisoned = _run(backend, cell, bad_x, bad_states, weights, dy, dfinals, None)
-    _assert_other_rows_equal(poisoned, clean, B)
-    seq, _ = poisoned
-    if np.isnan(value):
-        assert np.isnan(seq[0][:, BAD]).any()      # the NaN did reach its own row
+    previous = _core.get_isa()
+    try:
+        for isa in _core.available_isas() if backend is ops else [previous]:
+            _core.set_isa(isa)      # every instruction-set variant of the kernels
+            clean = _run(backend, cell, x, states, weights, dy, dfinals, None)
+            poisoned = _run(backend, cell, bad_x, bad_states, weights, dy, dfinals, None)
+            _assert_other_rows_equal(poisoned, clean, B)
+            if np.isnan(value):
+                assert np.isnan(poisoned[0][0][:, BAD]).any()   # it did reach its own row
+    finally:
+        _core.set_isa(previous)
 
 
 @pytest.mark.parametrize("backend", [ops, reference], ids=["ops", "reference"])
