@@ -429,3 +429,25 @@ def test_packed_sequence_of_the_wrong_dtype():
 def test_module_base_class_has_the_torch_habits():
     for name in ("to", "float", "double", "cpu", "cuda", "state_dict"):
         assert callable(getattr(Module, name))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_empty_batch_unchecked_step_in_a_subprocess(cell):
+    """ops.*_step with B = 0 returns empty states; run in a child process so that a heap
+    overrun in C (which an empty batch once caused) fails this test, not the whole run."""
+    import subprocess
+    import sys
+    code = f"""
+import numpy as np
+from fastrnn import ops
+G, n = {GATES[cell]}, {N_STATES[cell]}
+w = [np.ones(s, np.float32) for s in ((G * 5, 3), (G * 5, 5), (G * 5,), (G * 5,))]
+states = [np.zeros((0, 5), np.float32)] * n
+for _ in range(100):
+    out = ops.{cell}_step(np.zeros((0, 3), np.float32), *states, *w)
+assert all(s.shape == (0, 5) for s in out)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

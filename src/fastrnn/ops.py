@@ -117,7 +117,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     relu = check_nonlinearity(nonlinearity) == "relu"
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
-    if inputs.B:  # an empty batch (B = 0): nothing to compute
+    if inputs.B:  # B = 0: nothing to compute (the C kernels overrun their buffers on it)
         _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
                           inputs.lengths, relu, *_sizes(inputs), _pack(packs, False))
     options = {"relu": relu, "packs": packs}
@@ -219,22 +219,25 @@ def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False, out=None, pack=None):
     """Unchecked single RNN step: returns the new state (h,), written into ``out`` if given.
     ``pack``: the forward pack of :func:`pack_weights` for these weights, or None."""
     (h_n,) = _step_out(out, h, 1)
-    _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu, pack)
+    if x_t.shape[0]:   # B = 0: nothing to compute (the C step must not see it)
+        _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu, pack)
     return (h_n,)
 
 
 def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, out=None, pack=None):
     """Unchecked single LSTM step: returns the new states (h, c), written into ``out``."""
     h_n, c_n = _step_out(out, h, 2)
-    _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh, pack)
+    if x_t.shape[0]:   # B = 0: nothing to compute (the C step must not see it)
+        _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh, pack)
     return h_n, c_n
 
 
 def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True, out=None, pack=None):
     """Unchecked single GRU step: returns the new state (h,), written into ``out`` if given."""
     (h_n,) = _step_out(out, h, 1)
-    _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after),
-                   pack)
+    if x_t.shape[0]:   # B = 0: nothing to compute (the C step must not see it)
+        _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh,
+                       bool(reset_after), pack)
     return (h_n,)
 
 
