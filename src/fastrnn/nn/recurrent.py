@@ -339,8 +339,9 @@ class _RecurrentBase(Module):
     def backward(self, dy, dh_n=None):
         """BPTT for the last forward (run with grad enabled): returns ``dx`` like ``x``.
 
-        ``dy`` like ``y`` (a PackedSequence if ``x`` was one) and ``dh_n`` like ``h_n`` (None = zero). Parameter gradients are
-        added to each ``Parameter.grad``; the gradient of ``h0`` is stored as ``grad_h0``.
+        ``dy`` like ``y`` (a PackedSequence if ``x`` was one) and ``dh_n`` like ``h_n``
+        (None = zero). Parameter gradients are added to each ``Parameter.grad``; the
+        gradient of ``h0`` is stored as ``grad_h0``.
         """
         return self._backward(dy, (dh_n,))
 
