@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn.losses import CrossEntropyLoss, MSELoss, cross_entropy, log_softmax, mse
 from fastrnn.nn.layers import Dropout, Embedding, Linear
 from helpers import numeric_grad
@@ -56,7 +57,7 @@ def test_linear_backward_finite_differences(bias):
                                    rtol=1e-7, atol=1e-9)
 
 
-def test_linear_grads_accumulate_and_eval_caches_nothing():
+def test_linear_grads_accumulate_and_no_grad_caches_nothing():
     layer = Linear(3, 2, dtype=np.float64, seed=0)
     x, dy = np.ones((4, 3)), np.ones((4, 2))
     layer(x)
@@ -66,9 +67,13 @@ def test_linear_grads_accumulate_and_eval_caches_nothing():
     np.testing.assert_array_equal(layer.weight.grad, 2 * once)
     layer.zero_grad()
     assert not layer.weight.grad.any()
-    layer.eval()
+    layer.eval()                      # eval switches dropout only: backward still works
     layer(x)
-    with pytest.raises(RuntimeError, match="training mode"):
+    layer.backward(dy)
+    np.testing.assert_array_equal(layer.weight.grad, once)
+    with fastrnn.no_grad():
+        layer(x)
+    with pytest.raises(RuntimeError, match="grad enabled"):
         layer.backward(dy)
 
 
@@ -76,12 +81,12 @@ def test_linear_errors():
     layer = Linear(3, 2, seed=0)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\), got \(4, 5\)"):
         layer(np.zeros((4, 5), np.float32))
-    with pytest.raises(TypeError, match="x must have dtype float32.*float64"):
+    with pytest.raises(ValueError, match="x must have dtype float32.*float64"):
         layer(np.zeros((4, 3)))
     layer(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"dy must have shape \(4, 2\), got \(5, 2\)"):
         layer.backward(np.zeros((5, 2), np.float32))
-    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="in_features must be a positive integer, got 0"):
         Linear(0, 2)
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         Linear(2, 2, dtype=np.int32)
@@ -144,9 +149,9 @@ def test_embedding_errors():
     emb(np.array([[0, 1]]))
     with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 2\)"):
         emb.backward(np.zeros((2, 2), np.float32))
-    emb.eval()
-    emb(np.array([0]))
-    with pytest.raises(RuntimeError, match="training mode"):
+    with fastrnn.no_grad():
+        emb(np.array([0]))
+    with pytest.raises(RuntimeError, match="grad enabled"):
         emb.backward(np.zeros((1, 2), np.float32))
 
 

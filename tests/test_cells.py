@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import reference
 from fastrnn.nn.cells import GRUCell, LSTMCell, RNNCell
 
@@ -190,12 +191,16 @@ def test_none_state_and_none_gradient_are_zeros():
     np.testing.assert_array_equal(dc_a, dc_b)
 
 
-def test_eval_mode_keeps_no_cache():
+def test_no_grad_keeps_no_cache_and_eval_still_backpropagates():
     cell = RNNCell(I, H, seed=0).eval()
-    h = cell(np.ones((B, I), np.float32))
+    with fastrnn.no_grad():
+        h = cell(np.ones((B, I), np.float32))
     assert h.shape == (B, H)
-    with pytest.raises(RuntimeError, match="no forward left"):
+    with pytest.raises(RuntimeError, match="no forward left.*no_grad"):
         cell.backward(np.ones((B, H), np.float32))
+    cell(np.ones((B, I), np.float32))     # eval mode, grad enabled: a cache is kept
+    dx, _ = cell.backward(np.ones((B, H), np.float32))
+    assert dx.shape == (B, I)
 
 
 def test_backward_pops_in_reverse_order_and_clear_cache():
@@ -216,7 +221,7 @@ def test_backward_pops_in_reverse_order_and_clear_cache():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"input_size": 0}, ValueError, "input_size"),
     ({"hidden_size": -1}, ValueError, "hidden_size"),
-    ({"hidden_size": 2.5}, ValueError, "hidden_size"),
+    ({"hidden_size": 2.5}, TypeError, "hidden_size"),
     ({"dtype": np.int32}, TypeError, "dtype"),
     ({"dtype": "float16"}, TypeError, "dtype"),
 ])
@@ -234,12 +239,13 @@ def test_bad_nonlinearity():
 @pytest.mark.parametrize("call, error, match", [
     (lambda c: c(np.ones((B, I + 1), np.float32)), ValueError, "x must have shape"),
     (lambda c: c(np.ones((1, B, I), np.float32)), ValueError, "x must have shape"),
-    (lambda c: c(np.ones((B, I), np.float64)), TypeError, "x must have the dtype"),
+    (lambda c: c(np.ones((B, I), np.float64)), ValueError,
+     r"x must have the cell's dtype \(float32\), got dtype float64"),
     (lambda c: c(np.ones((B, I), np.float32), np.ones((B, H + 1), np.float32)),
      ValueError, "h must have shape"),
     (lambda c: c(np.ones(I, np.float32), np.ones((1, H), np.float32)),
      ValueError, "unbatched"),
-    (lambda c: c(np.ones((B, I), np.float32), np.ones((B, H))), TypeError, "h must have"),
+    (lambda c: c(np.ones((B, I), np.float32), np.ones((B, H))), ValueError, "h must have"),
     (lambda c: c.backward(np.ones((B, H), np.float32)), RuntimeError, "no forward left"),
 ])
 def test_bad_calls(call, error, match):

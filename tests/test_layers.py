@@ -19,6 +19,7 @@ import pathlib
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import reference
 from fastrnn.nn.recurrent import GRU, LSTM, RNN
 from helpers import load_script
@@ -430,7 +431,7 @@ def test_step_equals_forward(cell):
 
 BAD_CONSTRUCTORS = [
     (dict(input_size=0, hidden_size=3), ValueError, "input_size"),
-    (dict(input_size=3, hidden_size=2.5), ValueError, "hidden_size"),
+    (dict(input_size=3, hidden_size=2.5), TypeError, "hidden_size"),
     (dict(input_size=3, hidden_size=3, num_layers=0), ValueError, "num_layers"),
     (dict(input_size=3, hidden_size=3, dropout=1.5), ValueError, "dropout"),
     (dict(input_size=3, hidden_size=3, bidirectional="yes"), TypeError, "bidirectional"),
@@ -460,22 +461,28 @@ def _lstm():
     return build("lstm", input_size=3, hidden_size=4, num_layers=2)
 
 
+def _forward_no_grad(module, x):
+    with fastrnn.no_grad():
+        return module(x)
+
+
 X = np.zeros((5, 2, 3))
 BAD_CALLS = [
-    (lambda m: m(X.astype(np.float32)), TypeError, "x must have the module's dtype float64"),
+    (lambda m: m(X.astype(np.float32)), ValueError, "x must have the module's dtype float64"),
     (lambda m: m(np.zeros((5, 2, 4))), ValueError, "input_size=3"),
     (lambda m: m(np.zeros((5, 2, 1, 3))), ValueError, "x must have 3 dimensions"),
     (lambda m: m(X, np.zeros((2, 2, 4))), TypeError, r"pair \(h0, c0\)"),
     (lambda m: m(X, (np.zeros((1, 2, 4)), None)), ValueError, r"h0 must have shape \(2, 2, 4\)"),
-    (lambda m: m(X, (None, np.zeros((2, 2, 4), np.float32))), TypeError, "c0"),
+    (lambda m: m(X, (None, np.zeros((2, 2, 4), np.float32))), ValueError, "c0"),
     (lambda m: m(X, lengths=[0, 5]), ValueError, "lengths"),
     (lambda m: m(X, lengths=[1, 2, 3]), ValueError, "lengths"),
     (lambda m: m(X[:, 0], lengths=[3]), ValueError, "unbatched"),
-    (lambda m: m.backward(np.zeros((5, 2, 4))), RuntimeError, "training mode"),
+    (lambda m: m.backward(np.zeros((5, 2, 4))), RuntimeError, "forward with grad enabled"),
     (lambda m: (m(X), m.backward(np.zeros((5, 2, 3)))), ValueError,
      r"dy must have shape \(5, 2, 4\)"),
     (lambda m: (m(X), m.backward(None, np.zeros((2, 4)))), ValueError, "dh_n"),
-    (lambda m: (m.eval(), m(X), m.backward(None)), RuntimeError, "training mode"),
+    (lambda m: (_forward_no_grad(m, X), m.backward(None)), RuntimeError,
+     r"grad disabled \(inside fastrnn.no_grad\(\)"),
     (lambda m: (m(X), m.backward(None), m.backward(None)), RuntimeError, "one backward"),
     (lambda m: m.step(X), ValueError, "x_t must have shape"),
     (lambda m: m.step(X[0], (np.zeros((2, 4)), None)), ValueError, "state h"),

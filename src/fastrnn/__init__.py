@@ -6,6 +6,8 @@
   (``fastrnn.nn`` also has ``Linear``, ``Embedding``, ``Dropout``).
 * ``fastrnn.losses``, ``fastrnn.optim``, ``fastrnn.io`` (checkpoints), ``fastrnn.convert``
   (Keras and ONNX weights).
+* ``fastrnn.no_grad()``, ``inference_mode()``, ``set_grad_enabled()``: grad mode, as in
+  PyTorch (a forward inside keeps nothing for backward; ``eval()`` only switches dropout).
 * ``fastrnn.models``: language model, sequence classifier and regressor, seq2seq, and a
   one-to-many generator, each with fit / evaluate / predict / save / load;
   ``fastrnn.generate`` samples text from a language model.
@@ -14,6 +16,8 @@ from ._threads import get_num_threads, set_num_threads  # first: it prepares Ope
 
 from . import convert, data, generate, io, losses, models, nn, ops, optim, reference  # noqa: I001
 from ._common import GRUGrads, LSTMGrads, RNNGrads
+from .grad_mode import (enable_grad, inference_mode, is_grad_enabled, is_inference_mode_enabled,
+                        no_grad, set_grad_enabled)
 from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .models import (LanguageModel, OneToManyGenerator, Seq2Seq, SequenceClassifier,
                      SequenceRegressor)
@@ -25,4 +29,6 @@ __all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert", "models
            "OneToManyGenerator",
            "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
            "RNNGrads", "LSTMGrads", "GRUGrads", "set_num_threads", "get_num_threads",
-           "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__"]
+           "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__",
+           "no_grad", "enable_grad", "inference_mode", "set_grad_enabled", "is_grad_enabled",
+           "is_inference_mode_enabled"]

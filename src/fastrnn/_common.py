@@ -5,8 +5,10 @@ the same errors, and they return the same structures (the ``*Grads`` named tuple
 
 Input rules (documented in the README):
 
-* ``x`` sets the dtype: float32 or float64. Every other array must have the same dtype
-  (a mismatch raises ``TypeError``); nothing is silently up- or down-cast.
+* ``x`` sets the dtype: float32 or float64 (another dtype of ``x`` raises ``TypeError``).
+  Every other array must have the same dtype (a mismatch raises ``ValueError``, as
+  PyTorch's layers do); nothing is silently up- or down-cast.
+* An empty batch (B = 0) is valid: empty outputs and states, zero weight gradients.
 * Arrays that are not C-contiguous are copied into contiguous ones; the kernels never
   see strides.
 * Shapes are checked before any kernel runs; a wrong one raises ``ValueError`` naming
@@ -14,6 +16,7 @@ Input rules (documented in the README):
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -97,8 +100,14 @@ def _shape_str(shape) -> str:
     return str(tuple(int(s) for s in shape))
 
 
-def as_array(name: str, value, dtype: Optional[np.dtype] = None) -> np.ndarray:
-    """Return ``value`` as a C-contiguous ndarray, checking its dtype against ``dtype``."""
+def as_array(name: str, value, dtype: Optional[np.dtype] = None,
+             owner: str = "the dtype of x") -> np.ndarray:
+    """Return ``value`` as a C-contiguous ndarray, checking its dtype against ``dtype``.
+
+    Without ``dtype``: float32 or float64, else ``TypeError``. With it: exactly ``dtype``,
+    else ``ValueError`` (a mismatch of inputs, as PyTorch); ``owner`` says whose dtype it
+    is in the message ("the dtype of x", "the cell's dtype").
+    """
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = value.detach().cpu().numpy()
     array = np.asarray(value)
@@ -107,10 +116,62 @@ def as_array(name: str, value, dtype: Optional[np.dtype] = None) -> np.ndarray:
             raise TypeError(
                 f"{name} must be float32 or float64, got dtype {array.dtype}")
     elif array.dtype != dtype:
-        raise TypeError(
-            f"{name} must have the dtype of x ({dtype}), got dtype {array.dtype}; "
+        raise ValueError(
+            f"{name} must have {owner} ({dtype}), got dtype {array.dtype}; "
             f"convert it with {name}.astype(np.{dtype})")
     return np.ascontiguousarray(array)
+
+
+def normalize_dtype(value, name: str = "dtype") -> np.dtype:
+    """float32 or float64 as a ``np.dtype``, from any spelling a user may pass.
+
+    Accepts NumPy dtypes and scalar types (``np.float64``), names (``"float64"``,
+    ``"torch.float64"``) and torch dtypes (``torch.float64``). Anything else, including
+    None, names NumPy cannot parse and unsupported dtypes (``"bfloat16"``, float16, int),
+    raises ``TypeError`` naming the value.
+    """
+    spelled = value
+    if type(value).__module__ == "torch" or (isinstance(value, str)
+                                             and value.startswith("torch.")):
+        spelled = str(value)[len("torch."):]            # torch.float64 -> "float64"
+    dtype = None
+    if spelled is not None and not (isinstance(spelled, str) and not spelled.strip()):
+        try:
+            dtype = np.dtype(spelled)
+        except (TypeError, ValueError):
+            dtype = None
+    if dtype is None or dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64 (a NumPy or torch dtype, or its "
+                        f"name), got {value!r}")
+    return dtype
+
+
+def check_device(device) -> None:
+    """Accept None, ``"cpu"`` (``"cpu:0"``) or ``torch.device("cpu")``; refuse the rest.
+
+    fastrnn's kernels run on the CPU only: another device raises ``ValueError`` saying so,
+    a value that is no device at all ``TypeError``.
+    """
+    if device is None:
+        return
+    if type(device).__name__ == "device" and type(device).__module__ == "torch":
+        kind = device.type
+    elif isinstance(device, str):
+        kind = device.split(":", 1)[0].strip().lower()
+    else:
+        raise TypeError(f"device must be None, 'cpu' or torch.device('cpu'), got {device!r}")
+    if kind != "cpu":
+        raise ValueError(f"fastrnn runs on the CPU only: device must be 'cpu', got {device!r}")
+
+
+def check_positive_int(name: str, value) -> int:
+    """A positive int: ``TypeError`` for another type (bool, float, str), ``ValueError``
+    for zero or less (PyTorch's types for the same mistakes)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_shape(name: str, array: np.ndarray, expected: tuple) -> None:
@@ -129,6 +190,8 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
         raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape {_shape_str((B,))}, got {_shape_str(lengths.shape)}")
+    if B == 0:
+        return np.zeros(0, np.int64)
     low, high = int(lengths.min()), int(lengths.max())
     if low < 1 or high > T:
         raise ValueError(
@@ -137,8 +200,10 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
 
 
 def _check_sizes(T: int, B: int, I: int, H: int, G: int) -> None:
-    for name, size in (("T (x.shape[0])", T), ("B (x.shape[1])", B),
-                       ("I (x.shape[2])", I), ("H (w_hh.shape[1])", H)):
+    if B < 0:
+        raise ValueError(f"B (x.shape[1]) must be at least 0, got {B}")
+    for name, size in (("T (x.shape[0])", T), ("I (x.shape[2])", I),
+                       ("H (w_hh.shape[1])", H)):
         if size < 1:
             raise ValueError(f"{name} must be at least 1, got {size}")
     if T * B > _BLAS_INT_MAX or G * H > _BLAS_INT_MAX or I > _BLAS_INT_MAX:

@@ -117,8 +117,9 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     relu = check_nonlinearity(nonlinearity) == "relu"
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
-    _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
-                      inputs.lengths, relu, *_sizes(inputs), _pack(packs, False))
+    if inputs.B:  # B = 0: nothing to compute (the C kernels overrun their buffers on it)
+        _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
+                          inputs.lengths, relu, *_sizes(inputs), _pack(packs, False))
     options = {"relu": relu, "packs": packs}
     cache = Cache(inputs, y, {}, options, _BACKEND) if training else None
     return y, h_n, cache
@@ -130,10 +131,11 @@ def rnn_backward(dy, dh_n, cache) -> RNNGrads:
     inputs = cache.inputs
     dx, (dh0,) = _state_grads(inputs, 1)
     params = _parameter_grads(inputs)
-    _core.rnn_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"], cache.y,
-                              inputs.x, inputs.states[0], inputs.w_ih, inputs.w_hh),
-                       inputs.lengths, cache.options["relu"], *_sizes(inputs),
-                       _pack(cache.options["packs"], True))
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.rnn_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"], cache.y,
+                                  inputs.x, inputs.states[0], inputs.w_ih, inputs.w_hh),
+                           inputs.lengths, cache.options["relu"], *_sizes(inputs),
+                           _pack(cache.options["packs"], True))
     return RNNGrads(dx, dh0, *params)
 
 
@@ -145,8 +147,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n, c_n), saved = _forward_outputs(inputs, 2, _core.LSTM_SAVED_PER_UNIT, training)
-    _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states, *_weights(inputs)),
-                       inputs.lengths, *_sizes(inputs), _pack(packs, False))
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states,
+                                  *_weights(inputs)),
+                           inputs.lengths, *_sizes(inputs), _pack(packs, False))
     cache = Cache(inputs, y, {"saved": saved}, {"packs": packs}, _BACKEND) if training else None
     return y, h_n, c_n, cache
 
@@ -157,10 +161,12 @@ def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
     inputs = cache.inputs
     dx, (dh0, dc0) = _state_grads(inputs, 2)
     params = _parameter_grads(inputs)
-    _core.lstm_backward(*_flat(dx, dh0, dc0, *params, upstream["dy"], upstream["dh_n"],
-                               upstream["dc_n"], cache.saved["saved"], cache.y, inputs.x,
-                               *inputs.states, inputs.w_ih, inputs.w_hh),
-                        inputs.lengths, *_sizes(inputs), _pack(cache.options["packs"], True))
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.lstm_backward(*_flat(dx, dh0, dc0, *params, upstream["dy"], upstream["dh_n"],
+                                   upstream["dc_n"], cache.saved["saved"], cache.y, inputs.x,
+                                   *inputs.states, inputs.w_ih, inputs.w_hh),
+                            inputs.lengths, *_sizes(inputs),
+                            _pack(cache.options["packs"], True))
     return LSTMGrads(dx, dh0, dc0, *params)
 
 
@@ -175,8 +181,10 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     y, (h_n,), saved = _forward_outputs(inputs, 1, _core.GRU_SAVED_PER_UNIT, training)
-    _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),
-                      inputs.lengths, bool(reset_after), *_sizes(inputs), _pack(packs, False))
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),
+                          inputs.lengths, bool(reset_after), *_sizes(inputs),
+                          _pack(packs, False))
     options = {"reset_after": bool(reset_after), "packs": packs}
     cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
     return y, h_n, cache
@@ -188,11 +196,12 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
     inputs = cache.inputs
     dx, (dh0,) = _state_grads(inputs, 1)
     params = _parameter_grads(inputs)
-    _core.gru_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"],
-                              cache.saved["saved"], cache.y, inputs.x, inputs.states[0],
-                              inputs.w_ih, inputs.w_hh),
-                       inputs.lengths, cache.options["reset_after"], *_sizes(inputs),
-                       _pack(cache.options["packs"], True))
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.gru_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"],
+                                  cache.saved["saved"], cache.y, inputs.x, inputs.states[0],
+                                  inputs.w_ih, inputs.w_hh),
+                           inputs.lengths, cache.options["reset_after"], *_sizes(inputs),
+                           _pack(cache.options["packs"], True))
     return GRUGrads(dx, dh0, *params)
 
 
@@ -210,22 +219,25 @@ def rnn_step(x_t, h, w_ih, w_hh, b_ih, b_hh, relu=False, out=None, pack=None):
     """Unchecked single RNN step: returns the new state (h,), written into ``out`` if given.
     ``pack``: the forward pack of :func:`pack_weights` for these weights, or None."""
     (h_n,) = _step_out(out, h, 1)
-    _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu, pack)
+    if x_t.shape[0]:   # B = 0: nothing to compute (the C step must not see it)
+        _core.rnn_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, relu, pack)
     return (h_n,)
 
 
 def lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, out=None, pack=None):
     """Unchecked single LSTM step: returns the new states (h, c), written into ``out``."""
     h_n, c_n = _step_out(out, h, 2)
-    _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh, pack)
+    if x_t.shape[0]:   # B = 0: nothing to compute (the C step must not see it)
+        _core.lstm_step(np.empty_like(h), h_n, c_n, x_t, h, c, w_ih, w_hh, b_ih, b_hh, pack)
     return h_n, c_n
 
 
 def gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, reset_after=True, out=None, pack=None):
     """Unchecked single GRU step: returns the new state (h,), written into ``out`` if given."""
     (h_n,) = _step_out(out, h, 1)
-    _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh, bool(reset_after),
-                   pack)
+    if x_t.shape[0]:   # B = 0: nothing to compute (the C step must not see it)
+        _core.gru_step(np.empty_like(h), h_n, x_t, h, w_ih, w_hh, b_ih, b_hh,
+                       bool(reset_after), pack)
     return (h_n,)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import optim
 from ..data import Vocabulary
+from ..grad_mode import no_grad
 from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..nn.module import Module
 
@@ -100,6 +101,11 @@ class Model(Module):
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.config.get("dtype", "float32"))
+
+    def _set_dtype(self, dtype: np.dtype) -> None:
+        """After ``.to(dtype)`` / ``.double()``: the config (and so checkpoints) follow."""
+        if "dtype" in self.config:
+            self.config["dtype"] = dtype.name
 
     # -- one training step (the subclass's part) -----------------------------------------
     def _forward_backward(self, batch) -> Tuple[float, int]:
@@ -196,11 +202,13 @@ class Model(Module):
     # -- inference mode -------------------------------------------------------------------
     @contextlib.contextmanager
     def inference(self):
-        """Context: eval mode (no dropout, nothing cached), restoring the mode afterwards."""
+        """Context: eval mode (no dropout) and ``fastrnn.no_grad()`` (nothing cached: the
+        kernels' fast inference path), restoring both afterwards."""
         was_training = self.training
         self.eval()
         try:
-            yield self
+            with no_grad():
+                yield self
         finally:
             self.train(was_training)
 

@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .._common import normalize_dtype
 from ..data import Vocabulary, batchify
 from ..losses import cross_entropy, log_softmax
 from ._base import History, Model, child_seeds, positive_int
@@ -41,7 +42,7 @@ class LanguageModel(Model):
             raise TypeError(f"vocab must be a Vocabulary or an int vocabulary size, "
                             f"got {type(vocab).__name__}")
         super().__init__(vocab=vocab, embed=embed, hidden=hidden, layers=layers, cell=cell,
-                         dropout=dropout, dtype=np.dtype(dtype), seed=seed)
+                         dropout=dropout, dtype=normalize_dtype(dtype), seed=seed)
         self.vocab = self_vocab
         if self_vocab is not None and self_vocab.char_level:
             self.units = "chars"

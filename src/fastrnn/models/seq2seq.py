@@ -17,7 +17,9 @@ from typing import List, Optional
 
 import numpy as np
 
+from .._common import normalize_dtype
 from ..data import BOS, EOS, PAD, Vocabulary, as_vocabulary, minibatches, pad_sequences
+from ..grad_mode import is_grad_enabled
 from ..losses import cross_entropy
 from ..nn.layers import Linear
 from ._base import History, Model, child_seeds, positive_int
@@ -195,7 +197,7 @@ class Seq2Seq(_DecoderModel):
                  hidden: int = 64, layers: int = 1, cell: str = "lstm", dropout: float = 0.0,
                  dtype=np.float32, seed: Optional[int] = None):
         super().__init__(src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed=embed, hidden=hidden,
-                         layers=layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
+                         layers=layers, cell=cell, dropout=dropout, dtype=normalize_dtype(dtype),
                          seed=seed)
         self.src_vocab = as_vocabulary(src_vocab, "src_vocab")
         if self.src_vocab is None:
@@ -241,7 +243,7 @@ class OneToManyGenerator(_DecoderModel):
                  dtype=np.float32, seed: Optional[int] = None):
         super().__init__(input_size=input_size, tgt_vocab=tgt_vocab, embed=embed,
                          hidden=hidden, layers=layers, cell=cell, dropout=dropout,
-                         dtype=np.dtype(dtype), seed=seed)
+                         dtype=normalize_dtype(dtype), seed=seed)
         seeds = child_seeds(seed, 5)
         self._layers, self._hidden, self._cell = positive_int("layers", layers), \
             positive_int("hidden", hidden), cell
@@ -266,7 +268,7 @@ class OneToManyGenerator(_DecoderModel):
         B = v.shape[0]
         h0 = np.tanh(self.init(v)).reshape(B, self._layers, self._hidden)
         h0 = np.ascontiguousarray(h0.transpose(1, 0, 2))
-        self._h0 = h0 if self.training else None
+        self._h0 = h0 if is_grad_enabled() else None
         return pack_state((h0, np.zeros_like(h0)), self._cell)
 
     def _condition_backward(self, dstate):

@@ -19,7 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from .._common import normalize_dtype
 from ..data import minibatches
+from ..grad_mode import is_grad_enabled
 from ..losses import cross_entropy, log_softmax, mse
 from ..nn.layers import Dropout, Linear
 from ._base import History, Model, child_seeds, choice, positive_int
@@ -162,14 +164,15 @@ class _SequenceModel(Model):
     def forward(self, x, lengths=None):
         """``x (B, T[, F])`` -> outputs ``(B, O)`` (``(B, T, O)`` with pooling 'none')."""
         x, lengths = self._inputs(x, lengths)
-        self._tape = (x.shape[1], lengths)
+        self._tape = (x.shape[1], lengths) if is_grad_enabled() else None
         out = self._forward_tm(np.ascontiguousarray(np.swapaxes(x, 0, 1)), lengths)
         return np.swapaxes(out, 0, 1) if out.ndim == 3 else out
 
     def backward(self, dout):
         """Gradient of the last training forward's outputs; parameter grads accumulate."""
         if self._tape is None:
-            raise RuntimeError("backward needs a training-mode forward first")
+            raise RuntimeError("backward needs a forward with grad enabled first (not inside "
+                               "fastrnn.no_grad() or the model's inference())")
         dout = np.asarray(dout, dtype=self.dtype)
         dout = np.ascontiguousarray(np.swapaxes(dout, 0, 1)) if dout.ndim == 3 else dout
         self._backward_tm(dout, *self._tape)
@@ -265,7 +268,7 @@ class SequenceClassifier(_SequenceModel):
         super().__init__(num_classes=num_classes, input_size=input_size,
                          vocab_size=vocab_size, embed=embed, hidden=hidden, layers=layers,
                          cell=cell, dropout=dropout, bidirectional=bidirectional,
-                         pooling=pooling, dtype=np.dtype(dtype), seed=seed)
+                         pooling=pooling, dtype=normalize_dtype(dtype), seed=seed)
         choice("pooling", pooling, ("last", "mean"))
         self._build(num_classes, input_size=input_size, vocab_size=vocab_size, embed=embed,
                     hidden=hidden, layers=layers, cell=cell, dropout=dropout,
@@ -317,7 +320,7 @@ class SequenceRegressor(_SequenceModel):
         super().__init__(input_size=input_size, output_size=output_size,
                          many_to_many=bool(many_to_many), hidden=hidden, layers=layers,
                          cell=cell, dropout=dropout, bidirectional=bidirectional,
-                         pooling=pooling, dtype=np.dtype(dtype), seed=seed)
+                         pooling=pooling, dtype=normalize_dtype(dtype), seed=seed)
         choice("pooling", pooling, ("last", "mean"))
         self._build(output_size, input_size=input_size, vocab_size=None, embed=None,
                     hidden=hidden, layers=layers, cell=cell, dropout=dropout,

@@ -29,11 +29,12 @@ Constructors: ``(input_size, hidden_size, bias=True, *, dtype=np.float32, seed=N
 plus ``nonlinearity='tanh'|'relu'`` (RNNCell, 4th positional as in torch) and
 ``reset_after=True`` (GRUCell); ``seed`` is None, an int or a ``numpy.random.Generator``.
 
-Backward without autograd: every call in training mode pushes what its backward needs onto
-a stack; ``backward`` pops the latest one, so backward calls must come in the reverse order
-of the forward calls. Each returns the gradients of that call's input and previous state,
-and accumulates the parameter gradients into ``Parameter.grad``. In eval mode nothing is
-kept. Arrays passed in are kept by reference until their backward: do not modify them in
+Backward without autograd: every call with grad enabled (the default, in train and eval
+mode alike) pushes what its backward needs onto a stack; ``backward`` pops the latest one,
+so backward calls must come in the reverse order of the forward calls. Each returns the
+gradients of that call's input and previous state, and accumulates the parameter gradients
+into ``Parameter.grad``. Under ``fastrnn.no_grad()`` a call runs the unchecked C step and
+keeps nothing. Arrays passed in are kept by reference until their backward: do not modify them in
 place in between. ``clear_cache()`` drops forwards that will never be backpropagated.
 """
 from __future__ import annotations
@@ -43,9 +44,10 @@ import math
 import numpy as np
 
 from .. import ops
-from .._common import as_array, check_nonlinearity
+from .._common import (as_array, check_device, check_nonlinearity, check_positive_int,
+                       normalize_dtype)
+from ..grad_mode import is_grad_enabled
 from ._packs import cached_packs
-from .layers import _float_dtype, _positive_int
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
@@ -62,13 +64,16 @@ class _Cell(Module):
     _gates = 1
     _n_states = 1
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
+                 device=None):
         super().__init__()
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        check_device(device)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
-        self.dtype = _float_dtype(dtype)
+        self.dtype = normalize_dtype(dtype)
         self._caches = []
+        self._last_no_grad = False   # the latest forward ran under no_grad (for the error)
         self._init_parameters(np.random.default_rng(seed))
 
     def _init_parameters(self, rng: np.random.Generator) -> None:
@@ -94,18 +99,20 @@ class _Cell(Module):
         """One time step through ``fastrnn.ops`` with T = 1.
 
         ``x (B, I)``, ``states`` a tuple of ``(B, H)`` arrays or None (zeros). Returns the
-        new states (a tuple of ``(B, H)``) and the kernel's cache (None in eval mode).
+        new states (a tuple of ``(B, H)``) and the kernel's cache (None with grad disabled).
         """
         values = [None if p is None else p.value for p in self._parameter_list()]
-        if not self.training:  # inference: the unchecked C step (inputs checked above)
+        if not is_grad_enabled():  # inference: the unchecked C step (inputs checked above)
             return self._inference_step(np.ascontiguousarray(x), states, values), None
         forward = getattr(ops, f"{self._kind}_forward")
-        out = forward(x[None], *states, *values, training=self.training, **self._options())
+        out = forward(x[None], *states, *values, training=True, **self._options())
         return tuple(out[1:-1]), out[-1]
 
     def _inference_step(self, x, states, values):
         """``ops.*_step``: no cache, no per-call validation; states None become zeros."""
         B, H = x.shape[0], self.hidden_size
+        if B == 0:   # an empty batch: empty states, no kernel call
+            return tuple(np.empty((0, H), self.dtype) for _ in states)
         states = tuple(np.zeros((B, H), self.dtype) if s is None else np.ascontiguousarray(s)
                        for s in states)
         options = self._options()
@@ -128,7 +135,7 @@ class _Cell(Module):
     # -- checking the calls ------------------------------------------------------------
     def _check_input(self, x):
         """x as a (B, I) array of the cell's dtype, and whether it came batched."""
-        x = as_array("x", x, self.dtype)
+        x = as_array("x", x, self.dtype, owner="the cell's dtype")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape (B, {self.input_size}) or "
                              f"({self.input_size},), got {tuple(x.shape)}")
@@ -138,7 +145,7 @@ class _Cell(Module):
         """One state (h or c; or its gradient) as (B, H), None staying None."""
         if value is None:
             return None
-        value = as_array(name, value, self.dtype)
+        value = as_array(name, value, self.dtype, owner="the cell's dtype")
         expected = (batch, self.hidden_size) if batched else (self.hidden_size,)
         if value.shape != expected:
             kind = "batched" if batched else "unbatched"
@@ -156,16 +163,19 @@ class _Cell(Module):
         names = ("h", "c")[:self._n_states]
         states = self._check_states(names, states, x.shape[0], batched)
         new_states, cache = self._step(x, states)
-        if self.training:
+        self._last_no_grad = cache is None
+        if cache is not None:
             self._caches.append((cache, x.shape[0], batched))
         return tuple(s if batched else s[0] for s in new_states)
 
     def _backward(self, dstates):
         """Pop the latest cached forward; return dx and the previous states' gradients."""
         if not self._caches:
+            why = (" (the latest forward ran inside fastrnn.no_grad() or inference_mode() "
+                   "and kept nothing)" if self._last_no_grad else "")
             raise RuntimeError(
-                f"{type(self).__name__}.backward: no forward left to backpropagate; call "
-                "the cell in training mode (cell.train()) first, one forward per backward")
+                f"{type(self).__name__}.backward: no forward left to backpropagate{why}; "
+                "call the cell with grad enabled first, one forward per backward")
         cache, batch, batched = self._caches[-1]
         names = ("dh", "dc")[:self._n_states]
         dstates = self._check_states(names, dstates, batch, batched)
@@ -181,6 +191,9 @@ class _Cell(Module):
     def clear_cache(self) -> None:
         """Forget every cached forward (e.g. after a forward that needs no backward)."""
         self._caches.clear()
+
+    def _drop_tape(self) -> None:
+        self.clear_cache()
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
@@ -198,14 +211,14 @@ class RNNCell(_Cell):
     """Elman cell ``h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)``, act = tanh or relu.
 
     ``h1 = cell(x, h=None)``: x (B, I) or (I,), h (B, H) / (H,) or None (zeros), h1 like h.
-    ``dx, dh_prev = cell.backward(dh)`` undoes the latest training-mode call.
+    ``dx, dh_prev = cell.backward(dh)`` undoes the latest call made with grad enabled.
     """
 
     _kind, _gates, _n_states = "rnn", 1, 1
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
-                 dtype=np.float32, seed=None):
-        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)
+                 dtype=np.float32, seed=None, device=None):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed, device=device)
         self.nonlinearity = check_nonlinearity(nonlinearity)
 
     def _options(self) -> dict:
@@ -229,8 +242,8 @@ class GRUCell(_Cell):
     _kind, _gates, _n_states = "gru", 3, 1
 
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None,
-                 reset_after=True):
-        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed)
+                 reset_after=True, device=None):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed, device=device)
         self.reset_after = bool(reset_after)
 
     def _options(self) -> dict:

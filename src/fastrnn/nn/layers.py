@@ -1,7 +1,8 @@
 """Feed-forward building blocks: :class:`Linear`, :class:`Embedding`, :class:`Dropout`.
 
 Each layer follows the :class:`~fastrnn.nn.module.Module` contract: ``forward`` runs the
-layer and, in training mode only, caches what ``backward`` needs; ``backward(dy)`` returns
+layer and, with grad enabled (outside ``fastrnn.no_grad()``), caches what ``backward``
+needs; ``backward(dy)`` returns
 the gradient with respect to the input and *accumulates* parameter gradients into
 ``Parameter.grad`` (call ``zero_grad()`` between steps). Weights use PyTorch names, shapes
 and initialisations, so ``load_state_dict(torch_module.state_dict())`` works both ways.
@@ -13,23 +14,10 @@ from typing import Optional
 
 import numpy as np
 
+from .._common import _SUPPORTED_DTYPES, check_device, check_positive_int, normalize_dtype
+from ..grad_mode import is_grad_enabled
 from ..ops import gemm
 from .module import Module, Parameter
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _float_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _as_input(name: str, x, dtype: np.dtype, last_dim: int) -> np.ndarray:
@@ -38,7 +26,10 @@ def _as_input(name: str, x, dtype: np.dtype, last_dim: int) -> np.ndarray:
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the layer's dtype), got {x.dtype}")
+        hint = (f"; convert the layer with .to(np.{x.dtype})"
+                if x.dtype in _SUPPORTED_DTYPES else "")
+        raise ValueError(f"{name} must have dtype {dtype} (the layer's dtype), got {x.dtype}; "
+                         f"convert it with .astype(np.{dtype}){hint}")
     if x.ndim < 1 or x.shape[-1] != last_dim:
         raise ValueError(f"{name} must have shape (..., {last_dim}), got {x.shape}")
     return x
@@ -46,8 +37,8 @@ def _as_input(name: str, x, dtype: np.dtype, last_dim: int) -> np.ndarray:
 
 def _need_cache(layer: Module, cache) -> None:
     if cache is None:
-        raise RuntimeError(f"{type(layer).__name__}.backward needs a forward pass in "
-                           "training mode first (eval-mode forward caches nothing)")
+        raise RuntimeError(f"{type(layer).__name__}.backward needs a forward pass with grad "
+                           "enabled first (a forward inside fastrnn.no_grad() caches nothing)")
 
 
 class Linear(Module):
@@ -61,11 +52,12 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 dtype=np.float32, seed: Optional[int] = None):
+                 dtype=np.float32, seed: Optional[int] = None, device=None):
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
-        dtype = _float_dtype(dtype)
+        check_device(device)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        dtype = normalize_dtype(dtype)
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(rng.uniform(-k, k, (self.out_features, self.in_features))
@@ -74,9 +66,12 @@ class Linear(Module):
                      if bias else None)
         self._x = None
 
+    def _drop_tape(self) -> None:
+        self._x = None
+
     def forward(self, x) -> np.ndarray:
         x = _as_input("x", x, self.weight.dtype, self.in_features)
-        self._x = x if self.training else None
+        self._x = x if is_grad_enabled() else None
         y = gemm(x.reshape(-1, self.in_features), self.weight.value, trans_b=True)  # (N, out)
         if self.bias is not None:
             y += self.bias.value
@@ -112,16 +107,20 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int,
                  padding_idx: Optional[int] = None, *, dtype=np.float32,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, device=None):
         super().__init__()
-        self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
-        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        check_device(device)
+        self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         self.padding_idx = self._check_padding_idx(padding_idx)
         rng = np.random.default_rng(seed)
         weight = rng.standard_normal((self.num_embeddings, self.embedding_dim))
         if self.padding_idx is not None:
             weight[self.padding_idx] = 0
-        self.weight = Parameter(weight.astype(_float_dtype(dtype)))
+        self.weight = Parameter(weight.astype(normalize_dtype(dtype)))
+        self._indices = None
+
+    def _drop_tape(self) -> None:
         self._indices = None
 
     def _check_padding_idx(self, padding_idx) -> Optional[int]:
@@ -146,7 +145,7 @@ class Embedding(Module):
 
     def forward(self, indices) -> np.ndarray:
         indices = self._check_indices(indices)
-        self._indices = indices if self.training else None
+        self._indices = indices if is_grad_enabled() else None
         return self.weight.value[indices]
 
     def backward(self, dy) -> None:

@@ -2,8 +2,15 @@
 
 A :class:`Module` owns :class:`Parameter` objects (a value and its gradient) and child
 modules, set as attributes. It runs ``forward`` when called and ``backward`` when asked:
-there is no autograd, each module caches what its own backward needs during a training
-forward. Gradients accumulate into ``Parameter.grad`` until ``zero_grad()``.
+there is no autograd, each module caches what its own backward needs during a forward with
+grad enabled (see :mod:`fastrnn.grad_mode`; ``train()``/``eval()`` switch only dropout).
+Gradients accumulate into ``Parameter.grad`` until ``zero_grad()``.
+
+PyTorch habits that work: ``.to(torch.float64)`` / ``.to("float64")`` / ``.double()`` /
+``.float()`` cast every parameter in place and return the module; ``.to("cpu")`` and
+``.cpu()`` are no-ops (fastrnn runs on the CPU; another device raises ``ValueError``);
+``state_dict(format="torch")`` gives tensors that ``torch.nn.LSTM.load_state_dict`` takes
+(torch refuses NumPy arrays).
 """
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ from collections import OrderedDict
 from typing import Iterator, Tuple
 
 import numpy as np
+
+from .._common import check_device, normalize_dtype
 
 
 class Parameter:
@@ -74,6 +83,14 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype})"
+
+
+def _is_device(value) -> bool:
+    """A torch.device, or a string naming a device rather than a dtype."""
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return True
+    return isinstance(value, str) and value.split(":", 1)[0].strip().lower() in (
+        "cpu", "cuda", "mps", "xpu", "meta", "hip", "xla", "ipu", "vulkan", "mkldnn")
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -149,10 +166,82 @@ class Module:
         for parameter in self.parameters():
             parameter.grad[...] = 0
 
+    # -- dtype and device (PyTorch's spellings) ----------------------------------------
+    def to(self, *args, dtype=None, device=None) -> "Module":
+        """Cast every parameter (and its gradient) to ``dtype``, in place; returns self.
+
+        As ``torch.nn.Module.to``: ``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or
+        keywords; ``dtype`` float32 or float64 in any spelling (``torch.float64``,
+        ``"float64"``, ``np.float64``); ``device`` must be the CPU. A cast drops what the
+        last forward kept for backward (it belongs to the old dtype).
+        """
+        if len(args) > 2:
+            raise TypeError(f"to() takes at most 2 positional arguments, got {len(args)}")
+        for arg in args:
+            if _is_device(arg):
+                device = arg
+            elif dtype is None:
+                dtype = arg
+            else:
+                raise TypeError(f"to() got two dtypes: {dtype!r} and {arg!r}")
+        check_device(device)
+        if dtype is not None:
+            self._cast(normalize_dtype(dtype))
+        return self
+
+    def float(self) -> "Module":
+        """Cast every parameter to float32 (see :meth:`to`)."""
+        return self.to(np.float32)
+
+    def double(self) -> "Module":
+        """Cast every parameter to float64 (see :meth:`to`)."""
+        return self.to(np.float64)
+
+    def cpu(self) -> "Module":
+        """A no-op returning self: fastrnn's modules live on the CPU."""
+        return self
+
+    def cuda(self, device=None) -> "Module":
+        raise ValueError("fastrnn runs on the CPU only: there is no cuda(); the modules "
+                         "already run on the CPU")
+
+    def _cast(self, dtype: np.dtype) -> None:
+        for _, module in self.named_modules():
+            for parameter in module._parameters.values():
+                if parameter.value.dtype != dtype:
+                    parameter.value = parameter.value.astype(dtype)
+                    parameter.grad = parameter.grad.astype(dtype)
+            module._drop_tape()
+            module._set_dtype(dtype)
+
+    def _set_dtype(self, dtype: np.dtype) -> None:
+        """Record a new dtype after a cast (modules that keep a ``dtype`` attribute)."""
+        if "dtype" in self.__dict__:
+            object.__setattr__(self, "dtype", dtype)
+
+    def _drop_tape(self) -> None:
+        """Forget what the last forward kept for backward (overridden where there is any)."""
+
     # -- state -----------------------------------------------------------------------
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter value, by name."""
-        return OrderedDict((name, p.value.copy()) for name, p in self.named_parameters())
+    def state_dict(self, format: str = "numpy") -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter value, by name.
+
+        ``format="numpy"`` (default): NumPy arrays. ``format="torch"``: torch tensors, which
+        the PyTorch module of the same architecture loads directly
+        (``torch.nn.LSTM(...).load_state_dict(lstm.state_dict(format="torch"))``; torch
+        refuses NumPy arrays). Needs torch installed.
+        """
+        if format not in ("numpy", "torch"):
+            raise ValueError(f"format must be 'numpy' or 'torch', got {format!r}")
+        state = OrderedDict((name, p.value.copy()) for name, p in self.named_parameters())
+        if format == "torch":
+            try:
+                import torch
+            except ImportError:
+                raise ImportError("state_dict(format='torch') needs PyTorch: "
+                                  "pip install torch") from None
+            state = OrderedDict((name, torch.from_numpy(v)) for name, v in state.items())
+        return state
 
     def load_state_dict(self, state_dict, strict: bool = True) -> None:
         """Copy values in by name (NumPy arrays or torch tensors).

@@ -24,9 +24,15 @@ final states come from each sequence's last valid step, and the reverse directio
 sequence backwards from its own last valid step (each row is reversed within its length by
 an index gather, run through the forward kernel and gathered back).
 
-There is no autograd: a training-mode forward keeps what :meth:`backward` needs; backward
-accumulates into each ``Parameter.grad`` and stores the initial-state gradients as
-``grad_h0`` (and ``grad_c0``).
+There is no autograd: a forward with grad enabled (the default; see
+:mod:`fastrnn.grad_mode`) keeps what :meth:`backward` needs, in train and eval mode alike
+(``eval()`` only switches dropout off, as in PyTorch); under ``fastrnn.no_grad()`` the
+forward takes the kernels' inference path and keeps nothing. Backward accumulates into each
+``Parameter.grad`` and stores the initial-state gradients as ``grad_h0`` (and ``grad_c0``).
+
+``x`` may also be a ``torch.nn.utils.rnn.PackedSequence``: it is unpacked to padded
+arrays and lengths, and ``y`` comes back as a PackedSequence with the same packing (the
+final states, in the original batch order, are arrays as usual); see :mod:`._packed`.
 """
 from __future__ import annotations
 
@@ -37,13 +43,15 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import _core, ops
-from .._common import _check_lengths, check_nonlinearity
+from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_nonlinearity,
+                       check_positive_int, normalize_dtype)
+from ..grad_mode import is_grad_enabled
+from . import _packed
 from ._packs import cached_packs
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INITS = ("pytorch", "keras")
 _WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -54,12 +62,6 @@ _WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 def _shape_str(shape) -> str:
     return str(tuple(int(s) for s in shape))
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _flag(name: str, value) -> bool:
@@ -78,16 +80,6 @@ def _dropout(value, num_layers: int) -> float:
     return float(value)
 
 
-def _module_dtype(value) -> np.dtype:
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype not in _DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {value!r}")
-    return dtype
-
-
 def _generator(seed) -> np.random.Generator:
     if seed is None or isinstance(seed, np.random.Generator) or (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
@@ -96,17 +88,28 @@ def _generator(seed) -> np.random.Generator:
 
 
 def _array(name: str, value, dtype: np.dtype) -> np.ndarray:
-    """``value`` (ndarray or torch tensor) as an ndarray of exactly ``dtype`` (else TypeError)."""
+    """``value`` (ndarray or torch tensor) as an ndarray of exactly ``dtype``.
+
+    Another dtype raises ``ValueError``, as PyTorch's RNN layers do for an input that does
+    not match their weights."""
     if type(value) is np.ndarray and value.dtype == dtype:  # the common case, first
         return value
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = value.detach().cpu().numpy()
     array = np.asarray(value)
     if array.dtype != dtype:
-        raise TypeError(f"{name} must have the module's dtype {dtype}, got {array.dtype}; "
-                        f"convert it with .astype(np.{dtype}) or build the module with "
-                        f"dtype=np.{array.dtype}")
+        hint = f"convert it with .astype(np.{dtype})"
+        if array.dtype in _SUPPORTED_DTYPES:   # only suggest dtypes a module can have
+            hint += f", or convert the module with .to(np.{array.dtype})"
+        raise ValueError(f"{name} must have the module's dtype {dtype}, got {array.dtype}; "
+                         f"{hint}")
     return array
+
+
+def _empty_batch(x_t) -> bool:
+    """x_t is (0, I): step() answers it in Python (the C stepper must not see B = 0)."""
+    shape = getattr(x_t, "shape", None)
+    return shape is not None and len(shape) == 2 and shape[0] == 0
 
 
 def _check_shape(name: str, array: np.ndarray, expected, meaning: str) -> None:
@@ -196,6 +199,11 @@ class _Tape(NamedTuple):
     layout: _Layout
     T: int
     B: int
+    packing: Optional[_packed.Packing] = None   # how x was packed, if it was
+
+
+# What a forward under no_grad leaves instead of a tape: backward then says why it cannot run.
+_NO_GRAD_TAPE = "no_grad"
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,16 +224,17 @@ class _RecurrentBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
-                 init="pytorch"):
+                 init="pytorch", device=None):
         super().__init__()
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
+        check_device(device)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
         self.bias = _flag("bias", bias)
         self.batch_first = _flag("batch_first", batch_first)
         self.dropout = _dropout(dropout, self.num_layers)
         self.bidirectional = _flag("bidirectional", bidirectional)
-        self.dtype = _module_dtype(dtype)
+        self.dtype = normalize_dtype(dtype)
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.init = init
@@ -318,19 +327,21 @@ class _RecurrentBase(Module):
     def forward(self, x, hx=None, lengths=None):
         """Run the whole sequence: ``y, h_n = module(x, h0=None, lengths=None)``.
 
-        ``x (T, B, I)`` (``(B, T, I)`` with batch_first, ``(T, I)`` unbatched); ``hx`` the
-        initial hidden state ``(L*D, B, H)`` or None (zeros); ``lengths (B,)`` integers in
-        [1, T] or None. Returns ``y (T, B, D*H)`` in the layout of ``x`` and
-        ``h_n (L*D, B, H)``. In training mode the forward keeps what :meth:`backward` needs.
+        ``x (T, B, I)`` (``(B, T, I)`` with batch_first, ``(T, I)`` unbatched, or a
+        PackedSequence); ``hx`` the initial hidden state ``(L*D, B, H)`` or None (zeros);
+        ``lengths (B,)`` integers in [1, T] or None. Returns ``y (T, B, D*H)`` in the layout
+        of ``x`` and ``h_n (L*D, B, H)``. With grad enabled (outside ``fastrnn.no_grad()``)
+        the forward keeps what :meth:`backward` needs; ``eval()`` only turns dropout off.
         """
         y, finals = self._forward(x, self._unpack_state(hx, "hx"), lengths)
         return y, self._pack_state(finals)
 
     def backward(self, dy, dh_n=None):
-        """BPTT for the last training-mode forward: returns ``dx`` in the layout of ``x``.
+        """BPTT for the last forward (run with grad enabled): returns ``dx`` like ``x``.
 
-        ``dy`` like ``y`` and ``dh_n`` like ``h_n`` (None = zero). Parameter gradients are
-        added to each ``Parameter.grad``; the gradient of ``h0`` is stored as ``grad_h0``.
+        ``dy`` like ``y`` (a PackedSequence if ``x`` was one) and ``dh_n`` like ``h_n``
+        (None = zero). Parameter gradients are added to each ``Parameter.grad``; the
+        gradient of ``h0`` is stored as ``grad_h0``.
         """
         return self._backward(dy, (dh_n,))
 
@@ -375,8 +386,12 @@ class _RecurrentBase(Module):
         return (keep * scale).astype(self.dtype)
 
     def _forward(self, x, states, lengths):
+        packing = None
+        if _packed.is_packed(x):
+            x, lengths, packing = _packed.unpack("x", x, lengths, self.batch_first)
         x, layout = self._input(x)
         T, B = x.shape[:2]
+        keep = is_grad_enabled()   # save what backward needs (grad mode, not train mode)
         if lengths is not None and layout.unbatched:
             raise ValueError("lengths needs batched input x (T, B, I); got unbatched x (T, I)")
         lengths = _check_lengths(lengths, T, B)
@@ -394,7 +409,7 @@ class _RecurrentBase(Module):
                 k = layer * self.num_directions + direction
                 initial = tuple(None if s is None else s[k] for s in states)
                 y, final, cache = self._run_direction(layer, direction, layer_input, initial,
-                                                      lengths, reverser)
+                                                      lengths, reverser, keep)
                 outputs.append(y)
                 layer_caches.append(cache)
                 for i, state in enumerate(final):
@@ -402,22 +417,29 @@ class _RecurrentBase(Module):
             masks.append(mask)
             caches.append(layer_caches)
             layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
-        self._tape = _Tape(caches, masks, reverser, layout, T, B) if self.training else None
-        return layout.seq_out(layer_input), tuple(layout.state_out(np.stack(f)) for f in finals)
+        self._tape = (_Tape(caches, masks, reverser, layout, T, B, packing) if keep
+                      else _NO_GRAD_TAPE)
+        y = layout.seq_out(layer_input)
+        if packing is not None:
+            y = _packed.pack(y, packing, self.batch_first)
+        return y, tuple(layout.state_out(np.stack(f)) for f in finals)
 
-    def _run_direction(self, layer, direction, x, initial, lengths, reverser):
-        """One layer and direction over the sequence (reverse: within each length)."""
+    def _run_direction(self, layer, direction, x, initial, lengths, reverser, keep):
+        """One layer and direction over the sequence (reverse: within each length);
+        ``keep``: save what backward needs (else the kernels' inference path)."""
         if direction:
             x = reverser(x)
-        packs = self._packs(layer, direction, self.training)
+        packs = self._packs(layer, direction, keep)
         y, final, cache = self._kernel_forward(x, initial, self._weights(layer, direction),
-                                               lengths, self.training, packs)
+                                               lengths, keep, packs)
         return (reverser(y) if direction else y), final, cache
 
     # -- backward --------------------------------------------------------------------------
     def _upstream(self, dy, dfinals, tape: _Tape):
         """dy as (T, B, D*H) or None; each final-state gradient as (L*D, B, H) or None."""
         layout, D, H = tape.layout, self.num_directions, self.hidden_size
+        if dy is not None and tape.packing is not None:
+            dy = _packed.unpack_like("dy", dy, tape.packing, self.batch_first)
         if dy is not None:
             dy = _array("dy", dy, self.dtype)
             _check_shape("dy", dy, layout.seq_shape(tape.T, tape.B, D * H), "(the shape of y)")
@@ -435,10 +457,15 @@ class _RecurrentBase(Module):
 
     def _backward(self, dy, dfinals):
         tape = self._tape
+        if tape is _NO_GRAD_TAPE:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: the last forward ran with grad disabled "
+                "(inside fastrnn.no_grad() or inference_mode()), so it kept nothing for "
+                "backward; run the forward outside no_grad to backpropagate")
         if tape is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward needs a preceding forward in training mode "
-                "(call .train() before the forward; each forward allows one backward)")
+                f"{type(self).__name__}.backward needs a preceding forward with grad enabled "
+                "(each forward allows one backward)")
         dy, dfinals = self._upstream(dy, dfinals, tape)
         D, H = self.num_directions, self.hidden_size
         dinitial = [np.zeros((self.num_layers * D, tape.B, H), self.dtype)
@@ -459,7 +486,11 @@ class _RecurrentBase(Module):
         self._tape = None
         for name, grad in zip(self._state_names, dinitial):
             setattr(self, f"grad_{name}0", tape.layout.state_out(grad))
-        return tape.layout.seq_out(dy)
+        dx = tape.layout.seq_out(dy)
+        return dx if tape.packing is None else _packed.pack(dx, tape.packing, self.batch_first)
+
+    def _drop_tape(self) -> None:
+        self._tape = None
 
     def _backward_direction(self, layer, direction, dy, dfinal, tape: _Tape):
         """Kernel backward of one layer and direction; adds its weight gradients."""
@@ -481,7 +512,23 @@ class _RecurrentBase(Module):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional module: the reverse direction of a "
                              "bidirectional one reads the whole sequence; call the module on it")
+        if _empty_batch(x_t):
+            return self._empty_step(x_t, state)
         return self._stepper().step(x_t, state)
+
+    def _empty_step(self, x_t, state):
+        """step() on a batch of 0 rows: checked like any other, empty results, no kernel."""
+        x_t = _array("x_t", x_t, self.dtype)
+        if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
+            raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
+                             f"got {_shape_str(x_t.shape)}")
+        shape = (self.num_layers, 0, self.hidden_size)
+        for name, s in zip(self._state_names, self._unpack_state(state, "state")):
+            if s is not None:
+                _check_shape("state " + name, _array("state " + name, s, self.dtype), shape,
+                             "(num_layers, batch, hidden_size)")
+        new = tuple(np.empty(shape, self.dtype) for _ in self._state_names)
+        return np.empty((0, self.hidden_size), self.dtype), self._pack_state(new)
 
     def _stepper(self) -> _core.Stepper:
         """The C-level stepper over this module's weights and packs, rebuilt only after any
