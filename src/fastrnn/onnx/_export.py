@@ -151,7 +151,8 @@ def _ids_input(g: Graph, name: str, shape) -> str:
 def _step_mask(g: Graph, y: str, lengths: str) -> str:
     """``(T, B, 1)`` 1 where ``t < lengths[b]``, else 0, in the model's dtype."""
     T = g.op("Gather", g.op("Shape", y), g.scalar(0), axis=0)               # scalar
-    steps = g.op("Range", g.scalar(0), T, g.scalar(1))                      # (T,)
+    steps = g.op("Range", g.scalar(0), T, g.scalar(1))                      # (T,) int64
+    lengths = g.op("Cast", lengths, to=g.onnx.TensorProto.INT64)            # (B,)
     valid = g.op("Less", g.unsqueeze(steps, [1]), lengths)                  # (T, B)
     return g.unsqueeze(g.op("Cast", valid, to=g.float_type), [2])
 

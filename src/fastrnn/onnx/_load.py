@@ -147,6 +147,14 @@ class RecurrentNode:
         return y, list(finals) if self.kind == "lstm" else [finals]
 
 
+def peephole_kernel_available() -> bool:
+    """Whether fastrnn's LSTM takes ``peepholes=True`` (the kernel nonzero P needs)."""
+    import inspect
+
+    from ..nn.recurrent import LSTM
+    return "peepholes" in inspect.signature(LSTM.__init__).parameters
+
+
 def _check_peepholes(node: RecurrentNode, P) -> None:
     """Zero peepholes compute plain LSTM; nonzero ones need a kernel fastrnn lacks."""
     if P is not None and np.any(P):
