@@ -332,6 +332,10 @@ def export(obj, path=None, *, lengths: bool = False, initial_state: bool = False
       token. ``OneToManyGenerator``: the same decoder step; its 'encoder' maps
       ``source (B, I)`` to the initial state.
 
+    ``obj.dtype`` is the file's element type. onnxruntime runs float32 files; float64 files
+    are valid ONNX, but onnxruntime has no float64 RNN/LSTM/GRU kernels (onnx's
+    ``ReferenceEvaluator`` runs them).
+
     The graph is the eval-mode function (dropout is the identity). Raises ValueError for
     what ONNX's operators cannot express (naming the option), TypeError for other objects.
     A failed write leaves no file behind.
