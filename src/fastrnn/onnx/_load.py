@@ -78,10 +78,6 @@ class RecurrentNode:
                                   "(it parameterises activations fastrnn does not compute)")
         return attributes
 
-    def _runtime_weight_slots(self) -> List[str]:
-        return [slot for slot in _WEIGHT_INPUTS if self.inputs.get(slot)] \
-            if self.module is None else []
-
     def _build(self, weights: Dict[str, Optional[np.ndarray]]):
         """The fastrnn module for this node's weights (ONNX layout, converted)."""
         W, R = weights["W"], weights["R"]
@@ -126,8 +122,8 @@ class RecurrentNode:
         if module is None:
             module = self._build({slot: given.get(slot) for slot in _WEIGHT_INPUTS})
         X = given["X"]
-        states = [given.get("initial_h"), given.get("initial_c")][:2 if self.kind == "lstm"
-                                                                   else 1]
+        state_slots = ("initial_h", "initial_c") if self.kind == "lstm" else ("initial_h",)
+        states = [given.get(slot) for slot in state_slots]
         if self.layout == 1:                     # batch-major: X (B, T, I), states (B, D, H)
             X = X.transpose(1, 0, 2)
             states = [None if s is None else s.transpose(1, 0, 2) for s in states]
