@@ -359,7 +359,7 @@ def test_run_names_missing_and_unknown_inputs():
 def test_load_checks_the_file(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"not a protobuf")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="broken.onnx is not an ONNX model"):
         fastrnn.onnx.load(path)
     with pytest.raises(FileNotFoundError):
         fastrnn.onnx.load(tmp_path / "absent.onnx")

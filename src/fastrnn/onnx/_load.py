@@ -341,6 +341,11 @@ def load(source) -> OnnxRecurrentGraph:
         if size > _MAX_FILE_BYTES:
             raise ValueError(f"{path} holds {size} bytes, more than one ONNX protobuf can "
                              "(2 GiB); models with external data are not supported")
-        model = onnx.load(path, load_external_data=False)
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as exc:   # protobuf's DecodeError and kin
+            if isinstance(exc, OSError):
+                raise
+            raise ValueError(f"{path} is not an ONNX model: {exc}") from None
     onnx.checker.check_model(model)
     return OnnxRecurrentGraph(model)
