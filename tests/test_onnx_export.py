@@ -290,6 +290,28 @@ def test_greedy_decoding_through_onnxruntime_matches_predict():
     assert decoded == model.predict(words, max_len=4)
 
 
+# -- peepholes (LSTM(peepholes=True), once that kernel is on main) ----------------------------
+@pytest.mark.skipif(not fastrnn.onnx._load.peephole_kernel_available(),
+                    reason="LSTM(peepholes=True) is not built yet")
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_peephole_lstm_exports_p_and_loads_back(bidirectional):
+    pytest.importorskip("onnxruntime")
+    module = LSTM(I, H, num_layers=2, bidirectional=bidirectional, peepholes=True, seed=0)
+    rng = np.random.default_rng(0)
+    for name, p in module.named_parameters():
+        if name.startswith("weight_p"):
+            p.value[...] = rng.uniform(-.5, .5, p.shape)
+    module.eval()
+    model = fastrnn.onnx.export(module, lengths=True)
+    assert sum(len(n.input) == 8 and n.input[7] != "" for n in model.graph.node) == 2
+    feeds = _feeds(module, rng, np.float32, True, False)
+    expected = _fastrnn_outputs(module, feeds)
+    _assert_outputs(run_onnxruntime(model, feeds), expected, np.float32)
+    loaded = fastrnn.onnx.load(model).run(feeds)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(loaded[name], value)
+
+
 # -- errors -------------------------------------------------------------------------------------
 def test_export_refuses_what_onnx_cannot_express():
     lstm = _module("lstm", np.float32)
@@ -317,6 +339,10 @@ def test_export_refuses_what_onnx_cannot_express():
      "without lengths"),
     (lambda: fastrnn.onnx.export(SequenceClassifier(2, input_size=3), initial_state=True),
      ValueError, "initial_state=False"),
+    (lambda: fastrnn.convert.to_onnx(GRU(I, H, num_layers=2), layer=2), ValueError,
+     r"layer must be an int in \[0, 2\), got 2"),
+    (lambda: fastrnn.convert.onnx_attributes(fastrnn.GRUCell(I, H), layer=1), ValueError,
+     "a cell has one layer, got layer=1"),
 ])
 def test_export_errors(call, error, match):
     with pytest.raises(error, match=match):
