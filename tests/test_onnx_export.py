@@ -313,6 +313,14 @@ def test_peephole_lstm_exports_p_and_loads_back(bidirectional):
 
 
 # -- errors -------------------------------------------------------------------------------------
+def test_export_asks_the_module_what_onnx_cannot_express():
+    """Layers with variant options say why ONNX cannot hold them (onnx_unsupported_reason)."""
+    lstm = _module("lstm", np.float32)
+    lstm.onnx_unsupported_reason = lambda: "recurrent_dropout: no recurrent dropout in ONNX"
+    with pytest.raises(ValueError, match="cannot export LSTM to ONNX: recurrent_dropout: no"):
+        fastrnn.onnx.export(lstm)
+
+
 def test_export_refuses_what_onnx_cannot_express():
     lstm = _module("lstm", np.float32)
     lstm.proj_size = 3               # as LSTM(proj_size=3) would say

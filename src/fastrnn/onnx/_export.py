@@ -46,6 +46,12 @@ class Stack(NamedTuple):
 
 # -- the recurrent stack ----------------------------------------------------------------------
 def _check_expressible(module) -> None:
+    """Raise for options ONNX's operators cannot compute: the module's own account
+    (``onnx_unsupported_reason()``, where the layers have it), else its option values."""
+    hook = getattr(module, "onnx_unsupported_reason", None)
+    reason = hook() if callable(hook) else None
+    if reason:
+        raise ValueError(f"cannot export {type(module).__name__} to ONNX: {reason}")
     for option, why in _INEXPRESSIBLE.items():
         value = getattr(module, option, None)
         if value:
