@@ -11,6 +11,8 @@
 * ``fastrnn.models``: language model, sequence classifier and regressor, seq2seq, and a
   one-to-many generator, each with fit / evaluate / predict / save / load;
   ``fastrnn.generate`` samples text from a language model.
+* ``fastrnn.onnx``: ``export`` modules and models to ONNX files, ``load`` ONNX RNN/LSTM/GRU
+  graphs into fastrnn (needs the optional ``onnx`` package, imported on first use).
 """
 from ._threads import get_num_threads, set_num_threads  # first: it prepares OpenMP
 
@@ -22,11 +24,12 @@ from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .models import (LanguageModel, OneToManyGenerator, Seq2Seq, SequenceClassifier,
                      SequenceRegressor)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from . import onnx  # noqa: E402  (fastrnn.onnx; the onnx package itself loads lazily)
 
 __version__ = "0.1.0"
 __all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert", "models", "data",
            "generate", "LanguageModel", "SequenceClassifier", "SequenceRegressor", "Seq2Seq",
-           "OneToManyGenerator",
+           "OneToManyGenerator", "onnx",
            "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
            "RNNGrads", "LSTMGrads", "GRUGrads", "set_num_threads", "get_num_threads",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__",

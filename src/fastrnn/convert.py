@@ -124,19 +124,27 @@ def _kind_of(module) -> str:
                     f"got {type(module).__name__}")
 
 
-def _read(module):
-    """(kind, directions, options) of a one-layer module or a cell, in PyTorch layout."""
+def _read(module, layer=None):
+    """(kind, directions, options) of a one-layer module or a cell, in PyTorch layout;
+    with ``layer`` an int, of that layer of a stacked module."""
     kind = _kind_of(module)
     state = module.state_dict()
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     if "weight_ih" in state:  # a cell
+        if layer not in (None, 0):
+            raise ValueError(f"a cell has one layer, got layer={layer!r}")
         directions = [Direction(*(state.get(n) for n in names))]
     else:
-        if "weight_ih_l1" in state:
-            raise ValueError(f"{type(module).__name__} has num_layers > 1; Keras and ONNX "
-                             "layers are one layer each: convert layer by layer")
-        reverses = (False, True) if "weight_ih_l0_reverse" in state else (False,)
-        directions = [Direction(*(state.get(n + _suffix(0, r)) for n in names))
+        if layer is None:
+            if "weight_ih_l1" in state:
+                raise ValueError(f"{type(module).__name__} has num_layers > 1; Keras and "
+                                 "ONNX layers are one layer each: convert layer by layer")
+            layer = 0
+        elif f"weight_ih_l{layer}" not in state or isinstance(layer, bool):
+            raise ValueError(f"layer must be an int in [0, {module.num_layers}), "
+                             f"got {layer!r}")
+        reverses = (False, True) if f"weight_ih_l{layer}_reverse" in state else (False,)
+        directions = [Direction(*(state.get(n + _suffix(layer, r)) for n in names))
                       for r in reverses]
     options = {"rnn": {"nonlinearity": getattr(module, "nonlinearity", None)},
                "gru": {"reset_after": getattr(module, "reset_after", None)}}.get(kind, {})
@@ -344,14 +352,14 @@ def from_onnx(op_type: str, W, R, B=None, *, linear_before_reset: int = 0,
     return _build(kind, directions, dtype=dtype, batch_first=bool(layout), **options)
 
 
-def to_onnx(module):
+def to_onnx(module, layer=None):
     """``(W, R, B)`` for an ONNX node computing a one-layer fastrnn module or cell.
 
     Shapes ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)`` (None without bias), in
     ONNX gate order. Inverse of :func:`from_onnx`; :func:`onnx_attributes` gives the node's
-    attributes.
+    attributes. ``layer=k`` converts layer k of a stacked module (one ONNX node per layer).
     """
-    kind, directions, _ = _read(module)
+    kind, directions, _ = _read(module, layer)
     order, source = ONNX_GATES[kind], TORCH_GATES[kind]
 
     def stacked(field):
@@ -363,13 +371,14 @@ def to_onnx(module):
     return W, R, np.concatenate([stacked("b_ih"), stacked("b_hh")], axis=1)
 
 
-def onnx_attributes(module) -> dict:
+def onnx_attributes(module, layer=None) -> dict:
     """The ONNX node's ``op_type`` and attributes for a one-layer fastrnn module or cell:
     ``hidden_size``, ``direction``, ``activations`` and (GRU) ``linear_before_reset``.
 
     ``from_onnx(*to_onnx(m) ...)`` round trip: ``from_onnx(W=W, R=R, B=B, **attrs)``.
+    ``layer=k``: the attributes of layer k of a stacked module.
     """
-    kind, directions, options = _read(module)
+    kind, directions, options = _read(module, layer)
     D = len(directions)
     attributes = {"op_type": {v: k for k, v in ONNX_OPS.items()}[kind],
                   "hidden_size": int(directions[0].w_hh.shape[1]),
