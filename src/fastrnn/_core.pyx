@@ -8,6 +8,7 @@ None where the C API accepts NULL. The GIL is released around every kernel.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 cdef extern from "blas.h":
     ctypedef void (*fr_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
@@ -87,6 +88,14 @@ GRU_SAVED_PER_UNIT = FR_GRU_SAVED_PER_UNIT
 
 cdef inline floating* mut(floating[::1] a) noexcept nogil:
     return &a[0] if a is not None else NULL
+
+
+# After the csrc headers: NumPy's headers bring complex.h, whose macro I would clash with
+# the kernels' parameter names.
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
 
 
 cdef inline const floating* ro(const floating[::1] a) noexcept nogil:
@@ -286,7 +295,6 @@ def pack(const floating[::1] w_hh, str cell, bint backward, Py_ssize_t H):
     """w_hh (G*H*H,) packed for the forward (backward=False) or backward time loop of
     ``cell`` under the current ISA level: a 64-byte aligned uint8 array to hand to the
     kernels as ``pack=``. Valid only while w_hh is unchanged (the caller's duty)."""
-    import numpy as np
     cdef int cell_id = CELL_IDS[cell]
     cdef size_t nbytes
     if floating is float:
@@ -391,18 +399,34 @@ def gemm(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] B,
 
 # -- a stepper: one streaming step of a whole stack from Python at the least cost ------------
 
+ctypedef struct StepWeights:
+    # one layer's operands, kept alive by Stepper.layers: w_ih (G*H, I or H), w_hh (G*H, H),
+    # b_ih, b_hh (G*H) or NULL, pack (the forward panel of w_hh) or NULL
+    const void *w_ih
+    const void *w_hh
+    const void *b_ih
+    const void *b_hh
+    const void *pack
+
+
+cdef inline const void* data_or_null(a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
 cdef class Stepper:
     """The layers of a unidirectional recurrent module held for step-by-step inference.
 
     Built by the layer (fastrnn.nn.recurrent) from its own contiguous weights and packs,
-    which it keeps alive and unchanged while the stepper is in use; ``step`` then checks
-    only what a caller can get wrong (x_t and the states) and runs every layer's C step
-    with the GIL released. ``kind``: 'rnn', 'rnn_relu', 'lstm', 'gru', 'gru_reset_before'.
+    which it keeps alive and unchanged while the stepper is in use; the stepper keeps raw
+    pointers to them, so ``step`` only checks what a caller can get wrong (x_t and the
+    states), allocates the new states and runs every layer's C step with the GIL released.
+    ``kind``: 'rnn', 'rnn_relu', 'lstm', 'gru', 'gru_reset_before'.
     """
-    cdef object layers      # per layer: (w_ih, w_hh, b_ih, b_hh, pack)
+    cdef object layers      # per layer: (w_ih, w_hh, b_ih, b_hh, pack), owned for the pointers
+    cdef StepWeights *weights
     cdef object dtype
     cdef object convert     # convert(name, value): an ndarray of dtype, or a clear error
-    cdef int kind, n_states
+    cdef int kind, n_states, typenum
     cdef Py_ssize_t n_layers, n_input, n_hidden
 
     def __init__(self, str kind, layers, dtype, Py_ssize_t input_size, Py_ssize_t hidden_size,
@@ -410,108 +434,148 @@ cdef class Stepper:
         kinds = ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_before")
         self.kind = kinds.index(kind)
         self.n_states = 2 if kind == "lstm" else 1
-        self.layers = tuple(layers)
-        self.dtype = dtype
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Stepper dtype must be float32 or float64, got {self.dtype}")
+        self.typenum = self.dtype.num
         self.convert = convert
-        self.n_layers = len(self.layers)
         self.n_input = input_size
         self.n_hidden = hidden_size
+        self.layers = tuple(tuple(self._owned(a) for a in layer) for layer in layers)
+        self.n_layers = len(self.layers)
+        self.weights = <StepWeights*>PyMem_Malloc(max(self.n_layers, 1) * sizeof(StepWeights))
+        if self.weights == NULL:
+            raise MemoryError("Stepper: no memory for the layer table")
+        for k, (w_ih, w_hh, b_ih, b_hh, pack) in enumerate(self.layers):
+            self.weights[k] = StepWeights(data_or_null(w_ih), data_or_null(w_hh),
+                                          data_or_null(b_ih), data_or_null(b_hh),
+                                          data_or_null(pack))
 
-    cdef object _state(self, object s, Py_ssize_t B, str name):
-        import numpy as np
-        shape = (self.n_layers, B, self.n_hidden)
+    def __dealloc__(self):
+        PyMem_Free(self.weights)
+
+    def _owned(self, a):
+        """a itself when it is a C-contiguous ndarray (the stepper points into it)."""
+        if a is None:
+            return None
+        if type(a) is not np.ndarray or not a.flags.c_contiguous:
+            raise TypeError("Stepper operands must be C-contiguous ndarrays")
+        if a.dtype != np.uint8 and a.dtype != self.dtype:
+            raise TypeError(f"Stepper operands must be {self.dtype}, got {a.dtype}")
+        return a
+
+    cdef inline bint _ready(self, a):
+        return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == self.typenum
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+
+    cdef cnp.ndarray _state(self, object s, Py_ssize_t B, str name):
+        cdef cnp.npy_intp dims[3]
+        dims[0] = self.n_layers
+        dims[1] = B
+        dims[2] = self.n_hidden
         if s is None:
-            return np.zeros(shape, self.dtype)
-        if type(s) is not np.ndarray or s.dtype != self.dtype:
-            s = self.convert("state " + name, s)
-        if s.shape != shape:
+            return cnp.PyArray_ZEROS(3, dims, self.typenum, 0)
+        if not self._ready(s):
+            s = np.ascontiguousarray(self.convert("state " + name, s))
+        cdef cnp.ndarray a = <cnp.ndarray>s
+        if (a.ndim != 3 or a.shape[0] != dims[0] or a.shape[1] != B
+                or a.shape[2] != self.n_hidden):
             raise ValueError(f"state {name} must have shape (num_layers, batch, "
-                             f"hidden_size) = {shape}, got {s.shape}")
-        return s if s.flags.c_contiguous else np.ascontiguousarray(s)
+                             f"hidden_size) = {(self.n_layers, B, self.n_hidden)}, "
+                             f"got {tuple(s.shape)}")
+        return a
 
     def step(self, x_t, state):
         """``(out (B, H), new state)`` for ``x_t (B, I)`` and ``state`` ((L, B, H), a pair
         of them for LSTM, or None: zeros)."""
-        import numpy as np
-        if type(x_t) is not np.ndarray or x_t.dtype != self.dtype:
-            x_t = self.convert("x_t", x_t)
-        if not x_t.flags.c_contiguous:
-            x_t = np.ascontiguousarray(x_t)
-        if x_t.ndim != 2 or x_t.shape[1] != self.n_input:
+        if not self._ready(x_t):
+            x_t = np.ascontiguousarray(self.convert("x_t", x_t))
+        cdef cnp.ndarray x = <cnp.ndarray>x_t
+        if x.ndim != 2 or x.shape[1] != self.n_input:
             raise ValueError(f"x_t must have shape (B, input_size={self.n_input}), got "
                              f"{tuple(x_t.shape)}")
-        cdef Py_ssize_t B = x_t.shape[0]
+        cdef Py_ssize_t B = x.shape[0]
+        cdef cnp.npy_intp dims[3]
+        dims[0] = self.n_layers
+        dims[1] = B
+        dims[2] = self.n_hidden
+        cdef cnp.ndarray h, c = None, new_h, new_c = None
         if self.n_states == 2:
             if state is None:
-                h = c = None
+                h_in = c_in = None
             elif isinstance(state, (tuple, list)) and len(state) == 2:
-                h, c = state
+                h_in, c_in = state
             else:
                 raise TypeError(f"state must be None or a pair (h, c) for LSTM, got "
                                 f"{type(state).__name__}")
-            h = self._state(h, B, "h")
-            c = self._state(c, B, "c")
-            new_h = np.empty((self.n_layers, B, self.n_hidden), self.dtype)
-            new_c = np.empty((self.n_layers, B, self.n_hidden), self.dtype)
+            h = self._state(h_in, B, "h")
+            c = self._state(c_in, B, "c")
+            new_c = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
         else:
             h = self._state(state, B, "h")
-            c = new_c = None
-            new_h = np.empty((self.n_layers, B, self.n_hidden), self.dtype)
-        if self.dtype == np.float32:
-            self._run[float](x_t, h, c, new_h, new_c, B)
+        new_h = cnp.PyArray_EMPTY(3, dims, self.typenum, 0)
+        cdef int status
+        if self.typenum == cnp.NPY_FLOAT32:
+            status = self._run[float](<float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(h),
+                                      <float*>data_or_null(c), <float*>cnp.PyArray_DATA(new_h),
+                                      <float*>data_or_null(new_c), B)
         else:
-            self._run[double](x_t, h, c, new_h, new_c, B)
+            status = self._run[double](<double*>cnp.PyArray_DATA(x),
+                                       <double*>cnp.PyArray_DATA(h), <double*>data_or_null(c),
+                                       <double*>cnp.PyArray_DATA(new_h),
+                                       <double*>data_or_null(new_c), B)
+        check(status)
         out = new_h[self.n_layers - 1]
         return out, ((new_h, new_c) if self.n_states == 2 else new_h)
 
-    cdef _run(self, floating[:, ::1] x, floating[:, :, ::1] hh, floating[:, :, ::1] cc,
-              floating[:, :, ::1] nh, floating[:, :, ::1] nc, Py_ssize_t B):
-        """Every layer's step: x (B, I), states hh, cc -> nh, nc (L, B, H); cc, nc None
+    cdef int _run(self, const floating *x, const floating *hh, const floating *cc,
+                  floating *nh, floating *nc, Py_ssize_t B) noexcept:
+        """Every layer's step: x (B, I), states hh, cc -> nh, nc (L, B, H); cc, nc NULL
         unless LSTM. Layer k > 0 reads layer k-1's new h."""
-        cdef Py_ssize_t layer, width
-        cdef const floating[::1] w_ih, w_hh, b_ih, b_hh
-        cdef const unsigned char[::1] pack
+        cdef Py_ssize_t layer, width, state_size = B * self.n_hidden
         cdef const floating *inp
-        cdef floating *c_new
-        cdef const floating *c_old
+        cdef floating *h_new
+        cdef StepWeights w
         cdef int status = FR_OK
-        for layer in range(self.n_layers):
-            w_ih, w_hh, b_ih, b_hh, pack = self.layers[layer]
-            inp = &x[0, 0] if layer == 0 else &nh[layer - 1, 0, 0]
-            width = self.n_input if layer == 0 else self.n_hidden
-            c_old = &cc[layer, 0, 0] if cc is not None else NULL
-            c_new = &nc[layer, 0, 0] if nc is not None else NULL
-            with nogil:
-                if floating is float:
-                    if self.kind <= 1:
-                        status = fr_rnn_forward_f32(
-                            &nh[layer, 0, 0], &nh[layer, 0, 0], inp, &hh[layer, 0, 0],
-                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 1,
-                            1, B, width, self.n_hidden, pk(pack))
-                    elif self.kind == 2:
-                        status = fr_lstm_forward_f32(
-                            &nh[layer, 0, 0], &nh[layer, 0, 0], c_new, NULL, inp,
-                            &hh[layer, 0, 0], c_old, &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh),
-                            NULL, 1, B, width, self.n_hidden, pk(pack))
-                    else:
-                        status = fr_gru_forward_f32(
-                            &nh[layer, 0, 0], &nh[layer, 0, 0], NULL, inp, &hh[layer, 0, 0],
-                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 3,
-                            1, B, width, self.n_hidden, pk(pack))
-                else:
-                    if self.kind <= 1:
-                        status = fr_rnn_forward_f64(
-                            &nh[layer, 0, 0], &nh[layer, 0, 0], inp, &hh[layer, 0, 0],
-                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 1,
-                            1, B, width, self.n_hidden, pk(pack))
-                    elif self.kind == 2:
-                        status = fr_lstm_forward_f64(
-                            &nh[layer, 0, 0], &nh[layer, 0, 0], c_new, NULL, inp,
-                            &hh[layer, 0, 0], c_old, &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh),
-                            NULL, 1, B, width, self.n_hidden, pk(pack))
-                    else:
-                        status = fr_gru_forward_f64(
-                            &nh[layer, 0, 0], &nh[layer, 0, 0], NULL, inp, &hh[layer, 0, 0],
-                            &w_ih[0], &w_hh[0], ro(b_ih), ro(b_hh), NULL, self.kind == 3,
-                            1, B, width, self.n_hidden, pk(pack))
-            check(status)
+        with nogil:
+            for layer in range(self.n_layers):
+                w = self.weights[layer]
+                inp = x if layer == 0 else nh + (layer - 1) * state_size
+                width = self.n_input if layer == 0 else self.n_hidden
+                h_new = nh + layer * state_size
+                status = step_layer(self.kind, h_new, inp, hh + layer * state_size,
+                                    NULL if cc == NULL else cc + layer * state_size,
+                                    NULL if nc == NULL else nc + layer * state_size, w,
+                                    B, width, self.n_hidden)
+                if status != FR_OK:
+                    break
+        return status
+
+
+cdef inline int step_layer(int kind, floating *h_new, const floating *x, const floating *h,
+                           const floating *c, floating *c_new, StepWeights w, Py_ssize_t B,
+                           Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    """One layer's C step (T = 1): kind 0/1 RNN tanh/relu, 2 LSTM, 3/4 GRU (reset after/
+    before). h_new doubles as the output y."""
+    cdef const floating *w_ih = <const floating*>w.w_ih
+    cdef const floating *w_hh = <const floating*>w.w_hh
+    cdef const floating *b_ih = <const floating*>w.b_ih
+    cdef const floating *b_hh = <const floating*>w.b_hh
+    if floating is float:
+        if kind <= 1:
+            return fr_rnn_forward_f32(h_new, h_new, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+                                      kind == 1, 1, B, I, H, w.pack)
+        if kind == 2:
+            return fr_lstm_forward_f32(h_new, h_new, c_new, NULL, x, h, c, w_ih, w_hh, b_ih,
+                                       b_hh, NULL, 1, B, I, H, w.pack)
+        return fr_gru_forward_f32(h_new, h_new, NULL, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+                                  kind == 3, 1, B, I, H, w.pack)
+    else:
+        if kind <= 1:
+            return fr_rnn_forward_f64(h_new, h_new, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+                                      kind == 1, 1, B, I, H, w.pack)
+        if kind == 2:
+            return fr_lstm_forward_f64(h_new, h_new, c_new, NULL, x, h, c, w_ih, w_hh, b_ih,
+                                       b_hh, NULL, 1, B, I, H, w.pack)
+        return fr_gru_forward_f64(h_new, h_new, NULL, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+                                  kind == 3, 1, B, I, H, w.pack)
