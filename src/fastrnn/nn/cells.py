@@ -47,7 +47,7 @@ from .. import ops
 from .._common import (as_array, check_device, check_nonlinearity, check_positive_int,
                        normalize_dtype)
 from ..grad_mode import is_grad_enabled
-from ._packs import cached_packs
+from ._packs import cached_packs, cached_stepper
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
@@ -109,18 +109,30 @@ class _Cell(Module):
         return tuple(out[1:-1]), out[-1]
 
     def _inference_step(self, x, states, values):
-        """``ops.*_step``: no cache, no per-call validation; states None become zeros."""
+        """The C stepper (nn._packs.cached_stepper): no cache, no per-call validation beyond
+        the stepper's own; states None become zeros. ``(B, H)`` states in and out."""
         B, H = x.shape[0], self.hidden_size
         if B == 0:   # an empty batch: empty states, no kernel call
             return tuple(np.empty((0, H), self.dtype) for _ in states)
-        states = tuple(np.zeros((B, H), self.dtype) if s is None else np.ascontiguousarray(s)
-                       for s in states)
+        stepper = cached_stepper(self, self._step_kind(), lambda: [self._step_weights(values)],
+                                 self.input_size, H, lambda name, value: as_array(
+                                     name, value, self.dtype, owner="the cell's dtype"))
+        lifted = tuple(None if s is None else s[None] for s in states)   # (1, B, H)
+        _, new = stepper.step(x, lifted if self._n_states == 2 else lifted[0])
+        return tuple(s[0] for s in new) if self._n_states == 2 else (new[0],)
+
+    def _step_kind(self) -> str:
+        """The stepper's kind: 'rnn', 'rnn_relu', 'lstm', 'gru' or 'gru_reset_before'."""
         options = self._options()
-        pack = cached_packs(self, 0, self.weight_hh, self._kind, options, False).forward
-        if "nonlinearity" in options:
-            options = {"relu": options["nonlinearity"] == "relu"}
-        return tuple(getattr(ops, f"{self._kind}_step")(x, *states, *values, **options,
-                                                        pack=pack))
+        if options.get("nonlinearity") == "relu":
+            return "rnn_relu"
+        return "gru_reset_before" if options.get("reset_after") is False else self._kind
+
+    def _step_weights(self, values):
+        """``(w_ih, w_hh, b_ih, b_hh, forward pack)``, flat, for the stepper."""
+        pack = cached_packs(self, 0, self.weight_hh, self._kind, self._options(),
+                            False).forward
+        return (*(None if v is None else v.reshape(-1) for v in values), pack)
 
     def _step_backward(self, cache, dstates):
         """Backward of one :meth:`_step`: ``dstates`` tuple of ``(B, H)`` or None.

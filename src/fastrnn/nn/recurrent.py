@@ -47,7 +47,7 @@ from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_no
                        check_positive_int, normalize_dtype)
 from ..grad_mode import is_grad_enabled
 from . import _packed
-from ._packs import cached_packs
+from ._packs import cached_packs, cached_stepper
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -531,21 +531,18 @@ class _RecurrentBase(Module):
         return np.empty((0, self.hidden_size), self.dtype), self._pack_state(new)
 
     def _stepper(self) -> _core.Stepper:
-        """The C-level stepper over this module's weights and packs, rebuilt only after any
-        Parameter changed (Parameter.changes) or the ISA level moved."""
-        key = (Parameter.changes, _core.get_isa())
-        entry = self.__dict__.get("_stepper_entry")
-        if entry is not None and entry[0] == key:
-            return entry[1]
+        """The C-level stepper over this module's weights and packs (nn._packs)."""
+        return cached_stepper(self, self._step_kind(), self._step_layers, self.input_size,
+                              self.hidden_size, lambda name, value: _array(name, value,
+                                                                           self.dtype))
+
+    def _step_layers(self):
+        """Per layer ``(w_ih, w_hh, b_ih, b_hh, forward pack)``, flat, for the stepper."""
         layers = []
         for layer in range(self.num_layers):
             flat = [None if w is None else w.reshape(-1) for w in self._weights(layer, 0)]
             layers.append((*flat, self._packs(layer, 0, False).forward))
-        stepper = _core.Stepper(self._step_kind(), layers, self.dtype, self.input_size,
-                                self.hidden_size, lambda name, value: _array(name, value,
-                                                                             self.dtype))
-        self.__dict__["_stepper_entry"] = (key, stepper)
-        return stepper
+        return layers
 
     def _step_kind(self) -> str:
         return self._cell
