@@ -340,6 +340,7 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
 
 typedef struct {
     int per_step;     /* 1: project_step computes P_t; 0: input_prepare did all of P */
+    int fused;        /* per step, summed into the recurrent tile (step_product): no P_t */
     fr_recurrent rec; /* op(W) = w_ih^T, gate blocks interleaved (per_step) */
     real *bias;       /* (G*H) bias_a + bias_b (per_step) */
     const real *x;    /* (T, B, I) */
@@ -350,11 +351,16 @@ typedef struct {
 static inline int FR_FN(input_per_step)(ptrdiff_t B) { return B >= FR_STEP_PROJECTION_ROWS; }
 
 /* Set the input side up; when it is not per step, P (T, B, G*H) gets the whole projection
- * now. Returns 0, or FR_ERR_NOMEM. */
+ * now. `fuse_with`: the recurrent product of a cell that adds the input and recurrent
+ * products of every gate before its math (RNN, LSTM; not GRU, whose n gate needs them
+ * apart), or NULL; a per-step projection then runs inside that product's tiles
+ * (step_product) when both are panels. Returns 0, or FR_ERR_NOMEM. */
 static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
                                        const real *bias_a, const real *bias_b, ptrdiff_t T,
-                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H) {
+                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H,
+                                       const fr_recurrent *fuse_with) {
     in->per_step = FR_FN(input_per_step)(B);
+    in->fused = 0;
     in->x = x;
     in->B = B;
     in->I = I;
@@ -371,6 +377,7 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     if (!in->bias || FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, B, NULL) != FR_OK)
         return FR_ERR_NOMEM;
     FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
+    in->fused = fuse_with && fuse_with->panel.data && in->rec.panel.data;
     return FR_OK;
 }
 
@@ -411,6 +418,32 @@ static inline void FR_FN(input_step)(const fr_input *in, real *P_t, ptrdiff_t t,
     fr_bias_store s = {P_t, in->bias, in->rec.G, in->rec.H};
     FR_FN(recurrent_apply)(&in->rec, in->x + t * in->B * in->I, in->I, part,
                            FR_FN(bias_store_epilogue), &s, scratch);
+}
+
+/* What the epilogue adds to the step's product for row b: the row of P_t (B, G*H), or,
+ * when the projection is fused into the product, the bias (G*H) alone (every row). */
+static inline const real *FR_FN(input_addend)(const fr_input *in, const real *P_t,
+                                              ptrdiff_t b) {
+    return in->fused ? in->bias : P_t + b * in->N;
+}
+
+/* One step's products for the rows and column blocks of `part`, tile by tile into
+ * epilogue(ctx, ...): the recurrent h_prev (B, K) . op(w_hh), plus x_t w_ih^T in the same
+ * tile when fused; otherwise P_t gets the input projection first (when per step). */
+static inline void FR_FN(step_product)(const fr_input *in, const fr_recurrent *rec,
+                                       real *P_t, ptrdiff_t t, const real *h_prev,
+                                       ptrdiff_t ldh, const fr_part *part,
+                                       fr_epilogue_fn epilogue, void *ctx, real *scratch) {
+    if (in->fused) {
+        ptrdiff_t first, last;
+        fr_part_blocks(part, rec->panel.blocks, &first, &last);
+        FR_FN(panel_product_sum)(&rec->panel, h_prev, ldh, &in->rec.panel,
+                                 in->x + t * in->B * in->I, in->I, part->row0, part->rows,
+                                 first, last, epilogue, ctx);
+        return;
+    }
+    FR_FN(input_step)(in, P_t, t, part, scratch);
+    FR_FN(recurrent_apply)(rec, h_prev, ldh, part, epilogue, ctx, scratch);
 }
 
 /* Bytes of a pack for (cell, backward, H): a header, then each panel 64-byte aligned. */

@@ -24,16 +24,25 @@ typedef void (*fr_epilogue_fn)(void *ctx, const real *acc, ptrdiff_t acc_ld,
                                ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
                                ptrdiff_t unit0, ptrdiff_t units);
 
-/* acc (m, nv*VLEN) = A (m, K; leading dimension lda) . slab (K, nv*VLEN), and with `pair`
- * (two column blocks of one row, m = 1) acc2 = A . slab2 in the same pass. m, nv and pair
- * are constants where this is inlined, so the accumulators live in registers. A single row
- * has too few accumulators to hide the FMA latency: it walks two blocks at once instead
- * (summing every column in the same order as the taller tiles do, so a row's result never
- * depends on how the rows were tiled, which keeps every thread split bitwise equal). */
-static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out, const real *A,
-                                                 ptrdiff_t lda, const real *slab,
-                                                 const real *slab2, ptrdiff_t K, const int m,
-                                                 const int nv, const int pair) {
+/* One operand of a tile's product: rows of A (row i at A + i * lda) against the (K, NB)
+ * slab of a column block, and for `pair` the next block's slab. */
+typedef struct {
+    const real *A;
+    ptrdiff_t lda, K;
+    const real *slab, *slab2;
+} fr_segment;
+
+/* acc (m, nv*VLEN) = sum over the segments of A (m, K) . slab (K, nv*VLEN), and with `pair`
+ * (two column blocks of one row, m = 1) acc2 = the same over slab2, in the same pass. The
+ * second segment (K = 0: none) continues the first one's sums, so x_t w_ih^T + h w_hh^T
+ * is one product over K = I + H. m, nv and pair are constants where this is inlined, so
+ * the accumulators live in registers. A single row has too few accumulators to hide the
+ * FMA latency: it walks two blocks at once instead (summing every column in the same order
+ * as the taller tiles do, so a row's result never depends on how the rows were tiled,
+ * which keeps every thread split bitwise equal). */
+static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out,
+                                                 const fr_segment *seg, int segments,
+                                                 const int m, const int nv, const int pair) {
     const ptrdiff_t NB = nv * FR_VLEN;
     fr_vec acc[FR_MR_MAX][4], acc2[4];
     for (int i = 0; i < m; i++)
@@ -41,19 +50,23 @@ static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out, 
             acc[i][v] = (fr_vec){0};
     for (int v = 0; v < nv; v++)
         acc2[v] = (fr_vec){0};
-    for (ptrdiff_t k = 0; k < K; k++) {
-        const real *p = slab + k * NB;
-        fr_vec b[4];
-        for (int v = 0; v < nv; v++)
-            b[v] = *(const fr_vec *)(p + v * FR_VLEN);
-        for (int i = 0; i < m; i++) {
-            real a = A[i * lda + k];
+    for (int s = 0; s < segments; s++) {
+        const real *A = seg[s].A, *slab = seg[s].slab, *slab2 = seg[s].slab2;
+        const ptrdiff_t lda = seg[s].lda, K = seg[s].K;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const real *p = slab + k * NB;
+            fr_vec b[4];
             for (int v = 0; v < nv; v++)
-                acc[i][v] += a * b[v];
+                b[v] = *(const fr_vec *)(p + v * FR_VLEN);
+            for (int i = 0; i < m; i++) {
+                real a = A[i * lda + k];
+                for (int v = 0; v < nv; v++)
+                    acc[i][v] += a * b[v];
+            }
+            if (pair)
+                for (int v = 0; v < nv; v++)
+                    acc2[v] += A[k] * *(const fr_vec *)(slab2 + k * NB + v * FR_VLEN);
         }
-        if (pair)
-            for (int v = 0; v < nv; v++)
-                acc2[v] += A[k] * *(const fr_vec *)(slab2 + k * NB + v * FR_VLEN);
     }
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
@@ -67,19 +80,17 @@ static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out, 
 #define FR_TILE_CASE(rows, NV)                                                             \
     case rows:                                                                             \
         if (rows <= FR_ACC_REGS / NV)                                                      \
-            FR_FN(tile_product)(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);            \
+            FR_FN(tile_product)(acc, NULL, seg, segments, rows, NV, 0);                    \
         break;
 
-static void FR_FN(tile_nv4)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
-                            ptrdiff_t K, ptrdiff_t m) {
+static void FR_FN(tile_nv4)(real *acc, const fr_segment *seg, int segments, ptrdiff_t m) {
     switch (m) {
         FR_TILE_CASE(1, 4) FR_TILE_CASE(2, 4) FR_TILE_CASE(3, 4)
         FR_TILE_CASE(4, 4) FR_TILE_CASE(5, 4) FR_TILE_CASE(6, 4)
     }
 }
 
-static void FR_FN(tile_nv3)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
-                            ptrdiff_t K, ptrdiff_t m) {
+static void FR_FN(tile_nv3)(real *acc, const fr_segment *seg, int segments, ptrdiff_t m) {
     switch (m) {
         FR_TILE_CASE(1, 3) FR_TILE_CASE(2, 3) FR_TILE_CASE(3, 3) FR_TILE_CASE(4, 3)
         FR_TILE_CASE(5, 3) FR_TILE_CASE(6, 3) FR_TILE_CASE(7, 3) FR_TILE_CASE(8, 3)
@@ -87,48 +98,69 @@ static void FR_FN(tile_nv3)(real *acc, const real *A, ptrdiff_t lda, const real 
 }
 #undef FR_TILE_CASE
 
-/* One row against two column blocks (slab, slab2) in one pass. */
-static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *slab,
-                             const real *slab2, ptrdiff_t K, ptrdiff_t nv) {
+/* One row against two column blocks (each segment's slab and slab2) in one pass. */
+static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int segments,
+                             ptrdiff_t nv) {
     if (nv == 3)
-        FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);
+        FR_FN(tile_product)(acc, acc2, seg, segments, 1, 3, 1);
     else
-        FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
+        FR_FN(tile_product)(acc, acc2, seg, segments, 1, 4, 1);
 }
 
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
+
+/* For rows [row0, row0 + rows) and the panel's column blocks [blk0, blk1): every tile of
+ *   A (rows, p->K) . p  [+ X (rows, q->K) . q]
+ * handed to epilogue(ctx, ...). Row r of A is at A + r * lda (of X at X + r * ldx); q (NULL:
+ * none) is a second panel with the same column blocks (same G and H), summed first. */
+static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, ptrdiff_t lda,
+                                            const fr_panel *q, const real *X, ptrdiff_t ldx,
+                                            ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
+                                            ptrdiff_t blk1, fr_epilogue_fn epilogue,
+                                            void *ctx) {
+    const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
+    real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
+    real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
+    const int segments = q ? 2 : 1;
+    for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
+        ptrdiff_t unit0 = blk * p->units;
+        ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
+        const int pair = rows == 1 && blk + 1 < blk1; /* a single row takes two blocks */
+        fr_segment seg[2]; /* X . q first (when given), then A . p */
+        fr_segment *own = seg + (q ? 1 : 0);
+        for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
+            ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
+            const real *slab = p->data + blk * p->K * NB;
+            *own = (fr_segment){A + r * lda, lda, p->K, slab, pair ? slab + p->K * NB : NULL};
+            if (q) {
+                const real *xslab = q->data + blk * q->K * NB;
+                seg[0] = (fr_segment){X + r * ldx, ldx, q->K, xslab,
+                                      pair ? xslab + q->K * NB : NULL};
+            }
+            if (pair)
+                FR_FN(tile_pair)(acc, acc2, seg, segments, p->nv);
+            else if (p->nv == 3)
+                FR_FN(tile_nv3)(acc, seg, segments, m);
+            else
+                FR_FN(tile_nv4)(acc, seg, segments, m);
+            epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
+        }
+        if (pair) {
+            ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
+                                                                  : p->units;
+            epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
+            blk++;
+        }
+    }
+}
 
 /* For rows [row0, row0 + rows) of A (row r at A + r * lda) and the panel's column blocks
  * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
 static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
                                         ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
-    const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
-    real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
-    real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
-    for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
-        const real *slab = p->data + blk * p->K * NB;
-        ptrdiff_t unit0 = blk * p->units;
-        ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
-        if (rows == 1 && blk + 1 < blk1) { /* a single row takes two blocks at a time */
-            ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
-                                                                  : p->units;
-            FR_FN(tile_pair)(acc, acc2, A + row0 * lda, slab, slab + p->K * NB, p->K, p->nv);
-            epilogue(ctx, acc, NB, p->units, row0, 1, unit0, units);
-            epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
-            blk++;
-            continue;
-        }
-        for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
-            ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
-            if (p->nv == 3)
-                FR_FN(tile_nv3)(acc, A + r * lda, lda, slab, p->K, m);
-            else
-                FR_FN(tile_nv4)(acc, A + r * lda, lda, slab, p->K, m);
-            epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
-        }
-    }
+    FR_FN(panel_product_sum)(p, A, lda, NULL, NULL, 0, row0, rows, blk0, blk1, epilogue, ctx);
 }
 
 /* The plainest epilogue: C (rows, G*H; leading dimension ldc) += the tile. */
