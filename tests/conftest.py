@@ -8,6 +8,27 @@ import pytest
 
 BACKENDS = ("ops", "reference")
 
+try:   # the fuzz tests' profiles (tests/fuzz_helpers.py); hypothesis is a test extra
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    pass
+else:
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile("fuzz-ci", max_examples=60, deadline=None,
+                              suppress_health_check=_slow_ok)
+    settings.register_profile("fuzz-long", deadline=None, suppress_health_check=_slow_ok,
+                              max_examples=int(os.environ.get("FASTRNN_FUZZ_EXAMPLES", 2000)))
+    settings.load_profile("fuzz-long" if os.environ.get("FASTRNN_FUZZ") == "long"
+                          else "fuzz-ci")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of API calls the fuzz tests made (tests/fuzz_helpers.py)."""
+    import sys
+    helpers = sys.modules.get("fuzz_helpers")
+    if helpers is not None and helpers.CALLS["n"]:
+        terminalreporter.write_line(f"fuzz: {helpers.CALLS['n']} fuzzed API calls")
+
 
 def import_backend(name: str):
     """Import ``fastrnn.<name>``; skip only when that module (or the C extension) is absent.
