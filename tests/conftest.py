@@ -67,12 +67,29 @@ def one_thread_by_default():
     fastrnn.set_num_threads(before)
 
 
+# FASTRNN_TEST_ISA=portable|avx2|avx512 forces one ISA level for the whole session (the
+# sanitizer stage, .ci/sanitize, runs the kernel tests once per level).
+_FORCED_ISA = os.environ.get("FASTRNN_TEST_ISA")
+
+
 def _isa_names():
+    if _FORCED_ISA:
+        return [_FORCED_ISA]
     try:
         from fastrnn import _core
     except ImportError:
         return ["portable"]
     return list(_core.available_isas())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def forced_isa():
+    """The ISA level FASTRNN_TEST_ISA names, for every test (no-op when unset)."""
+    if _FORCED_ISA:
+        from fastrnn import _core
+        assert _core.set_isa(_FORCED_ISA) == _FORCED_ISA, \
+            f"FASTRNN_TEST_ISA={_FORCED_ISA}, but this CPU has only {_core.available_isas()}"
+    yield
 
 
 @pytest.fixture(params=_isa_names())

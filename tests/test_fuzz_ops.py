@@ -281,3 +281,31 @@ def test_gemm_refuses_bad_operands(bad, shape):
         with pytest.raises(CLEAN_ERRORS):
             CALLS["n"] += 1
             ops.gemm(*args)
+
+
+@pytest.mark.parametrize("cell", sorted(GATES))
+@pytest.mark.parametrize("shape,error", [
+    ((2 ** 30 + 1, 2, 1), ValueError),      # T*B past 2**31: 8 GiB of x if it were copied
+    ((2 ** 28, 1, 2 ** 3), MemoryError),    # within BLAS's ints, but 8+ GiB of x and y
+    ((3, 2, 2 ** 31), ValueError),          # I past 2**31
+])
+def test_huge_views_are_refused_before_any_copy(cell, shape, error, monkeypatch):
+    """A zero-strided x whose contiguous copy would be gigabytes: refused by the size checks
+    before the copy (tracemalloc sees no large allocation). The machine's RAM is taken to be
+    4 GiB, so the MemoryError case does not depend on this machine."""
+    import tracemalloc
+    from fastrnn import _common
+    monkeypatch.setattr(_common, "physical_memory", lambda: 4 << 30)
+    G, H = GATES[cell], 3
+    x = _huge(shape, np.float32)
+    w_ih, w_hh = _huge((G * H, shape[2]), np.float32), np.zeros((G * H, H), np.float32)
+    states = (None, None) if cell == "lstm" else (None,)
+    for module in (ops, reference):
+        tracemalloc.start()
+        try:
+            with pytest.raises(error):
+                getattr(module, f"{cell}_forward")(x, *states, w_ih, w_hh)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, f"{module.__name__} allocated {peak} bytes before refusing"
