@@ -46,11 +46,14 @@ def _model_bytes(model) -> bytes:
 
 
 def _task_model(blob: bytes, num_threads: Optional[int]):
-    """On the worker: the cached model, and the thread count if one was asked for."""
-    if num_threads is not None:
-        from .._threads import get_num_threads, set_num_threads
-        if get_num_threads() != num_threads:
-            set_num_threads(num_threads)
+    """On the worker: the cached model, with ``num_threads`` threads, or the worker's own
+    ``FASTRNN_NUM_THREADS`` (read here: a worker process may have imported fastrnn before
+    its environment was set, e.g. LocalCluster's ``env=`` after a spawn)."""
+    from .._threads import _threads_from_environment, get_num_threads, set_num_threads
+    if num_threads is None and "FASTRNN_NUM_THREADS" in os.environ:
+        num_threads = _threads_from_environment()
+    if num_threads is not None and get_num_threads() != num_threads:
+        set_num_threads(num_threads)
     return model_from_bytes(blob)
 
 
@@ -65,6 +68,11 @@ def _score_list(sequences, blob, num_threads, options) -> list:
     sequences = list(sequences)
     if not sequences:
         return []
+    if isinstance(sequences[0], str):
+        raise TypeError("the sequences arrived as strings: dask.dataframe turns object "
+                        "columns into strings unless dask.config.set("
+                        "{'dataframe.convert-string': False}) was set before the dataframe "
+                        "was made")
     out = score(_task_model(blob, num_threads), sequences, None, **options)
     if out.ndim == 3:   # per step (n, T, O)
         return [row[:len(seq)] for row, seq in zip(out, sequences)]
