@@ -27,6 +27,7 @@ file holds. Array names are plain names, never paths.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -37,7 +38,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_bytes",
+           "load_checkpoint_bytes", "FORMAT_VERSION"]
 
 MAGIC = b"\x89FASTRNN\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -161,6 +163,27 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _prepared(config, arrays, meta) -> Tuple[bytes, Dict[str, np.ndarray]]:
+    """``(header, arrays)`` checked and ready for :func:`_write_body`."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+    arrays = _checked_arrays(arrays)
+    return _header(_to_json("config", config), _to_json("meta", meta or {}), arrays), arrays
+
+
+def checkpoint_bytes(config: dict, arrays: Dict[str, np.ndarray],
+                     meta: Optional[dict] = None) -> bytes:
+    """The bytes :func:`save_checkpoint` would write, in memory (to ship a model to other
+    processes: :func:`load_checkpoint_bytes` reads them back; the last 32 bytes are the
+    sha256 of the rest, a ready-made cache key)."""
+    header, arrays = _prepared(config, arrays, meta)
+    buffer = io.BytesIO()
+    _write_body(buffer, header, arrays)
+    return buffer.getvalue()
+
+
 def save_checkpoint(path, config: dict, arrays: Dict[str, np.ndarray],
                     meta: Optional[dict] = None) -> None:
     """Write ``config`` (JSON-able dict), ``arrays`` (name -> array) and ``meta`` to ``path``.
@@ -171,12 +194,7 @@ def save_checkpoint(path, config: dict, arrays: Dict[str, np.ndarray],
     config or meta that is not JSON-serializable, or an object/structured array.
     """
     path = os.fspath(path)
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    if meta is not None and not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
-    arrays = _checked_arrays(arrays)
-    header = _header(_to_json("config", config), _to_json("meta", meta or {}), arrays)
+    header, arrays = _prepared(config, arrays, meta)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=directory)
@@ -414,8 +432,8 @@ def _read_payload(path, f, hasher, entries, payload_offset: int) -> Dict[str, np
     return arrays
 
 
-def _load(path, f) -> Tuple[dict, Dict[str, np.ndarray]]:
-    size = os.fstat(f.fileno()).st_size
+def _load(path, f, size: int) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """Header and arrays of the checkpoint read from ``f`` (``size`` bytes in all)."""
     hasher = hashlib.sha256()
     preamble, header_len = _check_preamble(path, f, size)
     text = _read_exact(f, header_len)
@@ -451,5 +469,16 @@ def load_checkpoint(path) -> Tuple[dict, Dict[str, np.ndarray], dict]:
     the file's real length); ``FileNotFoundError`` if there is no file.
     """
     with open(path, "rb") as f:
-        header, arrays = _load(path, f)
+        header, arrays = _load(path, f, os.fstat(f.fileno()).st_size)
+    return header["config"], arrays, header["meta"]
+
+
+def load_checkpoint_bytes(data: bytes, name: str = "<bytes>"
+                          ) -> Tuple[dict, Dict[str, np.ndarray], dict]:
+    """:func:`load_checkpoint` of bytes from :func:`checkpoint_bytes` (or a file's content),
+    with the same checks; ``name`` stands for the path in error messages."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    header, arrays = _load(name, io.BytesIO(data), len(data))
     return header["config"], arrays, header["meta"]
