@@ -32,24 +32,27 @@ typedef struct {
     const real *slab, *slab2;
 } fr_segment;
 
-/* acc (m, nv*VLEN) = sum over the segments of A (m, K) . slab (K, nv*VLEN), and with `pair`
- * (two column blocks of one row, m = 1) acc2 = the same over slab2, in the same pass. The
- * second segment (K = 0: none) continues the first one's sums, so x_t w_ih^T + h w_hh^T
- * is one product over K = I + H. m, nv and pair are constants where this is inlined, so
- * the accumulators live in registers. A single row has too few accumulators to hide the
- * FMA latency: it walks two blocks at once instead (summing every column in the same order
- * as the taller tiles do, so a row's result never depends on how the rows were tiled,
- * which keeps every thread split bitwise equal). */
+/* acc (m, nv*VLEN) = start + sum over the segments of A (m, K) . slab (K, nv*VLEN), and with
+ * `pair` (two column blocks of one row, m = 1) acc2 = the same over slab2 (its start NB
+ * further on), in the same pass. start (row i at start + i * start_ld) may be NULL (zeros).
+ * A second segment continues the first one's sums, so x_t w_ih^T + h w_hh^T is one
+ * product over K = I + H; starting from a stored first segment gives the same bits. m, nv
+ * and pair are constants where this is inlined, so the accumulators live in registers. A
+ * single row has too few accumulators to hide the FMA latency: it walks two blocks at once
+ * instead (summing every column in the same order as the taller tiles do, so a row's result
+ * never depends on how the rows were tiled, which keeps every thread split bitwise equal). */
 static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out,
                                                  const fr_segment *seg, int segments,
+                                                 const real *start, ptrdiff_t start_ld,
                                                  const int m, const int nv, const int pair) {
     const ptrdiff_t NB = nv * FR_VLEN;
     fr_vec acc[FR_MR_MAX][4], acc2[4];
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
-            acc[i][v] = (fr_vec){0};
+            acc[i][v] = start ? *(const fr_vec_u *)(start + i * start_ld + v * FR_VLEN)
+                              : (fr_vec){0};
     for (int v = 0; v < nv; v++)
-        acc2[v] = (fr_vec){0};
+        acc2[v] = start && pair ? *(const fr_vec_u *)(start + NB + v * FR_VLEN) : (fr_vec){0};
     for (int s = 0; s < segments; s++) {
         const real *A = seg[s].A, *slab = seg[s].slab, *slab2 = seg[s].slab2;
         const ptrdiff_t lda = seg[s].lda, K = seg[s].K;
@@ -80,17 +83,19 @@ static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out,
 #define FR_TILE_CASE(rows, NV)                                                             \
     case rows:                                                                             \
         if (rows <= FR_ACC_REGS / NV)                                                      \
-            FR_FN(tile_product)(acc, NULL, seg, segments, rows, NV, 0);                    \
+            FR_FN(tile_product)(acc, NULL, seg, segments, start, start_ld, rows, NV, 0);   \
         break;
 
-static void FR_FN(tile_nv4)(real *acc, const fr_segment *seg, int segments, ptrdiff_t m) {
+static void FR_FN(tile_nv4)(real *acc, const fr_segment *seg, int segments, const real *start,
+                            ptrdiff_t start_ld, ptrdiff_t m) {
     switch (m) {
         FR_TILE_CASE(1, 4) FR_TILE_CASE(2, 4) FR_TILE_CASE(3, 4)
         FR_TILE_CASE(4, 4) FR_TILE_CASE(5, 4) FR_TILE_CASE(6, 4)
     }
 }
 
-static void FR_FN(tile_nv3)(real *acc, const fr_segment *seg, int segments, ptrdiff_t m) {
+static void FR_FN(tile_nv3)(real *acc, const fr_segment *seg, int segments, const real *start,
+                            ptrdiff_t start_ld, ptrdiff_t m) {
     switch (m) {
         FR_TILE_CASE(1, 3) FR_TILE_CASE(2, 3) FR_TILE_CASE(3, 3) FR_TILE_CASE(4, 3)
         FR_TILE_CASE(5, 3) FR_TILE_CASE(6, 3) FR_TILE_CASE(7, 3) FR_TILE_CASE(8, 3)
@@ -100,22 +105,25 @@ static void FR_FN(tile_nv3)(real *acc, const fr_segment *seg, int segments, ptrd
 
 /* One row against two column blocks (each segment's slab and slab2) in one pass. */
 static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int segments,
-                             ptrdiff_t nv) {
+                             const real *start, ptrdiff_t nv) {
     if (nv == 3)
-        FR_FN(tile_product)(acc, acc2, seg, segments, 1, 3, 1);
+        FR_FN(tile_product)(acc, acc2, seg, segments, start, 0, 1, 3, 1);
     else
-        FR_FN(tile_product)(acc, acc2, seg, segments, 1, 4, 1);
+        FR_FN(tile_product)(acc, acc2, seg, segments, start, 0, 1, 4, 1);
 }
 
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
 
 /* For rows [row0, row0 + rows) and the panel's column blocks [blk0, blk1): every tile of
- *   A (rows, p->K) . p  [+ X (rows, q->K) . q]
+ *   [start +] [X (rows, q->K) . q +] A (rows, p->K) . p
  * handed to epilogue(ctx, ...). Row r of A is at A + r * lda (of X at X + r * ldx); q (NULL:
- * none) is a second panel with the same column blocks (same G and H), summed first. */
+ * none) is a second panel with the same column blocks (same G and H), summed first. start
+ * (NULL: none) holds tiles to start from in the panel's block layout: row r, block j at
+ * start + r * start_ld + j * NB (as store_tile_epilogue writes them). */
 static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                             const fr_panel *q, const real *X, ptrdiff_t ldx,
+                                            const real *start, ptrdiff_t start_ld,
                                             ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
                                             ptrdiff_t blk1, fr_epilogue_fn epilogue,
                                             void *ctx) {
@@ -138,12 +146,13 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
                 seg[0] = (fr_segment){X + r * ldx, ldx, q->K, xslab,
                                       pair ? xslab + q->K * NB : NULL};
             }
+            const real *s0 = start ? start + r * start_ld + blk * NB : NULL;
             if (pair)
-                FR_FN(tile_pair)(acc, acc2, seg, segments, p->nv);
+                FR_FN(tile_pair)(acc, acc2, seg, segments, s0, p->nv);
             else if (p->nv == 3)
-                FR_FN(tile_nv3)(acc, seg, segments, m);
+                FR_FN(tile_nv3)(acc, seg, segments, s0, start_ld, m);
             else
-                FR_FN(tile_nv4)(acc, seg, segments, m);
+                FR_FN(tile_nv4)(acc, seg, segments, s0, start_ld, m);
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
         if (pair) {
@@ -160,7 +169,24 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
 static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
                                         ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
-    FR_FN(panel_product_sum)(p, A, lda, NULL, NULL, 0, row0, rows, blk0, blk1, epilogue, ctx);
+    FR_FN(panel_product_sum)(p, A, lda, NULL, NULL, 0, NULL, 0, row0, rows, blk0, blk1, epilogue,
+                             ctx);
+}
+
+/* The tile as it is, into T (rows, blocks * NB) in the panel's block layout (the `start`
+ * of a later panel_product_sum): row r, block j at T + r * ldt + j * NB. */
+typedef struct {
+    real *T;
+    ptrdiff_t ldt;
+} fr_store_tiles;
+
+static void FR_FN(store_tile_epilogue)(void *ctx, const real *acc, ptrdiff_t acc_ld,
+                                       ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
+                                       ptrdiff_t unit0, ptrdiff_t units) {
+    const fr_store_tiles *s = ctx;
+    real *dst = s->T + row0 * s->ldt + unit0 / gate_stride * acc_ld; /* block unit0/units */
+    for (ptrdiff_t i = 0; i < rows; i++)
+        memcpy(dst + i * s->ldt, acc + i * acc_ld, (size_t)acc_ld * sizeof(real));
 }
 
 /* The plainest epilogue: C (rows, G*H; leading dimension ldc) += the tile. */
