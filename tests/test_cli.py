@@ -106,6 +106,8 @@ def test_errors_are_one_line_with_an_exit_status(tmp_path, text_file, capsys):
     fails(["train", str(text_file), "--output", str(tmp_path)], "--output")
     fails(["train", str(text_file), "--resume", str(tmp_path / "junk.ckpt")],
           "not a fastrnn checkpoint")
+    fails(["train", "--resume", str(ckpt), "--distributed"], "--resume does not work with "
+                                                             "--distributed")
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -233,3 +233,19 @@ def test_one_rate_limited_progress_bar_for_the_whole_run(capsys):
     assert err.count("\n") == 1                          # one bar, closed once
     assert "epoch 6/6" in err and "val=" in err and "chars/s" in err
     assert err.count("\r") <= 3 + seconds / 0.5          # at most ~2 redraws a second
+
+
+@pytest.mark.parametrize("options,error,message", [
+    (dict(patience=0), ValueError, "patience must be None or a positive int, got 0"),
+    (dict(validate_every=1.5), ValueError, "validate_every must be None or a positive int"),
+    (dict(checkpoint="x.ckpt", checkpoint_every=-1), ValueError,
+     "checkpoint_every must be None or a positive number, got -1"),
+    (dict(scheduler="step"), TypeError, "scheduler must be a fastrnn.optim.LRScheduler"),
+    (dict(checkpoint_meta=[1]), TypeError, "checkpoint_meta must be a dict, got list"),
+    (dict(time_budget=0), ValueError, "time_budget must be None or a positive number"),
+])
+def test_bad_training_options_name_the_argument(tmp_path, monkeypatch, options, error,
+                                                message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=message):
+        _lm().fit(TEXT, **dict(LM_FIT, **options))
