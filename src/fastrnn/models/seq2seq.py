@@ -22,6 +22,7 @@ from ..data import BOS, EOS, PAD, Vocabulary, as_vocabulary, minibatches, pad_se
 from ..grad_mode import is_grad_enabled
 from ..losses import cross_entropy
 from ..nn.layers import Linear
+from ._training import fingerprint
 from ._base import History, Model, child_seeds, positive_int
 from ._parts import Encoder, TokenDecoder, pack_state, state_parts
 
@@ -117,7 +118,8 @@ class _DecoderModel(Model):
     def fit(self, sources, targets, epochs: Optional[int] = 10, batch_size: int = 32,
             lr: float = 1e-2, optimizer=None, clip: Optional[float] = 5.0,
             validation_data=None, shuffle: bool = True, seed: Optional[int] = None,
-            time_budget: Optional[float] = None, verbose: bool = True) -> History:
+            time_budget: Optional[float] = None, verbose: bool = True,
+            **options) -> History:
         """Teacher-forced minibatch training on ``(sources, targets)``; ``targets`` a list of
         strings or symbol lists. ``validation_data=(sources, targets)`` adds ``val_*``
         metrics per epoch. Other options as in :meth:`LanguageModel.fit`."""
@@ -136,7 +138,9 @@ class _DecoderModel(Model):
         if validation_data is not None:
             validate = lambda: self.evaluate(*validation_data)  # noqa: E731
         return self._fit(batches, epochs=epochs, lr=lr, optimizer=optimizer, clip=clip,
-                         time_budget=time_budget, verbose=verbose, validate=validate)
+                         time_budget=time_budget, verbose=verbose, validate=validate,
+                         data_rng=rng, data_key=fingerprint(n, batch_size, shuffle, *targets,
+                                              *_arrays(sources)), **options)
 
     @staticmethod
     def _n(sources) -> int:
@@ -276,3 +280,9 @@ class OneToManyGenerator(_DecoderModel):
         self.init.backward(np.ascontiguousarray(dh0.transpose(1, 0, 2)).reshape(
             dh0.shape[1], -1))
         self._h0 = None
+
+
+def _arrays(sources) -> list:
+    """The arrays in a source batch (an array, a tuple of arrays, or a list of them)."""
+    items = sources if isinstance(sources, (tuple, list)) else (sources,)
+    return [np.asarray(a) for a in items if isinstance(a, np.ndarray)]
