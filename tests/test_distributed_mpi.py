@@ -50,14 +50,14 @@ def _weights(out, name, rank):
 
 
 @needs_mpiexec
-@pytest.mark.parametrize("name, train", [("classifier", mpi_job.train_classifier),
-                                         ("lm", mpi_job.train_lm)])
-def test_ranks_identical_and_equal_to_one_process(trained, name, train):
+@pytest.mark.parametrize("name", sorted(mpi_job.TRAINED))
+def test_ranks_identical_and_equal_to_one_process(trained, name):
+    make, train = mpi_job.TRAINED[name]
     rank0, rank1 = _weights(trained, name, 0), _weights(trained, name, 1)
     for key in rank0:
         assert np.array_equal(rank0[key], rank1[key]), key   # bit for bit across ranks
     single, _ = train(None)
-    initial = {"classifier": mpi_job.make_classifier, "lm": mpi_job.make_lm}[name]()
+    initial = make()
     for key, value in single.state_dict().items():
         assert value.dtype == np.float64
         np.testing.assert_allclose(rank0[key], value, rtol=0, atol=1e-12, err_msg=key)
