@@ -10,6 +10,9 @@
  *  - Optional pointers may be NULL: initial states (zeros), biases (none), lengths
  *    (every sequence has length T), upstream gradients (zero), `saved` (inference:
  *    nothing is kept for backward), bias gradients (not computed).
+ *  - h_mask (B, H), recurrent (variational) dropout: where the recurrent product reads
+ *    h_{t-1} it reads h_{t-1} * h_mask, at every step (the state itself is unmasked).
+ *    NULL: no dropout. Backward takes the same mask.
  *  - lengths (B), 1 <= lengths[b] <= T: at steps t >= lengths[b] row b keeps its
  *    state and writes a zero output (PyTorch packed-sequence semantics).
  *  - Backward overwrites dx and the initial-state gradients, and ACCUMULATES (+=)
@@ -66,6 +69,7 @@ typedef struct {
                              const real *b_ih,    /* (H) or NULL */                        \
                              const real *b_hh,    /* (H) or NULL */                        \
                              const int64_t *lengths, /* (B) or NULL */                     \
+                             const real *h_mask, /* (B, H) or NULL */                      \
                              int relu, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack); \
     int fr_rnn_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
                               real *dh0,          /* (B, H) overwritten */                 \
@@ -80,10 +84,15 @@ typedef struct {
                               const real *h0,     /* (B, H) or NULL */                     \
                               const real *w_ih,   /* (H, I) */                             \
                               const real *w_hh,   /* (H, H) */                             \
-                              const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,  \
+                              const int64_t *lengths,                                      \
+                              const real *h_mask, /* (B, H) or NULL */                     \
+                              int relu, ptrdiff_t T, ptrdiff_t B,                          \
                               ptrdiff_t I, ptrdiff_t H, const void *pack);                                   \
     /* LSTM: i, f, g, o = sigma, sigma, tanh, sigma of x w_ih^T + b_ih + h w_hh^T + b_hh;  \
-     * c_t = f c_{t-1} + i g; h_t = o tanh(c_t) */                                         \
+     * c_t = f c_{t-1} + i g; h_t = o tanh(c_t). Peepholes w_p (ONNX's P): a_i, a_f +=     \
+     * p_i c_{t-1}, p_f c_{t-1}; a_o += p_o c_t. Projection w_hr (PyTorch's proj_size):    \
+     * h_t = (o tanh(c_t)) w_hr^T of P units; y, h0, h_n, dh0, dy are then (., P) and      \
+     * w_hh, dw_hh (4H, P). */                                                             \
     int fr_lstm_forward_##sfx(real *y,            /* (T, B, H) */                          \
                               real *h_n,          /* (B, H) */                             \
                               real *c_n,          /* (B, H) */                             \
@@ -95,8 +104,12 @@ typedef struct {
                               const real *w_hh,   /* (4H, H) */                            \
                               const real *b_ih,   /* (4H) or NULL */                       \
                               const real *b_hh,   /* (4H) or NULL */                       \
-                              const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,            \
-                              ptrdiff_t I, ptrdiff_t H, const void *pack);                                   \
+                              const real *w_p,    /* (3H) peepholes p_i p_o p_f, or NULL */\
+                              const real *w_hr,   /* (P, H) projection, or NULL (P = H) */ \
+                              const int64_t *lengths,                                      \
+                              const real *h_mask, /* (B, P) or NULL */                     \
+                              ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,          \
+                              ptrdiff_t P, const void *pack);                              \
     int fr_lstm_backward_##sfx(real *dx,          /* (T, B, I) overwritten */              \
                                real *dh0,         /* (B, H) overwritten */                 \
                                real *dc0,         /* (B, H) overwritten */                 \
@@ -104,6 +117,8 @@ typedef struct {
                                real *dw_hh,       /* (4H, H) accumulated */                \
                                real *db_ih,       /* (4H) accumulated, or NULL */          \
                                real *db_hh,       /* (4H) accumulated, or NULL */          \
+                               real *dw_p,        /* (3H) accumulated, or NULL */          \
+                               real *dw_hr,       /* (P, H) accumulated, or NULL */        \
                                const real *dy,    /* (T, B, H) or NULL */                  \
                                const real *dh_n,  /* (B, H) or NULL */                     \
                                const real *dc_n,  /* (B, H) or NULL */                     \
@@ -114,8 +129,12 @@ typedef struct {
                                const real *c0,    /* (B, H) or NULL */                     \
                                const real *w_ih,  /* (4H, I) */                            \
                                const real *w_hh,  /* (4H, H) */                            \
-                               const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,           \
-                               ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
+                               const real *w_p,   /* (3H) or NULL (as forward) */          \
+                               const real *w_hr,  /* (P, H) or NULL (as forward) */        \
+                               const int64_t *lengths,                                     \
+                               const real *h_mask, /* (B, P) or NULL */                    \
+                               ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,         \
+                               ptrdiff_t P, const void *pack);                             \
     /* GRU: r, z = sigma(x W^T + b_i + h U^T + b_h); reset_after (PyTorch, cuDNN):         \
      * n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn)); otherwise (Keras reset_after=False, \
      * ONNX linear_before_reset=0): n = tanh(x W_n^T + b_in + (r h) U_n^T + b_hn);        \
@@ -129,7 +148,9 @@ typedef struct {
                              const real *w_hh,    /* (3H, H) */                            \
                              const real *b_ih,    /* (3H) or NULL */                       \
                              const real *b_hh,    /* (3H) or NULL */                       \
-                             const int64_t *lengths, int reset_after, ptrdiff_t T,         \
+                             const int64_t *lengths,                                       \
+                             const real *h_mask, /* (B, H) or NULL */                      \
+                             int reset_after, ptrdiff_t T,                                 \
                              ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                       \
     int fr_gru_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
                               real *dh0,          /* (B, H) overwritten */                 \
@@ -145,7 +166,9 @@ typedef struct {
                               const real *h0,     /* (B, H) or NULL */                     \
                               const real *w_ih,   /* (3H, I) */                            \
                               const real *w_hh,   /* (3H, H) */                            \
-                              const int64_t *lengths, int reset_after, ptrdiff_t T,        \
+                              const int64_t *lengths,                                      \
+                              const real *h_mask, /* (B, H) or NULL */                     \
+                              int reset_after, ptrdiff_t T,                                \
                               ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
     /* Packed recurrent weights (see "Packs" above): bytes of the pack of w_hh for         \
      * (cell, backward, H), and the pack itself written to dst (64-byte aligned, that many  \
