@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastrnn import LSTM, PeepholeLSTMGrads, ops, reference
-from helpers import numeric_grad
+from helpers import assert_runs_close, numeric_grad
 
 SHAPES = [(1, 1, 1, 1), (5, 2, 7, 7), (3, 4, 5, 33), (4, 2, 65, 65), (3, 17, 5, 9),
           (2, 40, 7, 33)]
@@ -50,23 +50,9 @@ def run(backend, case, training=True):
     return (y, h_n, c_n), backend.lstm_backward(case["dy"], *case["d_states"], cache)
 
 
-def assert_close(name, got, want, dtype):
-    if want is None:
-        assert got is None, f"{name}: expected None"
-        return
-    assert got.dtype == want.dtype == dtype and got.shape == want.shape, name
-    scale = max(float(np.abs(want).max()), 1.0)
-    error = float(np.abs(got.astype(np.float64) - want).max()) / scale
-    assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.3g}"
-
-
 def assert_all_close(got, want, dtype):
-    (got_out, got_grads), (want_out, want_grads) = got, want
-    for i, (a, b) in enumerate(zip(got_out, want_out)):
-        assert_close(f"output {i}", a, b, dtype)
-    assert isinstance(got_grads, PeepholeLSTMGrads) and isinstance(want_grads, PeepholeLSTMGrads)
-    for name, a, b in zip(want_grads._fields, got_grads, want_grads):
-        assert_close(name, a, b, dtype)
+    assert isinstance(got[1], PeepholeLSTMGrads)
+    assert_runs_close(got, want, dtype, TOLERANCE)
 
 
 # -- kernels against the reference ---------------------------------------------------------

@@ -14,15 +14,10 @@ import pytest
 
 import fastrnn
 from fastrnn import GRU, LSTM, RNN, ops, reference
-from helpers import numeric_grad
+import test_ops_vs_reference as ops_vs_reference
+from helpers import assert_runs_close, numeric_grad
 
-CELLS = {  # name: (kernel prefix, gates, options)
-    "rnn_tanh": ("rnn", 1, {"nonlinearity": "tanh"}),
-    "rnn_relu": ("rnn", 1, {"nonlinearity": "relu"}),
-    "lstm": ("lstm", 4, {}),
-    "gru": ("gru", 3, {"reset_after": True}),
-    "gru_reset_before": ("gru", 3, {"reset_after": False}),
-}
+CELLS = ops_vs_reference.CELLS  # name: (kernel prefix, gates, options)
 SHAPES = [(1, 1, 1, 1), (5, 2, 7, 7), (3, 4, 5, 33), (4, 2, 65, 65), (3, 17, 5, 9),
           (2, 40, 7, 33)]
 TOLERANCE = {np.float32: 3e-5, np.float64: 1e-10}
@@ -30,26 +25,12 @@ P = 0.4
 
 
 def make_case(cell, shape, dtype, *, lengths=True, bias=True, seed=0):
-    kernel, G, _ = CELLS[cell]
-    T, B, I, H = shape
-    rng = np.random.default_rng(seed)
-
-    def rand(*s, scale=1.0):
-        return (scale * rng.standard_normal(s)).astype(dtype)
-
-    n_states = 2 if kernel == "lstm" else 1
-    scale = 1 / np.sqrt(H)
-    return {
-        "x": rand(T, B, I),
-        "states": [rand(B, H) for _ in range(n_states)],
-        "weights": [rand(G * H, I, scale=scale), rand(G * H, H, scale=scale),
-                    rand(G * H, scale=scale) if bias else None,
-                    rand(G * H, scale=scale) if bias else None],
-        "mask": ((rng.random((B, H)) >= P) / (1 - P)).astype(dtype),
-        "lengths": rng.integers(1, T + 1, size=B) if lengths else None,
-        "dy": rand(T, B, H),
-        "d_states": [rand(B, H) for _ in range(n_states)],
-    }
+    """test_ops_vs_reference's case (initial states given) and a dropout mask (B, H)."""
+    case = ops_vs_reference.make_case(cell, shape, dtype, lengths=lengths, bias=bias,
+                                      initial=True, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    case["mask"] = ((rng.random(case["states"][0].shape) >= P) / (1 - P)).astype(dtype)
+    return case
 
 
 def forward(backend, cell, case, training=True, **overrides):
@@ -66,24 +47,6 @@ def run(backend, cell, case):
     return outputs, getattr(backend, f"{kernel}_backward")(case["dy"], *case["d_states"], cache)
 
 
-def assert_close(name, got, want, dtype):
-    if want is None:
-        assert got is None, name
-        return
-    assert got.dtype == want.dtype == dtype and got.shape == want.shape, name
-    scale = max(float(np.abs(want).max()), 1.0)
-    error = float(np.abs(got.astype(np.float64) - want).max()) / scale
-    assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.3g}"
-
-
-def assert_runs_close(got, want, dtype):
-    (got_out, got_grads), (want_out, want_grads) = got, want
-    for i, (a, b) in enumerate(zip(got_out, want_out)):
-        assert_close(f"output {i}", a, b, dtype)
-    for name, a, b in zip(want_grads._fields, got_grads, want_grads):
-        assert_close(name, a, b, dtype)
-
-
 # -- kernels against the reference, the same mask ---------------------------------------------
 @pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -92,7 +55,7 @@ def assert_runs_close(got, want, dtype):
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 def test_kernels_match_reference(cell, shape, dtype, lengths):
     case = make_case(cell, shape, dtype, lengths=lengths)
-    assert_runs_close(run(ops, cell, case), run(reference, cell, case), dtype)
+    assert_runs_close(run(ops, cell, case), run(reference, cell, case), dtype, TOLERANCE)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -108,7 +71,7 @@ def test_kernels_with_peepholes_and_without_bias(cell):
                                                                 cache)
         if want_out is None:
             want_out, want_grads = out, grads
-    assert_runs_close((out, grads), (want_out, want_grads), np.float64)
+    assert_runs_close((out, grads), (want_out, want_grads), np.float64, TOLERANCE)
 
 
 @pytest.mark.parametrize("shape", [(6, 2, 5, 65), (4, 40, 7, 33)],
@@ -119,7 +82,7 @@ def test_kernels_on_threads_match_reference(cell, shape, restore_threads):
     want = run(reference, cell, case)
     for threads in (1, 2, 3):
         restore_threads(threads)
-        assert_runs_close(run(ops, cell, case), want, np.float32)
+        assert_runs_close(run(ops, cell, case), want, np.float32, TOLERANCE)
 
 
 @pytest.mark.parametrize("backend", [ops, reference], ids=["ops", "reference"])

@@ -50,32 +50,20 @@ class LSTMGrads(NamedTuple):
     db_hh: Optional[np.ndarray]  # (4H,)
 
 
-class PeepholeLSTMGrads(NamedTuple):
-    """LSTMGrads of a peephole LSTM, with the peepholes' gradient last."""
-
-    dx: np.ndarray               # (T, B, I)
-    dh0: np.ndarray              # (B, H)
-    dc0: np.ndarray              # (B, H)
-    dw_ih: np.ndarray            # (4H, I)
-    dw_hh: np.ndarray            # (4H, H)
-    db_ih: Optional[np.ndarray]  # (4H,)
-    db_hh: Optional[np.ndarray]  # (4H,)
-    dw_p: np.ndarray             # (3H,) [p_i, p_o, p_f]
-
-
-class ProjectedLSTMGrads(NamedTuple):
-    """LSTMGrads of an LSTM with a projection (``w_hr``), then the projection's and (with
-    peepholes, else None) the peepholes' gradients."""
-
-    dx: np.ndarray               # (T, B, I)
-    dh0: np.ndarray              # (B, P)
-    dc0: np.ndarray              # (B, H)
-    dw_ih: np.ndarray            # (4H, I)
-    dw_hh: np.ndarray            # (4H, P)
-    db_ih: Optional[np.ndarray]  # (4H,)
-    db_hh: Optional[np.ndarray]  # (4H,)
-    dw_hr: np.ndarray            # (P, H)
-    dw_p: Optional[np.ndarray]   # (3H,) or None
+# LSTMGrads of the variants: the same fields, then the variant's own (shapes as commented).
+PeepholeLSTMGrads = NamedTuple("PeepholeLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),
+    ("dw_p", np.ndarray),              # (3H,) [p_i, p_o, p_f]
+])
+PeepholeLSTMGrads.__doc__ = "LSTMGrads of a peephole LSTM, with the peepholes' gradient last."
+ProjectedLSTMGrads = NamedTuple("ProjectedLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),  # dh0 (B, P), dw_hh (4H, P) with a projection
+    ("dw_hr", np.ndarray),             # (P, H)
+    ("dw_p", Optional[np.ndarray]),    # (3H,) with peepholes, else None
+])
+ProjectedLSTMGrads.__doc__ = ("LSTMGrads of an LSTM with a projection (w_hr), then the "
+                              "projection's and (with peepholes, else None) the peepholes' "
+                              "gradients.")
 
 
 class GRUGrads(NamedTuple):

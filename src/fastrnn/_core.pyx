@@ -33,10 +33,12 @@ cdef extern from "fastrnn.h" nogil:
     int fr_pack_f64(void *dst, size_t nbytes, const double *w_hh, int cell, int backward,
                     Py_ssize_t H)
     int fr_rnn_forward_f32(float*, float*, const float*, const float*, const float*,
-                           const float*, const float*, const float*, const int64_t*, const float*, int,
+                           const float*, const float*, const float*, const int64_t*,
+                           const float*, int,
                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_forward_f64(double*, double*, const double*, const double*, const double*,
-                           const double*, const double*, const double*, const int64_t*, const double*, int,
+                           const double*, const double*, const double*, const int64_t*,
+                           const double*, int,
                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
                             const float*, const float*, const float*, const float*,
@@ -44,7 +46,8 @@ cdef extern from "fastrnn.h" nogil:
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_backward_f64(double*, double*, double*, double*, double*, double*,
                             const double*, const double*, const double*, const double*,
-                            const double*, const double*, const double*, const int64_t*, const double*, int,
+                            const double*, const double*, const double*, const int64_t*,
+                            const double*, int,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_lstm_forward_f32(float*, float*, float*, float*, const float*, const float*,
                             const float*, const float*, const float*, const float*,
@@ -71,19 +74,23 @@ cdef extern from "fastrnn.h" nogil:
                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              const void*)
     int fr_gru_forward_f32(float*, float*, float*, const float*, const float*, const float*,
-                           const float*, const float*, const float*, const int64_t*, const float*, int,
+                           const float*, const float*, const float*, const int64_t*,
+                           const float*, int,
                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_forward_f64(double*, double*, double*, const double*, const double*,
                            const double*, const double*, const double*, const double*,
-                           const int64_t*, const double*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                           const int64_t*, const double*, int, Py_ssize_t, Py_ssize_t,
+                           Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
                             const float*, const float*, const float*, const float*,
-                            const float*, const float*, const float*, const int64_t*, const float*, int,
+                            const float*, const float*, const float*, const int64_t*,
+                            const float*, int,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_backward_f64(double*, double*, double*, double*, double*, double*,
                             const double*, const double*, const double*, const double*,
                             const double*, const double*, const double*, const double*,
-                            const int64_t*, const double*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                            const int64_t*, const double*, int, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, Py_ssize_t, const void*)
 
 fr_set_blas(sgemm, dgemm)
 
@@ -132,10 +139,12 @@ def rnn_forward(floating[::1] y, floating[::1] h_n, const floating[::1] x,
     with nogil:
         if floating is float:
             status = fr_rnn_forward_f32(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
-                                        ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask), relu, T, B, I, H, pk(pack))
+                                        ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask), relu, T,
+                                        B, I, H, pk(pack))
         else:
             status = fr_rnn_forward_f64(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
-                                        ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask), relu, T, B, I, H, pk(pack))
+                                        ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask), relu, T,
+                                        B, I, H, pk(pack))
     check(status)
 
 
@@ -152,11 +161,13 @@ def rnn_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
         if floating is float:
             status = fr_rnn_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
-                                         ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask), relu, T, B, I, H, pk(pack))
+                                         ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask), relu,
+                                         T, B, I, H, pk(pack))
         else:
             status = fr_rnn_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
-                                         ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask), relu, T, B, I, H, pk(pack))
+                                         ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask), relu,
+                                         T, B, I, H, pk(pack))
     check(status)
 
 

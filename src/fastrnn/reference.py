@@ -445,7 +445,7 @@ def gru_backward(dy, dh_n, cache):
             dr = da_n * saved["hn"][t]
             dah_n = da_n * r                               # hn = (h_{t-1} m) W_hnᵀ + b_hn
             dhm_via_n = dah_n @ w_n
-        else:                                              # a_n = ax_n + (r*h_{t-1} m) W_hnᵀ + b_hn
+        else:                                    # a_n = ax_n + (r * h_{t-1} m) W_hnᵀ + b_hn
             dah_n = da_n
             drh = da_n @ w_n                               # dL/d(r * h_{t-1} m)
             dr = drh * _masked(h_prev, m)
