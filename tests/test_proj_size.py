@@ -7,6 +7,8 @@ every gradient; state_dict both ways) when torch is importable.
 """
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -127,6 +129,26 @@ def test_reference_gradients_match_finite_differences(peepholes):
     for name, value in wanted.items():
         np.testing.assert_allclose(getattr(grads, name), numeric_grad(loss, value), rtol=1e-7,
                                    atol=1e-9, err_msg=name)
+
+
+# -- PyTorch's numbers without torch: golden vectors (tests/golden/make_proj_golden.py) -----------
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+
+
+@pytest.mark.parametrize("backend", [ops, reference], ids=["ops", "reference"])
+@pytest.mark.parametrize("case", ["basic", "lengths"])
+def test_matches_torch_golden_vectors(backend, case):
+    g = np.load(GOLDEN / f"lstm_proj_{case}.npz")
+    lengths = g["lengths"] if "lengths" in g.files else None
+    y, h_n, c_n, cache = backend.lstm_forward(g["x"], g["h0"], g["c0"], g["w_ih"], g["w_hh"],
+                                              g["b_ih"], g["b_hh"], w_hr=g["w_hr"],
+                                              lengths=lengths)
+    grads = backend.lstm_backward(g["wy"], g["wh"], g["wc"], cache)
+    for name, got in (("y", y), ("h_n", h_n), ("c_n", c_n)):
+        np.testing.assert_allclose(got, g[name], rtol=1e-12, atol=1e-14, err_msg=name)
+    for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr"):
+        np.testing.assert_allclose(getattr(grads, name), g[name], rtol=1e-11, atol=1e-13,
+                                   err_msg=name)
 
 
 # -- the layer against torch --------------------------------------------------------------------
