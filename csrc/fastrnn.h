@@ -35,6 +35,10 @@
 #define FR_RNN_SAVED_PER_UNIT 0  /* backward needs only y */
 #define FR_LSTM_SAVED_PER_UNIT 6 /* gates i, f, g, o after activation; c_t; tanh(c_t) */
 #define FR_GRU_SAVED_PER_UNIT 4  /* gates r, z, n after activation; W_hn h + b_hn, or r*h */
+/* layer-normalised LSTM: gates (4), c, tanh(n), x_hat (4), h_hat (4), c_hat; per row the
+ * rstd of x (4), h (4), c (1): T*B*(15H + 9) reals */
+#define FR_LSTM_LN_SAVED_PER_UNIT 15
+#define FR_LSTM_LN_SAVED_PER_ROW 9
 
 /* Packs. Every per-step recurrent product runs on w_hh packed into the microkernel's panel
  * layout (gemm/panel.h). A kernel packs it itself on each call unless `pack` (the last
@@ -135,6 +139,23 @@ typedef struct {
                                const real *h_mask, /* (B, P) or NULL */                    \
                                ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,         \
                                ptrdiff_t P, const void *pack);                             \
+    /* Layer-normalised LSTM (lstm_ln.c): a = g_ih LN(x w_ih^T) + g_hh LN(h w_hh^T) + b_ih +\
+     * b_hh per gate block; h_t = o tanh(g_c LN(c_t) + b_c); ln (10H) = [g_ih g_hh g_c b_c].\
+     * Arguments as fr_lstm_*, the packs aside; dln (10H) accumulated. */                  \
+    int fr_lstm_ln_forward_##sfx(real *y, real *h_n, real *c_n, real *saved, const real *x,\
+                                 const real *h0, const real *c0, const real *w_ih,         \
+                                 const real *w_hh, const real *b_ih, const real *b_hh,     \
+                                 const real *ln, const int64_t *lengths,                   \
+                                 const real *h_mask, ptrdiff_t T, ptrdiff_t B,             \
+                                 ptrdiff_t I, ptrdiff_t H);                                \
+    int fr_lstm_ln_backward_##sfx(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,\
+                                  real *db_ih, real *db_hh, real *dln, const real *dy,     \
+                                  const real *dh_n, const real *dc_n, const real *saved,   \
+                                  const real *y, const real *x, const real *h0,            \
+                                  const real *c0, const real *w_ih, const real *w_hh,      \
+                                  const real *ln, const int64_t *lengths,                  \
+                                  const real *h_mask, ptrdiff_t T, ptrdiff_t B,            \
+                                  ptrdiff_t I, ptrdiff_t H);                               \
     /* GRU: r, z = sigma(x W^T + b_i + h U^T + b_h); reset_after (PyTorch, cuDNN):         \
      * n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn)); otherwise (Keras reset_after=False, \
      * ONNX linear_before_reset=0): n = tanh(x W_n^T + b_in + (r h) U_n^T + b_hn);        \
@@ -217,6 +238,10 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_rnn_backward_f32 FR_DISPATCH(fr_rnn_backward_f32)
 #define fr_lstm_forward_f32 FR_DISPATCH(fr_lstm_forward_f32)
 #define fr_lstm_backward_f32 FR_DISPATCH(fr_lstm_backward_f32)
+#define fr_lstm_ln_forward_f32 FR_DISPATCH(fr_lstm_ln_forward_f32)
+#define fr_lstm_ln_backward_f32 FR_DISPATCH(fr_lstm_ln_backward_f32)
+#define fr_lstm_ln_forward_f64 FR_DISPATCH(fr_lstm_ln_forward_f64)
+#define fr_lstm_ln_backward_f64 FR_DISPATCH(fr_lstm_ln_backward_f64)
 #define fr_gru_forward_f32 FR_DISPATCH(fr_gru_forward_f32)
 #define fr_gru_backward_f32 FR_DISPATCH(fr_gru_backward_f32)
 #define fr_rnn_forward_f64 FR_DISPATCH(fr_rnn_forward_f64)

@@ -66,6 +66,17 @@ ProjectedLSTMGrads.__doc__ = ("LSTMGrads of an LSTM with a projection (w_hr), th
                               "gradients.")
 
 
+LayerNormLSTMGrads = NamedTuple("LayerNormLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),
+    ("dlayer_norm", np.ndarray),       # (10H,) [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
+])
+LayerNormLSTMGrads.__doc__ = ("LSTMGrads of a layer-normalised LSTM, with the gradient of "
+                              "its layer-norm parameters (10H,) last.")
+
+# Layer norm: eps inside the square root, as torch.nn.LayerNorm's default.
+LAYER_NORM_EPS = 1e-5
+
+
 class GRUGrads(NamedTuple):
     dx: np.ndarray               # (T, B, I)
     dh0: np.ndarray              # (B, H)
@@ -315,6 +326,16 @@ def check_peepholes(w_p, inputs: Inputs) -> Optional[np.ndarray]:
     if w_p is None:
         return None
     return _checked("peepholes", w_p, inputs.dtype, (3 * inputs.H,))
+
+
+def check_layer_norm(ln, inputs: Inputs) -> Optional[np.ndarray]:
+    """A layer-normalised LSTM's norm parameters ``(10H,)`` = [g_ih (4H), g_hh (4H),
+    g_c (H), b_c (H)] of the forward's dtype, or None (no layer norm)."""
+    if ln is None:
+        return None
+    if inputs.w_hr is not None:
+        raise ValueError("layer_norm cannot be combined with a projection (w_hr) yet")
+    return _checked("layer_norm", ln, inputs.dtype, (10 * inputs.H,))
 
 
 def check_recurrent_mask(mask, inputs: Inputs) -> Optional[np.ndarray]:

@@ -23,9 +23,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, PeepholeLSTMGrads,
-                      ProjectedLSTMGrads, RNNGrads, as_ndarray, check_backward, check_forward,
-                      check_memory, check_nonlinearity, check_peepholes, check_recurrent_mask)
+from ._common import (Cache, GRUGrads, Inputs, LayerNormLSTMGrads, LSTMGrads,
+                      PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, as_ndarray,
+                      check_backward, check_forward, check_layer_norm, check_memory,
+                      check_nonlinearity, check_peepholes, check_recurrent_mask)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "gemm", "Packs", "pack_weights"]
@@ -147,13 +148,16 @@ def rnn_backward(dy, dh_n, cache) -> RNNGrads:
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None):
+                 training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None,
+                 layer_norm=None):
     """LSTM over a sequence (gates i, f, g, o; ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``).
 
     ``peepholes (3H,)`` = [p_i, p_o, p_f] (ONNX's P) or None: ``a_i += p_i c_{t-1}``,
     ``a_f += p_f c_{t-1}``, ``a_o += p_o c_t``. ``w_hr (P, H)`` or None: PyTorch's
     projection (``proj_size``), ``h_t = (o tanh(c_t)) w_hr^T``; then ``w_hh`` is (4H, P),
     ``h0``, ``h_n`` (B, P) and ``y`` (T, B, P). ``packs`` do not serve a projection.
+    ``layer_norm (10H,)`` = [g_ih, g_hh, g_c, b_c] or None: the layer-normalised LSTM of
+    :func:`fastrnn.reference.lstm_forward` (csrc/lstm_ln.c; not with peepholes or w_hr).
     Returns ``(y (T, B, H), h_n (B, H), c_n (B, H), cache)``.
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
@@ -161,6 +165,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
         packs = None   # packs hold w_hh (4H, H) panels; a projection's are made per call
     w_p = check_peepholes(peepholes, inputs)
     mask = check_recurrent_mask(recurrent_mask, inputs)
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if w_p is not None:
+            raise ValueError("layer_norm cannot be combined with peepholes yet")
+        return _lstm_ln_forward(inputs, mask, ln, training)
     y, (h_n, c_n), saved = _forward_outputs(inputs, 2, _core.LSTM_SAVED_PER_UNIT, training)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states,
@@ -175,6 +184,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
 def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
     """BPTT for :func:`lstm_forward`: gradients of x, h0, c0 and the weights."""
     upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}, _BACKEND, "lstm")
+    if cache.options.get("layer_norm") is not None:
+        return _lstm_ln_backward(upstream, cache)
     inputs = cache.inputs
     w_p = cache.options["peepholes"]
     dx, (dh0, dc0) = _state_grads(inputs, 2)
@@ -194,6 +205,36 @@ def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
     if w_p is None:
         return LSTMGrads(dx, dh0, dc0, *params)
     return PeepholeLSTMGrads(dx, dh0, dc0, *params, dw_p)
+
+
+def _lstm_ln_forward(inputs: Inputs, mask, ln, training):
+    """The layer-normalised LSTM's kernel (csrc/lstm_ln.c) for :func:`lstm_forward`."""
+    T, B, _, H = _sizes(inputs)
+    y, (h_n, c_n), _ = _forward_outputs(inputs, 2, 0, False)
+    saved = (np.empty(T * B * (_core.LSTM_LN_SAVED_PER_UNIT * H + _core.LSTM_LN_SAVED_PER_ROW),
+                      inputs.dtype) if training else None)
+    if B:  # an empty batch (B = 0): nothing to compute
+        _core.lstm_ln_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states,
+                                     *_weights(inputs), ln),
+                              inputs.lengths, _flat(mask)[0], *_sizes(inputs))
+    options = {"packs": None, "peepholes": None, "recurrent_mask": mask, "layer_norm": ln}
+    cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
+    return y, h_n, c_n, cache
+
+
+def _lstm_ln_backward(upstream, cache) -> LayerNormLSTMGrads:
+    inputs, ln = cache.inputs, cache.options["layer_norm"]
+    dx, (dh0, dc0) = _state_grads(inputs, 2)
+    params = _parameter_grads(inputs)
+    dln = np.zeros_like(ln)
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.lstm_ln_backward(*_flat(dx, dh0, dc0, *params, dln, upstream["dy"],
+                                      upstream["dh_n"], upstream["dc_n"], cache.saved["saved"],
+                                      cache.y, inputs.x, *inputs.states, inputs.w_ih,
+                                      inputs.w_hh, ln),
+                               inputs.lengths, _flat(cache.options["recurrent_mask"])[0],
+                               *_sizes(inputs))
+    return LayerNormLSTMGrads(dx, dh0, dc0, *params, dln)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,

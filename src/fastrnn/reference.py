@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import (Cache, GRUGrads, LSTMGrads, PeepholeLSTMGrads, ProjectedLSTMGrads,
-                      RNNGrads, check_backward,
+from ._common import (LAYER_NORM_EPS, Cache, GRUGrads, LayerNormLSTMGrads, LSTMGrads,
+                      PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, check_backward,
+                      check_layer_norm,
                       check_forward, check_nonlinearity, check_peepholes, check_recurrent_mask)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
@@ -235,6 +236,26 @@ def rnn_backward(dy, dh_n, cache):
 # LSTM (PyTorch):  gates i, f, g, o;  c_t = f*c_{t-1} + i*g;  h_t = o*tanh(c_t)
 # ---------------------------------------------------------------------------------------------
 
+def _layer_norm(a, blocks):
+    """Layer norm of each of ``blocks`` blocks of the last axis: (â, rstd) with
+    â = (a - mean) * rstd, rstd = 1 / sqrt(var + eps); a (..., n*H) -> (..., n*H),
+    (..., n, 1)."""
+    a = a.reshape(*a.shape[:-1], blocks, -1)
+    centred = a - a.mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + LAYER_NORM_EPS)
+    return (centred * rstd).reshape(*a.shape[:-2], -1), rstd
+
+
+def _layer_norm_backward(dhat, hat, rstd):
+    """Undo â = LN(a) per block: da = rstd (dâ - mean(dâ) - â mean(dâ â))."""
+    blocks = rstd.shape[-2]
+    dhat = dhat.reshape(*dhat.shape[:-1], blocks, -1)
+    hat = hat.reshape(*hat.shape[:-1], blocks, -1)
+    da = rstd * (dhat - dhat.mean(axis=-1, keepdims=True)
+                 - hat * (dhat * hat).mean(axis=-1, keepdims=True))
+    return da.reshape(*da.shape[:-2], -1)
+
+
 def _lstm_gates(a):
     """Gate activations of a (B, 4H): sigmoid for i, f, o and tanh for g."""
     H = a.shape[-1] // 4
@@ -244,7 +265,8 @@ def _lstm_gates(a):
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None):
+                 training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None,
+                 layer_norm=None):
     """LSTM over a whole sequence (PyTorch equations and gate order i, f, g, o).
 
     Equations::
@@ -258,6 +280,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     ``a_i += p_i * c_{t-1}``, ``a_f += p_f * c_{t-1}``, ``a_o += p_o * c_t``.
     With ``w_hr`` (P, H) (PyTorch's ``proj_size``) the state is projected:
     ``h_t = (o * tanh(c_t)) w_hrᵀ`` of P units, so y, h0, h_n are (·, P), w_hh (4H, P).
+    With ``layer_norm`` (10H,) = [g_ih, g_hh, g_c, b_c] (Ba et al. 2016), each gate block
+    of each product is layer-normalised, and so is the cell state before its tanh:
+    ``a_t = g_ih LN(x_t w_ihᵀ) + g_hh LN(h_{t-1} w_hhᵀ) + b_ih + b_hh``,
+    ``h_t = o * tanh(g_c LN(c_t) + b_c)`` (see :func:`_lstm_ln_forward`).
 
     Shapes: x (T, B, I), h0/c0 (B, H) or None, w_ih (4H, I), w_hh (4H, H),
     b_ih/b_hh (4H,) or None, lengths (B,) or None, peepholes (3H,) or None.
@@ -266,6 +292,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     w_p = check_peepholes(peepholes, inputs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, P) or None
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if w_p is not None:
+            raise ValueError("layer_norm cannot be combined with peepholes yet")
+        return _lstm_ln_forward(inputs, m, ln, training)
     p_i, p_o, p_f = _chunks(w_p, 3) if w_p is not None else (0, 0, 0)
     T, B, H, P = inputs.T, inputs.B, inputs.H, inputs.P    # P = H without a projection
     valid = _valid_steps(inputs)                           # (T, B, 1)
@@ -314,6 +345,8 @@ def lstm_backward(dy, dh_n, dc_n, cache):
     with a projection ``ProjectedLSTMGrads`` (``dw_hr (P, H)``, then ``dw_p`` or None).
     """
     up = _upstream(cache, "lstm", dy=dy, dh_n=dh_n, dc_n=dc_n)
+    if cache.options.get("layer_norm") is not None:
+        return _lstm_ln_backward(up, cache)
     inputs, saved = cache.inputs, cache.saved
     w_p, m = cache.options["peepholes"], cache.options["recurrent_mask"]
     p_i, p_o, p_f = _chunks(w_p, 3) if w_p is not None else (0, 0, 0)
@@ -352,6 +385,87 @@ def lstm_backward(dy, dh_n, dc_n, cache):
         m_t = saved["gates"][..., 3 * inputs.H:] * tanh_cs    # (T, B, H)
         return ProjectedLSTMGrads(*grads, _sum_outer(dhs, m_t), dw_p)
     return LSTMGrads(*grads) if w_p is None else PeepholeLSTMGrads(*grads, dw_p)
+
+
+def _lstm_ln_forward(inputs, m, ln, training):
+    """Layer-normalised LSTM (Ba et al. 2016, per gate block as TF Addons'
+    LayerNormLSTMCell, with each product normalised on its own)::
+
+        a_t = g_ih * LN(x_t w_ihᵀ) + g_hh * LN(h_{t-1} w_hhᵀ) + b_ih + b_hh    LN per block of H
+        i, f, g, o as LSTM;  c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(g_c * LN(c_t) + b_c)
+
+    ln (10H,) = [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]; LN(v) = (v - mean) / sqrt(var + eps).
+    """
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh, g_c, b_c = np.split(ln, [4 * H, 8 * H, 9 * H])
+    valid = _valid_steps(inputs)                           # (T, B, 1)
+    x_hat, x_rstd = _layer_norm(inputs.x @ inputs.w_ih.T, 4)  # (T, B, 4H), (T, B, 4, 1)
+    pre = g_ih * x_hat
+    for bias in (inputs.b_ih, inputs.b_hh):
+        if bias is not None:
+            pre = pre + bias
+    h = _initial_state(inputs.states[0], inputs)           # (B, H)
+    c = _initial_state(inputs.states[1], inputs)
+    y = np.empty((T, B, H), inputs.dtype)
+    saved = {"h": _state_history(h, inputs), "c": _state_history(c, inputs),
+             "gates": np.empty((T, B, 4 * H), inputs.dtype), "x_hat": x_hat,
+             "x_rstd": x_rstd, "h_hat": np.empty((T, B, 4 * H), inputs.dtype),
+             "h_rstd": np.empty((T, B, 4, 1), inputs.dtype),
+             "c_hat": np.empty((T, B, H), inputs.dtype),
+             "c_rstd": np.empty((T, B, 1, 1), inputs.dtype),
+             "tanh_n": np.empty((T, B, H), inputs.dtype)}
+    for t in range(T):
+        h_hat, h_rstd = _layer_norm(_masked(h, m) @ inputs.w_hh.T, 4)   # (B, 4H)
+        gates = _lstm_gates(pre[t] + g_hh * h_hat)
+        i, f, g, o = _chunks(gates, 4)
+        c_new = f * c + i * g
+        c_hat, c_rstd = _layer_norm(c_new, 1)
+        tanh_n = np.tanh(g_c * c_hat + b_c)
+        h_new = o * tanh_n
+        y[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)
+        c = np.where(valid[t], c_new, c)
+        for name, value in (("gates", gates), ("h_hat", h_hat), ("h_rstd", h_rstd),
+                            ("c_hat", c_hat), ("c_rstd", c_rstd), ("tanh_n", tanh_n)):
+            saved[name][t] = value
+        saved["h"][t + 1], saved["c"][t + 1] = h, c
+    cache = (_make_cache(inputs, y, saved, peepholes=None, recurrent_mask=m, layer_norm=ln)
+             if training else None)
+    return y, h, c, cache
+
+
+def _lstm_ln_backward(up, cache):
+    """BPTT of :func:`_lstm_ln_forward`: LayerNormLSTMGrads (dlayer_norm last)."""
+    inputs, s, m = cache.inputs, cache.saved, cache.options["recurrent_mask"]
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh, g_c, _ = np.split(cache.options["layer_norm"], [4 * H, 8 * H, 9 * H])
+    valid = _valid_steps(inputs)
+    da = np.empty((T, B, 4 * H), inputs.dtype)           # dL/da_t, zero past the end
+    dah = np.empty((T, B, 4 * H), inputs.dtype)          # dL/d(h_{t-1} w_hhᵀ)
+    dn = np.empty((T, B, H), inputs.dtype)               # dL/d(g_c LN(c_t) + b_c)
+    dh, dc = up["dh_n"], up["dc_n"]
+    for t in reversed(range(T)):
+        i, f, g, o = _chunks(s["gates"][t], 4)
+        dh = dh + np.where(valid[t], up["dy"][t], 0)
+        dh_t, dc_t = np.where(valid[t], dh, 0), np.where(valid[t], dc, 0)
+        tanh_n = s["tanh_n"][t]
+        da_o = dh_t * tanh_n * _dsigmoid(o)                # h_t = o * tanh(n_t)
+        dn[t] = dh_t * o * _dtanh(tanh_n)                  # n_t = g_c LN(c_t) + b_c
+        dc_t = dc_t + _layer_norm_backward(dn[t] * g_c, s["c_hat"][t], s["c_rstd"][t])
+        c_prev = s["c"][t]
+        da[t] = np.concatenate([dc_t * g * _dsigmoid(i), dc_t * c_prev * _dsigmoid(f),
+                                dc_t * i * _dtanh(g), da_o], axis=-1)
+        dah[t] = _layer_norm_backward(da[t] * g_hh, s["h_hat"][t], s["h_rstd"][t])
+        dh = np.where(valid[t], _masked(dah[t] @ inputs.w_hh, m), dh)
+        dc = np.where(valid[t], dc_t * f, dc)
+    dax = _layer_norm_backward(da * g_ih, s["x_hat"], s["x_rstd"])   # dL/d(x w_ihᵀ)
+    dx, dw_ih, _ = _input_grads(inputs, dax)
+    dw_hh = _sum_outer(dah, _masked(s["h"][:-1], m))
+    dln = np.concatenate([(da * s["x_hat"]).sum(axis=(0, 1)), (da * s["h_hat"]).sum(axis=(0, 1)),
+                          (dn * s["c_hat"]).sum(axis=(0, 1)), dn.sum(axis=(0, 1))])
+    return LayerNormLSTMGrads(dx, dh, dc, dw_ih, dw_hh, _bias_grad(da, inputs.b_ih),
+                              _bias_grad(da, inputs.b_hh), dln)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -688,19 +688,37 @@ class LSTM(_RecurrentBase):
     ``(T, B, D*P)``, ``h0``/``h_n`` ``(L*D, B, P)``, ``c0``/``c_n`` stay ``(L*D, B, H)``,
     ``weight_hh_l{k}`` is ``(4H, P)`` and layer k > 0 reads D*P features, as in torch (whose
     state_dict loads unchanged).
+
+    ``layer_norm=True`` (Ba et al. 2016; per gate block as TF Addons' LayerNormLSTMCell)
+    normalises each product and the cell state, with gains ``ln_weight_ih_l{k}``,
+    ``ln_weight_hh_l{k}`` (4H,), ``ln_weight_c_l{k}`` (H,) and ``ln_bias_c_l{k}`` (H,)
+    (initialised to 1 and 0; the products' shifts are the biases)::
+
+        a_t = g_ih * LN(W_ih x_t) + g_hh * LN(W_hh h_{t-1}) + b_ih + b_hh
+        h_t = o * tanh(g_c * LN(c_t) + b_c)
+
+    Not combined with peepholes or proj_size.
     """
 
     _gates = 4
     _state_names = ("h", "c")
     _forget_gate = 1
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False, **kwargs):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, peepholes=peepholes, proj_size=proj_size, **kwargs)
+    _LAYER_NORM_KINDS = ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c")
 
-    def _set_variants(self, peepholes=False, proj_size=0) -> None:
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
+                 layer_norm=False, **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, peepholes=peepholes, proj_size=proj_size,
+                         layer_norm=layer_norm, **kwargs)
+
+    def _set_variants(self, peepholes=False, proj_size=0, layer_norm=False) -> None:
         self.peepholes = _flag("peepholes", peepholes)
+        self.layer_norm = _flag("layer_norm", layer_norm)
+        if self.layer_norm and (self.peepholes or proj_size):
+            raise ValueError("layer_norm=True cannot be combined with peepholes or proj_size "
+                             f"yet (got peepholes={self.peepholes}, proj_size={proj_size!r})")
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
             raise TypeError(f"proj_size must be an int, got {proj_size!r}")
         if not 0 <= proj_size < self.hidden_size:
@@ -722,20 +740,33 @@ class LSTM(_RecurrentBase):
             kinds.append(("weight_hr", (self.proj_size, self.hidden_size)))
         if self.peepholes:
             kinds.append(("weight_p", (3 * self.hidden_size,)))
+        if self.layer_norm:
+            H = self.hidden_size
+            kinds += list(zip(self._LAYER_NORM_KINDS, [(4 * H,), (4 * H,), (H,), (H,)]))
         return kinds
+
+    def reset_parameters(self) -> None:
+        """As the base class; layer-norm gains 1 and shifts 0 (both inits)."""
+        super().reset_parameters()
+        for name, p in self.named_parameters():
+            if name.startswith("ln_"):
+                p[...] = 0.0 if name.startswith("ln_bias") else 1.0
 
     def _peephole_weights(self, layer: int, direction: int):
         """``weight_p`` (3H,) of one layer and direction, or None without peepholes."""
         return self._param("weight_p", layer, direction).value if self.peepholes else None
 
     def _packs(self, layer: int, direction: int, training: bool):
-        """No packs with a projection (the kernel packs w_hh (4H, P) per call)."""
-        return None if self.proj_size else super()._packs(layer, direction, training)
+        """No packs with a projection (the kernel packs w_hh (4H, P) per call) or layer norm
+        (whose kernel makes its own)."""
+        if self.proj_size or self.layer_norm:
+            return None
+        return super()._packs(layer, direction, training)
 
     def step(self, x_t, state=None):
-        """As the base class; with proj_size the step runs the sequence kernels over T = 1
-        (inference, no dropout; the tape of a pending backward is kept)."""
-        if not self.proj_size or self.bidirectional or _empty_batch(x_t):
+        """As the base class; with proj_size or layer_norm the step runs the sequence kernels
+        over T = 1 (inference, no dropout; the tape of a pending backward is kept)."""
+        if not (self.proj_size or self.layer_norm) or self.bidirectional or _empty_batch(x_t):
             return super().step(x_t, state)
         x_t = _array("x_t", x_t, self.dtype)
         if x_t.ndim != 2:
@@ -777,6 +808,9 @@ class LSTM(_RecurrentBase):
             args["peepholes"] = self._peephole_weights(layer, direction)
         if self.proj_size:
             args["w_hr"] = self._param("weight_hr", layer, direction).value
+        if self.layer_norm:
+            args["layer_norm"] = np.concatenate(
+                [self._param(k, layer, direction).value for k in self._LAYER_NORM_KINDS])
         return args
 
     def _kernel_forward(self, x, states, weights, lengths, training, packs=None, **variant):
@@ -788,6 +822,9 @@ class LSTM(_RecurrentBase):
         g = ops.lstm_backward(dy, *dfinals, cache)
         grads = (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, getattr(g, "dw_hr", None),
                  getattr(g, "dw_p", None))
+        if hasattr(g, "dlayer_norm"):   # the (10H,) gradient, split like the parameters
+            H = self.hidden_size
+            grads += tuple(np.split(g.dlayer_norm, [4 * H, 8 * H, 9 * H]))
         return g.dx, (g.dh0, g.dc0), tuple(d for d in grads if d is not None)  # as _params
 
     def _step_layers(self):
@@ -798,7 +835,8 @@ class LSTM(_RecurrentBase):
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + (f", proj_size={self.proj_size}" if self.proj_size else "")
-                + (", peepholes=True" if self.peepholes else ""))
+                + (", peepholes=True" if self.peepholes else "")
+                + (", layer_norm=True" if self.layer_norm else ""))
 
 
 

@@ -1,0 +1,310 @@
+/* lstm_ln.c - layer-normalised LSTM (Ba et al. 2016; per gate block, as TF Addons'
+ * LayerNormLSTMCell, each product normalised on its own), forward and BPTT.
+ *
+ *   a_t = g_ih * LN(x_t w_ih^T) + g_hh * LN(h_{t-1} w_hh^T) + b_ih + b_hh    (B, 4H)
+ *   i, f, g, o as lstm.c;  c_t = f * c_{t-1} + i * g
+ *   h_t = o * tanh(g_c * LN(c_t) + b_c),  y_t = h_t
+ *
+ * LN(v) = (v - mean) * rstd, rstd = 1 / sqrt(var + eps), over each block of H units (the 4
+ * gate blocks of a product, the cell state). ln (10H) = [g_ih (4H) g_hh (4H) g_c (H)
+ * b_c (H)]. A norm needs whole rows, so the per-step product is stored (B, 4H) and the cell
+ * runs row by row after it, each block of rows its own time loop (fr_for_row_blocks).
+ * Recurrent dropout (h_mask) as in seq.h. Saved per (t, b): gates (4H), c_t, tanh(n_t),
+ * x_hat (4H), h_hat (4H), c_hat (H), then rstd of x (4), h (4), c (1).
+ */
+#include "act.h"
+#include "seq.h"
+
+#define FR_LN_EPS ((real)1e-5)
+
+/* Views of the saved block (layout in fastrnn.h). */
+typedef struct {
+    real *gates, *c, *tanh_n, *x_hat, *h_hat, *c_hat, *x_rstd, *h_rstd, *c_rstd;
+} ln_saved;
+
+static ln_saved ln_saved_views(real *s, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    const ptrdiff_t R = T * B;
+    ln_saved v = {s,               s + R * 4 * H,  s + R * 5 * H,  s + R * 6 * H,
+                  s + R * 10 * H,  s + R * 14 * H, s + R * 15 * H, s + R * (15 * H + 4),
+                  s + R * (15 * H + 8)};
+    return v;
+}
+
+/* hat (n*H) = LN of each of the n blocks of v (n*H); rstd (n) of each. */
+static void ln_blocks(real *restrict hat, real *restrict rstd, const real *restrict v,
+                      ptrdiff_t n, ptrdiff_t H) {
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const real *restrict a = v + k * H;
+        real mean = 0, var = 0;
+        for (ptrdiff_t j = 0; j < H; j++)
+            mean += a[j];
+        mean /= (real)H;
+        for (ptrdiff_t j = 0; j < H; j++)
+            var += (a[j] - mean) * (a[j] - mean);
+        real r = (real)(1.0 / sqrt((double)(var / (real)H + FR_LN_EPS)));
+        for (ptrdiff_t j = 0; j < H; j++)
+            hat[k * H + j] = (a[j] - mean) * r;
+        rstd[k] = r;
+    }
+}
+
+/* Undo hat = LN(v) per block: dv (n*H) = rstd (dhat - mean(dhat) - hat mean(dhat hat)),
+ * with dhat = d * gain (gain (n*H)). */
+static void ln_blocks_backward(real *restrict dv, const real *restrict d,
+                               const real *restrict gain, const real *restrict hat,
+                               const real *restrict rstd, ptrdiff_t n, ptrdiff_t H) {
+    for (ptrdiff_t k = 0; k < n; k++) {
+        real m1 = 0, m2 = 0;
+        for (ptrdiff_t j = 0; j < H; j++) {
+            real dh = d[k * H + j] * gain[k * H + j];
+            m1 += dh;
+            m2 += dh * hat[k * H + j];
+        }
+        m1 /= (real)H;
+        m2 /= (real)H;
+        for (ptrdiff_t j = 0; j < H; j++)
+            dv[k * H + j] =
+                rstd[k] * (d[k * H + j] * gain[k * H + j] - m1 - hat[k * H + j] * m2);
+    }
+}
+
+/* What both time loops read and write, for any block of rows. */
+typedef struct {
+    real *y, *h, *c, *hm;         /* (T, B, H); carried (B, H), (B, H); h * mask (B, H) */
+    real *ah;                     /* (B, 4H) the step's recurrent product */
+    ln_saved s;                   /* views of the saved block */
+    const real *pre;              /* (T, B, 4H) g_ih LN(x w_ih^T) + b_ih + b_hh */
+    const real *ln, *mask;        /* (10H); (B, H) or NULL */
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    ptrdiff_t T, B, H;
+} ln_forward_loop;
+
+/* One valid row of one step: the cell after the product ah (4H). */
+static void ln_row_forward(const ln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
+    const ptrdiff_t H = a->H, row = t * a->B + b;
+    const real *g_hh = a->ln + 4 * H, *g_c = a->ln + 8 * H, *b_c = a->ln + 9 * H;
+    real *gates = a->s.gates + row * 4 * H, *h_hat = a->s.h_hat + row * 4 * H;
+    real *c_hat = a->s.c_hat + row * H, *tn = a->s.tanh_n + row * H, *c = a->c + b * H;
+    const real *pre = a->pre + row * 4 * H;
+    ln_blocks(h_hat, a->s.h_rstd + row * 4, a->ah + b * 4 * H, 4, H);
+    for (ptrdiff_t j = 0; j < 4 * H; j++) /* i, f, g, o */
+        gates[j] = pre[j] + g_hh[j] * h_hat[j];
+    for (ptrdiff_t j = 0; j < H; j++) {
+        real i = fr_sigmoid(gates[j]), f = fr_sigmoid(gates[H + j]);
+        real g = fr_tanh(gates[2 * H + j]), o = fr_sigmoid(gates[3 * H + j]);
+        gates[j] = i, gates[H + j] = f, gates[2 * H + j] = g, gates[3 * H + j] = o;
+        c[j] = f * c[j] + i * g;
+    }
+    memcpy(a->s.c + row * H, c, (size_t)H * sizeof(real));
+    ln_blocks(c_hat, a->s.c_rstd + row, c, 1, H);
+    for (ptrdiff_t j = 0; j < H; j++) {
+        tn[j] = fr_tanh(g_c[j] * c_hat[j] + b_c[j]);
+        a->h[b * H + j] = a->y[row * H + j] = gates[3 * H + j] * tn[j];
+    }
+}
+
+static void ln_forward_rows(const void *ctx, fr_rows r) {
+    const ln_forward_loop *a = ctx;
+    const ptrdiff_t H = a->H;
+    for (ptrdiff_t t = 0; t < a->T; t++) {
+        const real *operand = a->mask ? a->hm : a->h;
+        FR_FN(recurrent_product)(a->rec, a->ah + r.b0 * 4 * H, 4 * H, operand + r.b0 * H, H,
+                                 r.rows, 0); /* ah = h_{t-1} [* mask] w_hh^T */
+        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
+            if (fr_step_valid(a->lengths, t, b))
+                ln_row_forward(a, t, b);
+            else /* state kept, output zero */
+                memset(a->y + (t * a->B + b) * H, 0, (size_t)H * sizeof(real));
+            if (a->mask)
+                FR_FN(mask_units)(a->hm + b * H, a->h + b * H, a->mask + b * H, H);
+        }
+    }
+}
+
+/* pre (T*B, 4H) = g_ih LN(x w_ih^T) + b_ih + b_hh, x_hat and its rstd saved. */
+static void ln_input_side(real *pre, ln_saved s, const real *x, const real *w_ih,
+                          const real *b_ih, const real *b_hh, const real *g_ih, ptrdiff_t R,
+                          ptrdiff_t I, ptrdiff_t H) {
+    FR_FN(input_projection)(pre, x, w_ih, NULL, NULL, R, I, 4 * H);
+    for (ptrdiff_t row = 0; row < R; row++) {
+        real *p = pre + row * 4 * H, *hat = s.x_hat + row * 4 * H;
+        ln_blocks(hat, s.x_rstd + row * 4, p, 4, H);
+        for (ptrdiff_t j = 0; j < 4 * H; j++)
+            p[j] = g_ih[j] * hat[j] + (b_ih ? b_ih[j] : 0) + (b_hh ? b_hh[j] : 0);
+    }
+}
+
+int FR_FN(lstm_ln_forward)(real *y, real *h_n, real *c_n, real *saved, const real *x,
+                           const real *h0, const real *c0, const real *w_ih, const real *w_hh,
+                           const real *b_ih, const real *b_hh, const real *ln,
+                           const int64_t *lengths, const real *h_mask, ptrdiff_t T,
+                           ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
+    const ptrdiff_t R = T * B;
+    /* inference keeps a workspace of the saved block's size */
+    real *work = saved ? NULL : FR_FN(alloc)(R * (FR_LSTM_LN_SAVED_PER_UNIT * H +
+                                                  FR_LSTM_LN_SAVED_PER_ROW));
+    real *pre = FR_FN(alloc)(R * 4 * H), *ah = FR_FN(alloc)(B * 4 * H);
+    real *hm = h_mask ? FR_FN(alloc)(B * H) : NULL;
+    fr_recurrent rec[2];
+    int status = FR_ERR_NOMEM;
+    if ((!saved && !work) || !pre || !ah || (h_mask && !hm) ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, NULL) != FR_OK)
+        goto done;
+    ln_saved s = ln_saved_views(saved ? saved : work, T, B, H);
+    ln_input_side(pre, s, x, w_ih, b_ih, b_hh, ln, R, I, H);
+    FR_FN(init_state)(h_n, h0, B * H);
+    FR_FN(init_state)(c_n, c0, B * H);
+    if (h_mask)
+        FR_FN(mask_state)(hm, h0, h_mask, B * H);
+    ln_forward_loop loop = {y, h_n, c_n, hm, ah, s, pre, ln, h_mask, rec, lengths, T, B, H};
+    fr_for_row_blocks(B, 1, ln_forward_rows, &loop);
+    FR_FN(recurrent_free)(rec);
+    status = FR_OK;
+done:
+    free(work);
+    free(pre);
+    free(ah);
+    free(hm);
+    return status;
+}
+
+/* What the backward time loop reads and writes, for any block of rows. */
+typedef struct {
+    real *dG, *dGh, *dn;          /* (T, B, 4H) dL/da, dL/d(h w_hh^T); (T, B, H) dL/dn */
+    real *dh, *dc, *tmp;          /* carried (B, H) each; (B, H) for the masked product */
+    const real *dy, *zeros;       /* (T, B, H) or NULL; (H) zeros */
+    ln_saved s;
+    const real *c0, *ln, *mask;
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    ptrdiff_t T, B, H;
+} ln_backward_loop;
+
+/* One valid row of one step backward: dG, dGh, dn of (t, b) written, dh (H) zeroed for the
+ * recurrent product, dc (H) carried to step t-1. */
+static void ln_row_backward(const ln_backward_loop *a, ptrdiff_t t, ptrdiff_t b) {
+    const ptrdiff_t H = a->H, row = t * a->B + b;
+    const real *g = a->s.gates + row * 4 * H, *tn = a->s.tanh_n + row * H;
+    const real *c_prev = t > 0   ? a->s.c + (row - a->B) * H
+                         : a->c0 ? a->c0 + b * H
+                                 : a->zeros;
+    const real *dy = a->dy ? a->dy + row * H : a->zeros;
+    real *dG = a->dG + row * 4 * H, *dn = a->dn + row * H, *dh = a->dh + b * H;
+    real *dc = a->dc + b * H;
+    for (ptrdiff_t j = 0; j < H; j++) { /* h = o tanh(n) */
+        real dh_j = dy[j] + dh[j];
+        dG[3 * H + j] = dh_j * tn[j] * fr_dsigmoid_from_output(g[3 * H + j]);
+        dn[j] = dh_j * g[3 * H + j] * fr_dtanh_from_output(tn[j]);
+        dh[j] = 0;
+    }
+    /* n = g_c LN(c) + b_c: dG's f block holds dL/dc from it for a moment */
+    ln_blocks_backward(dG + H, dn, a->ln + 8 * H, a->s.c_hat + row * H, a->s.c_rstd + row, 1,
+                       H);
+    for (ptrdiff_t j = 0; j < H; j++) { /* c = f c_prev + i g */
+        real dc_j = dc[j] + dG[H + j];
+        dG[j] = dc_j * g[2 * H + j] * fr_dsigmoid_from_output(g[j]);
+        dG[H + j] = dc_j * c_prev[j] * fr_dsigmoid_from_output(g[H + j]);
+        dG[2 * H + j] = dc_j * g[j] * fr_dtanh_from_output(g[2 * H + j]);
+        dc[j] = dc_j * g[H + j];
+    }
+    /* a = ... + g_hh LN(h w_hh^T) */
+    ln_blocks_backward(a->dGh + row * 4 * H, dG, a->ln + 4 * H, a->s.h_hat + row * 4 * H,
+                       a->s.h_rstd + row * 4, 4, H);
+}
+
+static void ln_backward_rows(const void *ctx, fr_rows r) {
+    const ln_backward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H;
+    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
+        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
+            ptrdiff_t row = t * B + b;
+            if (fr_step_valid(a->lengths, t, b)) {
+                ln_row_backward(a, t, b);
+                continue;
+            }
+            memset(a->dG + row * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
+            memset(a->dGh + row * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
+            memset(a->dn + row * H, 0, (size_t)H * sizeof(real));
+        }
+        /* dh += (dGh_t w_hh) [* mask] */
+        FR_FN(recurrent_product_masked)(a->rec, a->dh + r.b0 * H,
+                                        a->dGh + (t * B + r.b0) * 4 * H, 4 * H, r.rows,
+                                        a->mask ? a->mask + r.b0 * H : NULL,
+                                        a->tmp ? a->tmp + r.b0 * H : NULL);
+    }
+}
+
+/* After the loop: dln (10H) += [sum dG x_hat, sum dG h_hat, sum dn c_hat, sum dn] over the
+ * valid rows (past a length dG and dn are 0 and h_hat, c_hat unset); then dG becomes
+ * dL/d(x w_ih^T) (LN backward of g_ih x_hat, row by row, through dv (4H)). */
+static void ln_param_grads(real *dln, real *dG, real *dv, const real *dn, ln_saved s,
+                           const real *ln, const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,
+                           ptrdiff_t H) {
+    for (ptrdiff_t row = 0; row < T * B; row++) {
+        if (!fr_step_valid(lengths, row / B, row % B))
+            continue; /* dG stays 0: so is dL/d(x w_ih^T) */
+        real *d = dG + row * 4 * H;
+        const real *xh = s.x_hat + row * 4 * H, *hh = s.h_hat + row * 4 * H;
+        const real *ch = s.c_hat + row * H, *n = dn + row * H;
+        for (ptrdiff_t j = 0; j < 4 * H; j++) {
+            dln[j] += d[j] * xh[j];
+            dln[4 * H + j] += d[j] * hh[j];
+        }
+        for (ptrdiff_t j = 0; j < H; j++) {
+            dln[8 * H + j] += n[j] * ch[j];
+            dln[9 * H + j] += n[j];
+        }
+        ln_blocks_backward(dv, d, ln, xh, s.x_rstd + row * 4, 4, H);
+        memcpy(d, dv, (size_t)(4 * H) * sizeof(real));
+    }
+}
+
+int FR_FN(lstm_ln_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,
+                            real *db_ih, real *db_hh, real *dln, const real *dy,
+                            const real *dh_n, const real *dc_n, const real *saved,
+                            const real *y, const real *x, const real *h0, const real *c0,
+                            const real *w_ih, const real *w_hh, const real *ln,
+                            const int64_t *lengths, const real *h_mask, ptrdiff_t T,
+                            ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
+    const ptrdiff_t R = T * B;
+    real *dG = FR_FN(alloc)(R * 4 * H), *dGh = FR_FN(alloc)(R * 4 * H);
+    real *dn = FR_FN(alloc)(R * H), *zeros = FR_FN(alloc_zeroed)(H), *dv = FR_FN(alloc)(4 * H);
+    real *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL;
+    real *hm = h_mask ? FR_FN(alloc)(R * H) : NULL; /* (T, B, H) masked h_{t-1} */
+    fr_recurrent rec[2];
+    int status = FR_ERR_NOMEM;
+    if (!dG || !dGh || !dn || !zeros || !dv || (h_mask && (!tmp || !hm)) ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 1, w_hh, H, T, B, NULL) != FR_OK)
+        goto done;
+    ln_saved s = ln_saved_views((real *)saved, T, B, H);
+    FR_FN(init_state)(dh0, dh_n, B * H);
+    FR_FN(init_state)(dc0, dc_n, B * H);
+    ln_backward_loop loop = {dG, dGh, dn, dh0, dc0, tmp, dy, zeros, s, c0, ln, h_mask, rec,
+                             lengths, T, B, H};
+    fr_for_row_blocks(B, 1, ln_backward_rows, &loop);
+    FR_FN(recurrent_free)(rec);
+    FR_FN(add_column_sums)(db_ih, dG, R, 4 * H, 4 * H);
+    FR_FN(add_column_sums)(db_hh, dG, R, 4 * H, 4 * H);
+    ln_param_grads(dln, dG, dv, dn, s, ln, lengths, T, B, H);
+    FR_FN(input_grads)(dx, dw_ih, NULL, dG, x, w_ih, R, I, 4 * H);
+    const real *h_first = h0, *h_rest = y; /* what the products read: h_{t-1} [* mask] */
+    if (h_mask) {
+        FR_FN(mask_state)(hm, h0, h_mask, B * H);
+        for (ptrdiff_t t = 1; t < T; t++)
+            FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, h_mask, B * H);
+        h_first = hm;
+        h_rest = hm + B * H;
+    }
+    FR_FN(hidden_grads)(dw_hh, NULL, dGh, 4 * H, h_first, h_rest, T, B, H, 4 * H);
+    status = FR_OK;
+done:
+    free(dG);
+    free(dGh);
+    free(dn);
+    free(zeros);
+    free(dv);
+    free(tmp);
+    free(hm);
+    return status;
+}
