@@ -39,6 +39,10 @@
  * rstd of x (4), h (4), c (1): T*B*(15H + 9) reals */
 #define FR_LSTM_LN_SAVED_PER_UNIT 15
 #define FR_LSTM_LN_SAVED_PER_ROW 9
+/* layer-normalised GRU: gates (3), hn, x_hat (3), h_hat (3); per row the rstd of x (3),
+ * h (3): T*B*(10H + 6) reals */
+#define FR_GRU_LN_SAVED_PER_UNIT 10
+#define FR_GRU_LN_SAVED_PER_ROW 6
 
 /* Packs. Every per-step recurrent product runs on w_hh packed into the microkernel's panel
  * layout (gemm/panel.h). A kernel packs it itself on each call unless `pack` (the last
@@ -191,6 +195,20 @@ typedef struct {
                               const real *h_mask, /* (B, H) or NULL */                     \
                               int reset_after, ptrdiff_t T,                                \
                               ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
+    /* Layer-normalised GRU (gru_ln.c; reset after): [xr xz xn] = g_ih LN(x w_ih^T) + b_ih,\
+     * [hr hz hn] = g_hh LN(h w_hh^T) + b_hh, then the GRU; ln (6H) = [g_ih g_hh]. */      \
+    int fr_gru_ln_forward_##sfx(real *y, real *h_n, real *saved, const real *x,            \
+                                const real *h0, const real *w_ih, const real *w_hh,        \
+                                const real *b_ih, const real *b_hh, const real *ln,        \
+                                const int64_t *lengths, const real *h_mask, ptrdiff_t T,   \
+                                ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);                    \
+    int fr_gru_ln_backward_##sfx(real *dx, real *dh0, real *dw_ih, real *dw_hh,            \
+                                 real *db_ih, real *db_hh, real *dln, const real *dy,      \
+                                 const real *dh_n, const real *saved, const real *y,       \
+                                 const real *x, const real *h0, const real *w_ih,          \
+                                 const real *w_hh, const real *ln,                         \
+                                 const int64_t *lengths, const real *h_mask, ptrdiff_t T,  \
+                                 ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);                   \
     /* Packed recurrent weights (see "Packs" above): bytes of the pack of w_hh for         \
      * (cell, backward, H), and the pack itself written to dst (64-byte aligned, that many  \
      * bytes). Returns 0, or FR_ERR_NOMEM when dst is too small or misaligned. */            \
@@ -242,6 +260,10 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_lstm_ln_backward_f32 FR_DISPATCH(fr_lstm_ln_backward_f32)
 #define fr_lstm_ln_forward_f64 FR_DISPATCH(fr_lstm_ln_forward_f64)
 #define fr_lstm_ln_backward_f64 FR_DISPATCH(fr_lstm_ln_backward_f64)
+#define fr_gru_ln_forward_f32 FR_DISPATCH(fr_gru_ln_forward_f32)
+#define fr_gru_ln_backward_f32 FR_DISPATCH(fr_gru_ln_backward_f32)
+#define fr_gru_ln_forward_f64 FR_DISPATCH(fr_gru_ln_forward_f64)
+#define fr_gru_ln_backward_f64 FR_DISPATCH(fr_gru_ln_backward_f64)
 #define fr_gru_forward_f32 FR_DISPATCH(fr_gru_forward_f32)
 #define fr_gru_backward_f32 FR_DISPATCH(fr_gru_backward_f32)
 #define fr_rnn_forward_f64 FR_DISPATCH(fr_rnn_forward_f64)

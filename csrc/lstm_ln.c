@@ -13,9 +13,7 @@
  * x_hat (4H), h_hat (4H), c_hat (H), then rstd of x (4), h (4), c (1).
  */
 #include "act.h"
-#include "seq.h"
-
-#define FR_LN_EPS ((real)1e-5)
+#include "layernorm.h"
 
 /* Views of the saved block (layout in fastrnn.h). */
 typedef struct {
@@ -28,44 +26,6 @@ static ln_saved ln_saved_views(real *s, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
                   s + R * 10 * H,  s + R * 14 * H, s + R * 15 * H, s + R * (15 * H + 4),
                   s + R * (15 * H + 8)};
     return v;
-}
-
-/* hat (n*H) = LN of each of the n blocks of v (n*H); rstd (n) of each. */
-static void ln_blocks(real *restrict hat, real *restrict rstd, const real *restrict v,
-                      ptrdiff_t n, ptrdiff_t H) {
-    for (ptrdiff_t k = 0; k < n; k++) {
-        const real *restrict a = v + k * H;
-        real mean = 0, var = 0;
-        for (ptrdiff_t j = 0; j < H; j++)
-            mean += a[j];
-        mean /= (real)H;
-        for (ptrdiff_t j = 0; j < H; j++)
-            var += (a[j] - mean) * (a[j] - mean);
-        real r = (real)(1.0 / sqrt((double)(var / (real)H + FR_LN_EPS)));
-        for (ptrdiff_t j = 0; j < H; j++)
-            hat[k * H + j] = (a[j] - mean) * r;
-        rstd[k] = r;
-    }
-}
-
-/* Undo hat = LN(v) per block: dv (n*H) = rstd (dhat - mean(dhat) - hat mean(dhat hat)),
- * with dhat = d * gain (gain (n*H)). */
-static void ln_blocks_backward(real *restrict dv, const real *restrict d,
-                               const real *restrict gain, const real *restrict hat,
-                               const real *restrict rstd, ptrdiff_t n, ptrdiff_t H) {
-    for (ptrdiff_t k = 0; k < n; k++) {
-        real m1 = 0, m2 = 0;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            real dh = d[k * H + j] * gain[k * H + j];
-            m1 += dh;
-            m2 += dh * hat[k * H + j];
-        }
-        m1 /= (real)H;
-        m2 /= (real)H;
-        for (ptrdiff_t j = 0; j < H; j++)
-            dv[k * H + j] =
-                rstd[k] * (d[k * H + j] * gain[k * H + j] - m1 - hat[k * H + j] * m2);
-    }
 }
 
 /* What both time loops read and write, for any block of rows. */
@@ -87,7 +47,7 @@ static void ln_row_forward(const ln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
     real *gates = a->s.gates + row * 4 * H, *h_hat = a->s.h_hat + row * 4 * H;
     real *c_hat = a->s.c_hat + row * H, *tn = a->s.tanh_n + row * H, *c = a->c + b * H;
     const real *pre = a->pre + row * 4 * H;
-    ln_blocks(h_hat, a->s.h_rstd + row * 4, a->ah + b * 4 * H, 4, H);
+    FR_FN(ln_blocks)(h_hat, a->s.h_rstd + row * 4, a->ah + b * 4 * H, 4, H);
     for (ptrdiff_t j = 0; j < 4 * H; j++) /* i, f, g, o */
         gates[j] = pre[j] + g_hh[j] * h_hat[j];
     for (ptrdiff_t j = 0; j < H; j++) {
@@ -97,7 +57,7 @@ static void ln_row_forward(const ln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
         c[j] = f * c[j] + i * g;
     }
     memcpy(a->s.c + row * H, c, (size_t)H * sizeof(real));
-    ln_blocks(c_hat, a->s.c_rstd + row, c, 1, H);
+    FR_FN(ln_blocks)(c_hat, a->s.c_rstd + row, c, 1, H);
     for (ptrdiff_t j = 0; j < H; j++) {
         tn[j] = fr_tanh(g_c[j] * c_hat[j] + b_c[j]);
         a->h[b * H + j] = a->y[row * H + j] = gates[3 * H + j] * tn[j];
@@ -122,19 +82,6 @@ static void ln_forward_rows(const void *ctx, fr_rows r) {
     }
 }
 
-/* pre (T*B, 4H) = g_ih LN(x w_ih^T) + b_ih + b_hh, x_hat and its rstd saved. */
-static void ln_input_side(real *pre, ln_saved s, const real *x, const real *w_ih,
-                          const real *b_ih, const real *b_hh, const real *g_ih, ptrdiff_t R,
-                          ptrdiff_t I, ptrdiff_t H) {
-    FR_FN(input_projection)(pre, x, w_ih, NULL, NULL, R, I, 4 * H);
-    for (ptrdiff_t row = 0; row < R; row++) {
-        real *p = pre + row * 4 * H, *hat = s.x_hat + row * 4 * H;
-        ln_blocks(hat, s.x_rstd + row * 4, p, 4, H);
-        for (ptrdiff_t j = 0; j < 4 * H; j++)
-            p[j] = g_ih[j] * hat[j] + (b_ih ? b_ih[j] : 0) + (b_hh ? b_hh[j] : 0);
-    }
-}
-
 int FR_FN(lstm_ln_forward)(real *y, real *h_n, real *c_n, real *saved, const real *x,
                            const real *h0, const real *c0, const real *w_ih, const real *w_hh,
                            const real *b_ih, const real *b_hh, const real *ln,
@@ -152,7 +99,7 @@ int FR_FN(lstm_ln_forward)(real *y, real *h_n, real *c_n, real *saved, const rea
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, NULL) != FR_OK)
         goto done;
     ln_saved s = ln_saved_views(saved ? saved : work, T, B, H);
-    ln_input_side(pre, s, x, w_ih, b_ih, b_hh, ln, R, I, H);
+    FR_FN(ln_input_side)(pre, s.x_hat, s.x_rstd, x, w_ih, b_ih, b_hh, ln, R, I, 4, H);
     FR_FN(init_state)(h_n, h0, B * H);
     FR_FN(init_state)(c_n, c0, B * H);
     if (h_mask)
@@ -199,8 +146,8 @@ static void ln_row_backward(const ln_backward_loop *a, ptrdiff_t t, ptrdiff_t b)
         dh[j] = 0;
     }
     /* n = g_c LN(c) + b_c: dG's f block holds dL/dc from it for a moment */
-    ln_blocks_backward(dG + H, dn, a->ln + 8 * H, a->s.c_hat + row * H, a->s.c_rstd + row, 1,
-                       H);
+    FR_FN(ln_blocks_backward)(dG + H, dn, a->ln + 8 * H, a->s.c_hat + row * H,
+                              a->s.c_rstd + row, 1, H);
     for (ptrdiff_t j = 0; j < H; j++) { /* c = f c_prev + i g */
         real dc_j = dc[j] + dG[H + j];
         dG[j] = dc_j * g[2 * H + j] * fr_dsigmoid_from_output(g[j]);
@@ -209,8 +156,8 @@ static void ln_row_backward(const ln_backward_loop *a, ptrdiff_t t, ptrdiff_t b)
         dc[j] = dc_j * g[H + j];
     }
     /* a = ... + g_hh LN(h w_hh^T) */
-    ln_blocks_backward(a->dGh + row * 4 * H, dG, a->ln + 4 * H, a->s.h_hat + row * 4 * H,
-                       a->s.h_rstd + row * 4, 4, H);
+    FR_FN(ln_blocks_backward)(a->dGh + row * 4 * H, dG, a->ln + 4 * H,
+                              a->s.h_hat + row * 4 * H, a->s.h_rstd + row * 4, 4, H);
 }
 
 static void ln_backward_rows(const void *ctx, fr_rows r) {
@@ -255,7 +202,7 @@ static void ln_param_grads(real *dln, real *dG, real *dv, const real *dn, ln_sav
             dln[8 * H + j] += n[j] * ch[j];
             dln[9 * H + j] += n[j];
         }
-        ln_blocks_backward(dv, d, ln, xh, s.x_rstd + row * 4, 4, H);
+        FR_FN(ln_blocks_backward)(dv, d, ln, xh, s.x_rstd + row * 4, 4, H);
         memcpy(d, dv, (size_t)(4 * H) * sizeof(real));
     }
 }

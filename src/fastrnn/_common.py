@@ -66,13 +66,6 @@ ProjectedLSTMGrads.__doc__ = ("LSTMGrads of an LSTM with a projection (w_hr), th
                               "gradients.")
 
 
-LayerNormLSTMGrads = NamedTuple("LayerNormLSTMGrads", [
-    *LSTMGrads.__annotations__.items(),
-    ("dlayer_norm", np.ndarray),       # (10H,) [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
-])
-LayerNormLSTMGrads.__doc__ = ("LSTMGrads of a layer-normalised LSTM, with the gradient of "
-                              "its layer-norm parameters (10H,) last.")
-
 # Layer norm: eps inside the square root, as torch.nn.LayerNorm's default.
 LAYER_NORM_EPS = 1e-5
 
@@ -85,6 +78,19 @@ class GRUGrads(NamedTuple):
     db_ih: Optional[np.ndarray]  # (3H,)
     db_hh: Optional[np.ndarray]  # (3H,)
 
+
+LayerNormLSTMGrads = NamedTuple("LayerNormLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),
+    ("dlayer_norm", np.ndarray),       # (10H,) [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
+])
+LayerNormLSTMGrads.__doc__ = ("LSTMGrads of a layer-normalised LSTM, with the gradient of "
+                              "its layer-norm parameters (10H,) last.")
+LayerNormGRUGrads = NamedTuple("LayerNormGRUGrads", [
+    *GRUGrads.__annotations__.items(),
+    ("dlayer_norm", np.ndarray),       # (6H,) [g_ih (3H), g_hh (3H)]
+])
+LayerNormGRUGrads.__doc__ = ("GRUGrads of a layer-normalised GRU, with the gradient of its "
+                             "layer-norm gains (6H,) last.")
 
 @dataclass
 class Inputs:
@@ -329,13 +335,15 @@ def check_peepholes(w_p, inputs: Inputs) -> Optional[np.ndarray]:
 
 
 def check_layer_norm(ln, inputs: Inputs) -> Optional[np.ndarray]:
-    """A layer-normalised LSTM's norm parameters ``(10H,)`` = [g_ih (4H), g_hh (4H),
-    g_c (H), b_c (H)] of the forward's dtype, or None (no layer norm)."""
+    """A layer-normalised cell's norm parameters of the forward's dtype, or None (no layer
+    norm): LSTM ``(10H,)`` = [g_ih (4H), g_hh (4H), g_c (H), b_c (H)], GRU ``(6H,)`` =
+    [g_ih (3H), g_hh (3H)]."""
     if ln is None:
         return None
     if inputs.w_hr is not None:
         raise ValueError("layer_norm cannot be combined with a projection (w_hr) yet")
-    return _checked("layer_norm", ln, inputs.dtype, (10 * inputs.H,))
+    size = {"lstm": 10, "gru": 6}[inputs.cell] * inputs.H
+    return _checked("layer_norm", ln, inputs.dtype, (size,))
 
 
 def check_recurrent_mask(mask, inputs: Inputs) -> Optional[np.ndarray]:

@@ -95,6 +95,26 @@ cdef extern from "fastrnn.h" nogil:
 cdef extern from "fastrnn.h" nogil:
     int FR_LSTM_LN_SAVED_PER_UNIT
     int FR_LSTM_LN_SAVED_PER_ROW
+    int FR_GRU_LN_SAVED_PER_UNIT
+    int FR_GRU_LN_SAVED_PER_ROW
+    int fr_gru_ln_forward_f32(float*, float*, float*, const float*, const float*, const float*,
+                              const float*, const float*, const float*, const float*,
+                              const int64_t*, const float*, Py_ssize_t, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t)
+    int fr_gru_ln_forward_f64(double*, double*, double*, const double*, const double*,
+                              const double*, const double*, const double*, const double*,
+                              const double*, const int64_t*, const double*, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_ln_backward_f32(float*, float*, float*, float*, float*, float*, float*,
+                               const float*, const float*, const float*, const float*,
+                               const float*, const float*, const float*, const float*,
+                               const float*, const int64_t*, const float*, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_ln_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                               const double*, const double*, const double*, const double*,
+                               const double*, const double*, const double*, const double*,
+                               const double*, const int64_t*, const double*, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t)
     int fr_lstm_ln_forward_f32(float*, float*, float*, float*, const float*, const float*,
                                const float*, const float*, const float*, const float*,
                                const float*, const float*, const int64_t*, const float*,
@@ -122,6 +142,8 @@ LSTM_SAVED_PER_UNIT = FR_LSTM_SAVED_PER_UNIT
 GRU_SAVED_PER_UNIT = FR_GRU_SAVED_PER_UNIT
 LSTM_LN_SAVED_PER_UNIT = FR_LSTM_LN_SAVED_PER_UNIT
 LSTM_LN_SAVED_PER_ROW = FR_LSTM_LN_SAVED_PER_ROW
+GRU_LN_SAVED_PER_UNIT = FR_GRU_LN_SAVED_PER_UNIT
+GRU_LN_SAVED_PER_ROW = FR_GRU_LN_SAVED_PER_ROW
 
 
 cdef inline floating* mut(floating[::1] a) noexcept nogil:
@@ -301,6 +323,50 @@ def lstm_ln_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dc0,
                                              ro(dy), ro(dh_n), ro(dc_n), ro(saved), ro(y),
                                              ro(x), ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(ln),
                                              lens(lengths), ro(h_mask), T, B, I, H)
+    check(status)
+
+
+def gru_ln_forward(floating[::1] y, floating[::1] h_n, floating[::1] saved,
+                   const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
+                   const floating[::1] w_hh, const floating[::1] b_ih,
+                   const floating[::1] b_hh, const floating[::1] ln,
+                   const int64_t[::1] lengths, const floating[::1] h_mask, Py_ssize_t T,
+                   Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_ln_forward_f32(mut(y), mut(h_n), mut(saved), ro(x), ro(h0),
+                                           ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh), ro(ln),
+                                           lens(lengths), ro(h_mask), T, B, I, H)
+        else:
+            status = fr_gru_ln_forward_f64(mut(y), mut(h_n), mut(saved), ro(x), ro(h0),
+                                           ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh), ro(ln),
+                                           lens(lengths), ro(h_mask), T, B, I, H)
+    check(status)
+
+
+def gru_ln_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
+                    floating[::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
+                    floating[::1] dln, const floating[::1] dy, const floating[::1] dh_n,
+                    const floating[::1] saved, const floating[::1] y, const floating[::1] x,
+                    const floating[::1] h0, const floating[::1] w_ih,
+                    const floating[::1] w_hh, const floating[::1] ln,
+                    const int64_t[::1] lengths, const floating[::1] h_mask, Py_ssize_t T,
+                    Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_ln_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh),
+                                            mut(db_ih), mut(db_hh), mut(dln), ro(dy),
+                                            ro(dh_n), ro(saved), ro(y), ro(x), ro(h0),
+                                            ro(w_ih), ro(w_hh), ro(ln), lens(lengths),
+                                            ro(h_mask), T, B, I, H)
+        else:
+            status = fr_gru_ln_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh),
+                                            mut(db_ih), mut(db_hh), mut(dln), ro(dy),
+                                            ro(dh_n), ro(saved), ro(y), ro(x), ro(h0),
+                                            ro(w_ih), ro(w_hh), ro(ln), lens(lengths),
+                                            ro(h_mask), T, B, I, H)
     check(status)
 
 

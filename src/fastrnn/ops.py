@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._common import (Cache, GRUGrads, Inputs, LayerNormLSTMGrads, LSTMGrads,
+from ._common import (Cache, GRUGrads, Inputs, LayerNormGRUGrads, LayerNormLSTMGrads, LSTMGrads,
                       PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, as_ndarray,
                       check_backward, check_forward, check_layer_norm, check_memory,
                       check_nonlinearity, check_peepholes, check_recurrent_mask)
@@ -238,7 +238,7 @@ def _lstm_ln_backward(upstream, cache) -> LayerNormLSTMGrads:
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None, recurrent_mask=None):
+                training=True, packs=None, recurrent_mask=None, layer_norm=None):
     """GRU over a sequence (gates r, z, n; ``h_t = (1 - z) n + z h_{t-1}``).
 
     ``reset_after=True`` (PyTorch): ``n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn))``;
@@ -248,6 +248,11 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     mask = check_recurrent_mask(recurrent_mask, inputs)
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if not reset_after:
+            raise ValueError("layer_norm needs reset_after=True (the GRU of PyTorch)")
+        return _gru_ln_forward(inputs, mask, ln, training)
     y, (h_n,), saved = _forward_outputs(inputs, 1, _core.GRU_SAVED_PER_UNIT, training)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),
@@ -261,6 +266,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
 def gru_backward(dy, dh_n, cache) -> GRUGrads:
     """BPTT for :func:`gru_forward`: gradients of x, h0 and the weights."""
     upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n}, _BACKEND, "gru")
+    if cache.options.get("layer_norm") is not None:
+        return _gru_ln_backward(upstream, cache)
     inputs = cache.inputs
     dx, (dh0,) = _state_grads(inputs, 1)
     params = _parameter_grads(inputs)
@@ -272,6 +279,35 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
                            _pack(cache.options["packs"], True),
                            h_mask=_flat(cache.options["recurrent_mask"])[0])
     return GRUGrads(dx, dh0, *params)
+
+
+def _gru_ln_forward(inputs: Inputs, mask, ln, training):
+    """The layer-normalised GRU's kernel (csrc/gru_ln.c) for :func:`gru_forward`."""
+    T, B, _, H = _sizes(inputs)
+    y, (h_n,), _ = _forward_outputs(inputs, 1, 0, False)
+    saved = (np.empty(T * B * (_core.GRU_LN_SAVED_PER_UNIT * H + _core.GRU_LN_SAVED_PER_ROW),
+                      inputs.dtype) if training else None)
+    if B:  # an empty batch (B = 0): nothing to compute
+        _core.gru_ln_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0],
+                                    *_weights(inputs), ln),
+                             inputs.lengths, _flat(mask)[0], *_sizes(inputs))
+    options = {"reset_after": True, "packs": None, "recurrent_mask": mask, "layer_norm": ln}
+    cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
+    return y, h_n, cache
+
+
+def _gru_ln_backward(upstream, cache) -> LayerNormGRUGrads:
+    inputs, ln = cache.inputs, cache.options["layer_norm"]
+    dx, (dh0,) = _state_grads(inputs, 1)
+    params = _parameter_grads(inputs)
+    dln = np.zeros_like(ln)
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.gru_ln_backward(*_flat(dx, dh0, *params, dln, upstream["dy"], upstream["dh_n"],
+                                     cache.saved["saved"], cache.y, inputs.x,
+                                     inputs.states[0], inputs.w_ih, inputs.w_hh, ln),
+                              inputs.lengths, _flat(cache.options["recurrent_mask"])[0],
+                              *_sizes(inputs))
+    return LayerNormGRUGrads(dx, dh0, *params, dln)
 
 
 # -- streaming: one inference step, for trusted callers -------------------------------------

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import (LAYER_NORM_EPS, Cache, GRUGrads, LayerNormLSTMGrads, LSTMGrads,
+from ._common import (LAYER_NORM_EPS, Cache, GRUGrads, LayerNormGRUGrads, LayerNormLSTMGrads,
+                      LSTMGrads,
                       PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, check_backward,
                       check_layer_norm,
                       check_forward, check_nonlinearity, check_peepholes, check_recurrent_mask)
@@ -473,7 +474,7 @@ def _lstm_ln_backward(up, cache):
 # ---------------------------------------------------------------------------------------------
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None, recurrent_mask=None):
+                training=True, packs=None, recurrent_mask=None, layer_norm=None):
     """GRU over a whole sequence (gate order r, z, n).
 
     Equations (W_r*, W_z*, W_n* the blocks of H rows of w_ih and w_hh)::
@@ -486,12 +487,20 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
                                                              linear_before_reset=0)
         h' = (1 - z) * n + z * h,   y_t = h'
 
+    With ``layer_norm`` (6H,) = [g_ih, g_hh] (reset_after only; see :func:`_gru_ln_forward`)
+    each product is layer-normalised per gate block before the biases.
+
     Shapes: x (T, B, I), h0 (B, H) or None, w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or
     None, lengths (B,) or None. Returns ``y (T, B, H), h_n (B, H), cache`` (None unless
     training).
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if not reset_after:
+            raise ValueError("layer_norm needs reset_after=True (the GRU of PyTorch)")
+        return _gru_ln_forward(inputs, m, ln, training)
     T, B, H = inputs.T, inputs.B, inputs.H
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 3H)
@@ -537,6 +546,8 @@ def gru_backward(dy, dh_n, cache):
     the bias gradients are (3H,), or None when the forward had no bias.
     """
     up = _upstream(cache, "gru", dy=dy, dh_n=dh_n)
+    if cache.options.get("layer_norm") is not None:
+        return _gru_ln_backward(up, cache)
     inputs, saved = cache.inputs, cache.saved
     reset_after, m = cache.options["reset_after"], cache.options["recurrent_mask"]
     T, B, H = inputs.T, inputs.B, inputs.H
@@ -577,3 +588,70 @@ def gru_backward(dy, dh_n, cache):
     dw_hh = np.concatenate([_sum_outer(dah[..., :2 * H], hm),
                             _sum_outer(dah[..., 2 * H:], n_input)])  # (3H, H)
     return GRUGrads(dx, dh, dw_ih, dw_hh, db_ih, _bias_grad(dah, inputs.b_hh))
+
+
+def _gru_ln_forward(inputs, m, ln, training):
+    """Layer-normalised GRU (reset after; each product normalised per gate block)::
+
+        [xr xz xn] = g_ih * LN(x_t w_ihᵀ) + b_ih,   [hr hz hn] = g_hh * LN(h_{t-1} w_hhᵀ) + b_hh
+        r = sigmoid(xr + hr), z = sigmoid(xz + hz), n = tanh(xn + r * hn)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    ln (6H,) = [g_ih (3H), g_hh (3H)]; LN as :func:`_layer_norm`.
+    """
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh = np.split(ln, [3 * H])
+    valid = _valid_steps(inputs)
+    x_hat, x_rstd = _layer_norm(inputs.x @ inputs.w_ih.T, 3)   # (T, B, 3H), (T, B, 3, 1)
+    px = g_ih * x_hat if inputs.b_ih is None else g_ih * x_hat + inputs.b_ih
+    h = _initial_state(inputs.states[0], inputs)
+    y = np.empty((T, B, H), inputs.dtype)
+    saved = {"h": _state_history(h, inputs), "gates": np.empty((T, B, 3 * H), inputs.dtype),
+             "hn": np.empty((T, B, H), inputs.dtype), "x_hat": x_hat, "x_rstd": x_rstd,
+             "h_hat": np.empty((T, B, 3 * H), inputs.dtype),
+             "h_rstd": np.empty((T, B, 3, 1), inputs.dtype)}
+    for t in range(T):
+        h_hat, h_rstd = _layer_norm(_masked(h, m) @ inputs.w_hh.T, 3)   # (B, 3H)
+        ph = g_hh * h_hat if inputs.b_hh is None else g_hh * h_hat + inputs.b_hh
+        r, z = _chunks(_sigmoid(px[t, :, :2 * H] + ph[:, :2 * H]), 2)
+        hn = ph[:, 2 * H:]
+        n = np.tanh(px[t, :, 2 * H:] + r * hn)
+        h_new = (1 - z) * n + z * h
+        y[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)
+        saved["gates"][t] = np.concatenate([r, z, n], axis=-1)
+        saved["hn"][t], saved["h_hat"][t], saved["h_rstd"][t] = hn, h_hat, h_rstd
+        saved["h"][t + 1] = h
+    cache = (_make_cache(inputs, y, saved, reset_after=True, recurrent_mask=m, layer_norm=ln)
+             if training else None)
+    return y, h, cache
+
+
+def _gru_ln_backward(up, cache):
+    """BPTT of :func:`_gru_ln_forward`: LayerNormGRUGrads (dlayer_norm last)."""
+    inputs, s, m = cache.inputs, cache.saved, cache.options["recurrent_mask"]
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh = np.split(cache.options["layer_norm"], [3 * H])
+    valid = _valid_steps(inputs)
+    dpx = np.empty((T, B, 3 * H), inputs.dtype)          # dL/d[xr xz xn]
+    dph = np.empty((T, B, 3 * H), inputs.dtype)          # dL/d[hr hz hn]
+    dah = np.empty((T, B, 3 * H), inputs.dtype)          # dL/d(h_{t-1} w_hhᵀ)
+    dh = up["dh_n"]
+    for t in reversed(range(T)):
+        r, z, n = _chunks(s["gates"][t], 3)
+        dh = dh + np.where(valid[t], up["dy"][t], 0)
+        dh_t = np.where(valid[t], dh, 0)
+        da_n = dh_t * (1 - z) * _dtanh(n)                # h_t = (1 - z) n + z h_{t-1}
+        da_r = da_n * s["hn"][t] * _dsigmoid(r)          # n = tanh(xn + r hn)
+        da_z = dh_t * (s["h"][t] - n) * _dsigmoid(z)
+        dpx[t] = np.concatenate([da_r, da_z, da_n], axis=-1)
+        dph[t] = np.concatenate([da_r, da_z, da_n * r], axis=-1)
+        dah[t] = _layer_norm_backward(dph[t] * g_hh, s["h_hat"][t], s["h_rstd"][t])
+        dh = np.where(valid[t], dh_t * z + _masked(dah[t] @ inputs.w_hh, m), dh)
+    dax = _layer_norm_backward(dpx * g_ih, s["x_hat"], s["x_rstd"])
+    dx, dw_ih, _ = _input_grads(inputs, dax)
+    dw_hh = _sum_outer(dah, _masked(s["h"][:-1], m))
+    dln = np.concatenate([(dpx * s["x_hat"]).sum(axis=(0, 1)),
+                          (dph * s["h_hat"]).sum(axis=(0, 1))])
+    return LayerNormGRUGrads(dx, dh, dw_ih, dw_hh, _bias_grad(dpx, inputs.b_ih),
+                             _bias_grad(dph, inputs.b_hh), dln)

@@ -233,6 +233,8 @@ class _RecurrentBase(Module):
     _gates = 1
     _state_names = ("h",)
     _forget_gate = None          # gate block whose bias Keras initialises to 1 (LSTM)
+    layer_norm = False           # LSTM/GRU(layer_norm=True): its parameters, per layer and
+    _LAYER_NORM = ()             # direction: (kind, size in units of H), in kernel order
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
@@ -291,7 +293,10 @@ class _RecurrentBase(Module):
         variant appends its own)."""
         G, H = self._gates, self.hidden_size
         shapes = [(G * H, fan_in), (G * H, self._out_size), (G * H,), (G * H,)]
-        return list(zip(_WEIGHT_KINDS, shapes))[:4 if self.bias else 2]
+        kinds = list(zip(_WEIGHT_KINDS, shapes))[:4 if self.bias else 2]
+        if self.layer_norm:
+            kinds += [(kind, (units * H,)) for kind, units in self._LAYER_NORM]
+        return kinds
 
     def _create_parameters(self) -> None:
         """Register parameters in torch's order, so state_dict() keys come out identical."""
@@ -328,6 +333,9 @@ class _RecurrentBase(Module):
             else:
                 value = self._keras_value(name, p.shape)
             p[...] = value
+        for name, p in self.named_parameters():   # layer norm: gains 1, shifts 0
+            if name.startswith("ln_"):
+                p[...] = 0.0 if name.startswith("ln_bias") else 1.0
 
     def _keras_value(self, name: str, shape) -> np.ndarray:
         rows, H = shape[0], self.hidden_size
@@ -364,9 +372,26 @@ class _RecurrentBase(Module):
 
     def _variant_args(self, layer: int, direction: int, B: int) -> dict:
         """The variants' extra keyword arguments of one kernel forward over B rows: the
-        recurrent dropout mask (training only) and, for LSTM, the peepholes."""
+        recurrent dropout mask (training only), the layer-norm parameters and, for LSTM,
+        the peepholes and projection."""
         mask = self._recurrent_mask(B)
-        return {} if mask is None else {"recurrent_mask": mask}
+        args = {} if mask is None else {"recurrent_mask": mask}
+        if self.layer_norm:
+            args["layer_norm"] = np.concatenate(
+                [self._param(kind, layer, direction).value for kind, _ in self._LAYER_NORM])
+        return args
+
+    def _variant_grads(self, g) -> tuple:
+        """The variant parameters' gradients in a kernel's grads tuple ``g``, in parameter
+        order (the layer norm's (n*H,) vector split per parameter)."""
+        if not self.layer_norm:
+            return ()
+        cuts = np.cumsum([units * self.hidden_size for _, units in self._LAYER_NORM])[:-1]
+        return tuple(np.split(g.dlayer_norm, cuts))
+
+    def _packs_or_none(self, layer: int, direction: int, training: bool):
+        """No packs for the layer-normalised kernels (they make their own)."""
+        return None if self.layer_norm else self._packs(layer, direction, training)
 
     def _recurrent_mask(self, B: int) -> Optional[np.ndarray]:
         """Keras' recurrent dropout mask (B, H) for one layer and direction of one forward
@@ -491,7 +516,7 @@ class _RecurrentBase(Module):
         ``keep``: save what backward needs (else the kernels' inference path)."""
         if direction:
             x = reverser(x)
-        packs = self._packs(layer, direction, keep)
+        packs = self._packs_or_none(layer, direction, keep)
         y, final, cache = self._kernel_forward(x, initial, self._weights(layer, direction),
                                                lengths, keep, packs,
                                                **self._variant_args(layer, direction,
@@ -578,7 +603,30 @@ class _RecurrentBase(Module):
                              "bidirectional one reads the whole sequence; call the module on it")
         if _empty_batch(x_t):
             return self._empty_step(x_t, state)
+        if self._steps_by_forward():
+            return self._step_by_forward(x_t, state)
         return self._stepper().step(x_t, state)
+
+    def _steps_by_forward(self) -> bool:
+        """Whether step() runs the sequence kernels over T = 1 (variants the C stepper does
+        not know: layer norm, LSTM's projection)."""
+        return self.layer_norm
+
+    def _step_by_forward(self, x_t, state):
+        """One step as a forward over T = 1: inference, no dropout, and the tape of a
+        pending backward kept."""
+        x_t = _array("x_t", x_t, self.dtype)
+        if x_t.ndim != 2:
+            raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
+                             f"got {_shape_str(x_t.shape)}")
+        tape, training = self._tape, self.training
+        try:
+            self.training = False
+            with no_grad():
+                y, new = self.forward(x_t[:, None] if self.batch_first else x_t[None], state)
+        finally:
+            self._tape, self.training = tape, training
+        return y[:, 0] if self.batch_first else y[0], new
 
     def _empty_step(self, x_t, state):
         """step() on a batch of 0 rows: checked like any other, empty results, no kernel."""
@@ -704,7 +752,8 @@ class LSTM(_RecurrentBase):
     _state_names = ("h", "c")
     _forget_gate = 1
 
-    _LAYER_NORM_KINDS = ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c")
+    _LAYER_NORM = (("ln_weight_ih", 4), ("ln_weight_hh", 4), ("ln_weight_c", 1),
+                   ("ln_bias_c", 1))
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
@@ -740,46 +789,18 @@ class LSTM(_RecurrentBase):
             kinds.append(("weight_hr", (self.proj_size, self.hidden_size)))
         if self.peepholes:
             kinds.append(("weight_p", (3 * self.hidden_size,)))
-        if self.layer_norm:
-            H = self.hidden_size
-            kinds += list(zip(self._LAYER_NORM_KINDS, [(4 * H,), (4 * H,), (H,), (H,)]))
         return kinds
-
-    def reset_parameters(self) -> None:
-        """As the base class; layer-norm gains 1 and shifts 0 (both inits)."""
-        super().reset_parameters()
-        for name, p in self.named_parameters():
-            if name.startswith("ln_"):
-                p[...] = 0.0 if name.startswith("ln_bias") else 1.0
 
     def _peephole_weights(self, layer: int, direction: int):
         """``weight_p`` (3H,) of one layer and direction, or None without peepholes."""
         return self._param("weight_p", layer, direction).value if self.peepholes else None
 
     def _packs(self, layer: int, direction: int, training: bool):
-        """No packs with a projection (the kernel packs w_hh (4H, P) per call) or layer norm
-        (whose kernel makes its own)."""
-        if self.proj_size or self.layer_norm:
-            return None
-        return super()._packs(layer, direction, training)
+        """No packs with a projection (the kernel packs w_hh (4H, P) per call)."""
+        return None if self.proj_size else super()._packs(layer, direction, training)
 
-    def step(self, x_t, state=None):
-        """As the base class; with proj_size or layer_norm the step runs the sequence kernels
-        over T = 1 (inference, no dropout; the tape of a pending backward is kept)."""
-        if not (self.proj_size or self.layer_norm) or self.bidirectional or _empty_batch(x_t):
-            return super().step(x_t, state)
-        x_t = _array("x_t", x_t, self.dtype)
-        if x_t.ndim != 2:
-            raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
-                             f"got {_shape_str(x_t.shape)}")
-        tape, training = self._tape, self.training
-        try:
-            self.training = False
-            with no_grad():
-                y, new = self.forward(x_t[:, None] if self.batch_first else x_t[None], state)
-        finally:
-            self._tape, self.training = tape, training
-        return y[:, 0] if self.batch_first else y[0], new
+    def _steps_by_forward(self) -> bool:
+        return bool(self.proj_size) or self.layer_norm
 
     def forward(self, x, hx=None, lengths=None):
         """``y, (h_n, c_n) = lstm(x, hx=None or (h0, c0), lengths=None)``; see the base class."""
@@ -808,9 +829,6 @@ class LSTM(_RecurrentBase):
             args["peepholes"] = self._peephole_weights(layer, direction)
         if self.proj_size:
             args["w_hr"] = self._param("weight_hr", layer, direction).value
-        if self.layer_norm:
-            args["layer_norm"] = np.concatenate(
-                [self._param(k, layer, direction).value for k in self._LAYER_NORM_KINDS])
         return args
 
     def _kernel_forward(self, x, states, weights, lengths, training, packs=None, **variant):
@@ -820,11 +838,8 @@ class LSTM(_RecurrentBase):
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.lstm_backward(dy, *dfinals, cache)
-        grads = (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, getattr(g, "dw_hr", None),
-                 getattr(g, "dw_p", None))
-        if hasattr(g, "dlayer_norm"):   # the (10H,) gradient, split like the parameters
-            H = self.hidden_size
-            grads += tuple(np.split(g.dlayer_norm, [4 * H, 8 * H, 9 * H]))
+        grads = (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, *self._variant_grads(g),
+                 getattr(g, "dw_hr", None), getattr(g, "dw_p", None))
         return g.dx, (g.dh0, g.dc0), tuple(d for d in grads if d is not None)  # as _params
 
     def _step_layers(self):
@@ -850,16 +865,29 @@ class GRU(_RecurrentBase):
 
     ``reset_after=False`` is Keras' ``reset_after=False`` and ONNX's
     ``linear_before_reset=0``. Call ``y, h_n = gru(x, h0=None, lengths=None)``.
+
+    ``layer_norm=True`` (reset_after only) normalises each product per gate block, with gains
+    ``ln_weight_ih_l{k}``, ``ln_weight_hh_l{k}`` (3H,) (initialised to 1; the shifts are
+    the biases)::
+
+        [xr xz xn] = g_ih * LN(W_ih x_t) + b_ih,  [hr hz hn] = g_hh * LN(W_hh h_{t-1}) + b_hh
     """
 
     _gates = 3
+    _LAYER_NORM = (("ln_weight_ih", 3), ("ln_weight_hh", 3))
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, reset_after=True, **kwargs):
+                 dropout=0.0, bidirectional=False, *, reset_after=True, layer_norm=False,
+                 **kwargs):
         reset_after = _flag("reset_after", reset_after)
+        if _flag("layer_norm", layer_norm) and not reset_after:
+            raise ValueError("layer_norm=True needs reset_after=True (the GRU of PyTorch)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, **kwargs)
+                         bidirectional, layer_norm=layer_norm, **kwargs)
         self.reset_after = reset_after
+
+    def _set_variants(self, layer_norm=False) -> None:
+        self.layer_norm = _flag("layer_norm", layer_norm)
 
     _cell = "gru"
 
@@ -877,8 +905,10 @@ class GRU(_RecurrentBase):
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.gru_backward(dy, dfinals[0], cache)
-        return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
+        grads = (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, *self._variant_grads(g))
+        return g.dx, (g.dh0,), tuple(d for d in grads if d is not None)  # as _params
 
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+        return (super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+                + (", layer_norm=True" if self.layer_norm else ""))

@@ -1,0 +1,235 @@
+/* gru_ln.c - layer-normalised GRU (PyTorch's reset-after GRU with each product normalised
+ * per gate block, as in Ba et al. 2016), forward and BPTT.
+ *
+ *   [xr xz xn] = g_ih * LN(x_t w_ih^T) + b_ih                            (B, 3H)
+ *   [hr hz hn] = g_hh * LN(h_{t-1} w_hh^T) + b_hh
+ *   r = sigma(xr + hr)  z = sigma(xz + hz)  n = tanh(xn + r * hn)
+ *   h_t = (1 - z) * n + z * h_{t-1},  y_t = h_t
+ *
+ * LN and its backward in layernorm.h; ln (6H) = [g_ih (3H) g_hh (3H)]. As lstm_ln.c, the
+ * per-step product is stored and the cell runs row by row (a norm needs whole rows).
+ * Recurrent dropout (h_mask) as in seq.h. Saved per (t, b): gates r, z, n (3H), hn (H),
+ * x_hat (3H), h_hat (3H), then rstd of x (3) and h (3).
+ */
+#include "act.h"
+#include "layernorm.h"
+
+/* Views of the saved block (layout in fastrnn.h). */
+typedef struct {
+    real *gates, *hn, *x_hat, *h_hat, *x_rstd, *h_rstd;
+} gln_saved;
+
+static gln_saved gln_saved_views(real *s, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    const ptrdiff_t R = T * B;
+    gln_saved v = {s, s + R * 3 * H, s + R * 4 * H, s + R * 7 * H, s + R * 10 * H,
+                   s + R * (10 * H + 3)};
+    return v;
+}
+
+/* What both time loops read and write, for any block of rows. */
+typedef struct {
+    real *y, *h, *hm;             /* (T, B, H); carried (B, H); h * mask (B, H) */
+    real *ah;                     /* (B, 3H) the step's recurrent product */
+    gln_saved s;
+    const real *pre;              /* (T, B, 3H) g_ih LN(x w_ih^T) + b_ih */
+    const real *ln, *b_hh, *mask; /* (6H); (3H) or NULL; (B, H) or NULL */
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    ptrdiff_t T, B, H;
+} gln_forward_loop;
+
+/* One valid row of one step: the cell after the product ah (3H). */
+static void gln_row_forward(const gln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
+    const ptrdiff_t H = a->H, row = t * a->B + b;
+    const real *g_hh = a->ln + 3 * H, *px = a->pre + row * 3 * H;
+    real *g = a->s.gates + row * 3 * H, *hat = a->s.h_hat + row * 3 * H;
+    real *hn = a->s.hn + row * H, *h = a->h + b * H;
+    FR_FN(ln_blocks)(hat, a->s.h_rstd + row * 3, a->ah + b * 3 * H, 3, H);
+    for (ptrdiff_t j = 0; j < 3 * H; j++) /* ph = g_hh h_hat + b_hh, kept in g for now */
+        g[j] = g_hh[j] * hat[j] + (a->b_hh ? a->b_hh[j] : 0);
+    for (ptrdiff_t j = 0; j < H; j++) {
+        real r = fr_sigmoid(px[j] + g[j]), z = fr_sigmoid(px[H + j] + g[H + j]);
+        hn[j] = g[2 * H + j];
+        real n = fr_tanh(px[2 * H + j] + r * hn[j]);
+        g[j] = r, g[H + j] = z, g[2 * H + j] = n;
+        h[j] = a->y[row * H + j] = ((real)1 - z) * n + z * h[j];
+    }
+}
+
+static void gln_forward_rows(const void *ctx, fr_rows r) {
+    const gln_forward_loop *a = ctx;
+    const ptrdiff_t H = a->H;
+    for (ptrdiff_t t = 0; t < a->T; t++) {
+        const real *operand = a->mask ? a->hm : a->h;
+        FR_FN(recurrent_product)(a->rec, a->ah + r.b0 * 3 * H, 3 * H, operand + r.b0 * H, H,
+                                 r.rows, 0); /* ah = h_{t-1} [* mask] w_hh^T */
+        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
+            if (fr_step_valid(a->lengths, t, b))
+                gln_row_forward(a, t, b);
+            else /* state kept, output zero */
+                memset(a->y + (t * a->B + b) * H, 0, (size_t)H * sizeof(real));
+            if (a->mask)
+                FR_FN(mask_units)(a->hm + b * H, a->h + b * H, a->mask + b * H, H);
+        }
+    }
+}
+
+int FR_FN(gru_ln_forward)(real *y, real *h_n, real *saved, const real *x, const real *h0,
+                          const real *w_ih, const real *w_hh, const real *b_ih,
+                          const real *b_hh, const real *ln, const int64_t *lengths,
+                          const real *h_mask, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
+                          ptrdiff_t H) {
+    const ptrdiff_t R = T * B;
+    /* inference keeps a workspace of the saved block's size */
+    real *work = saved ? NULL : FR_FN(alloc)(R * (FR_GRU_LN_SAVED_PER_UNIT * H +
+                                                  FR_GRU_LN_SAVED_PER_ROW));
+    real *pre = FR_FN(alloc)(R * 3 * H), *ah = FR_FN(alloc)(B * 3 * H);
+    real *hm = h_mask ? FR_FN(alloc)(B * H) : NULL;
+    fr_recurrent rec[2];
+    int status = FR_ERR_NOMEM;
+    if ((!saved && !work) || !pre || !ah || (h_mask && !hm) ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_GRU, 0, w_hh, H, T, B, NULL) != FR_OK)
+        goto done;
+    gln_saved s = gln_saved_views(saved ? saved : work, T, B, H);
+    FR_FN(ln_input_side)(pre, s.x_hat, s.x_rstd, x, w_ih, b_ih, NULL, ln, R, I, 3, H);
+    FR_FN(init_state)(h_n, h0, B * H);
+    if (h_mask)
+        FR_FN(mask_state)(hm, h0, h_mask, B * H);
+    gln_forward_loop loop = {y, h_n, hm, ah, s, pre, ln, b_hh, h_mask, rec, lengths, T, B, H};
+    fr_for_row_blocks(B, 1, gln_forward_rows, &loop);
+    FR_FN(recurrent_free)(rec);
+    status = FR_OK;
+done:
+    free(work);
+    free(pre);
+    free(ah);
+    free(hm);
+    return status;
+}
+
+/* What the backward time loop reads and writes, for any block of rows. */
+typedef struct {
+    real *dG, *dGh;               /* (T, B, 3H) dL/d[xr xz xn], dL/d[hr hz hn] */
+    real *dGr, *dh, *tmp;         /* (T, B, 3H) dL/d(h w_hh^T); carried (B, H); (B, H) */
+    const real *dy, *y, *h0, *zeros;
+    gln_saved s;
+    const real *ln, *mask;
+    const fr_recurrent *rec;
+    const int64_t *lengths;
+    ptrdiff_t T, B, H;
+} gln_backward_loop;
+
+/* One valid row of one step backward: dG, dGh, dGr of (t, b) written; dh (H) becomes the
+ * direct part dL/dh_t * z, the recurrent product adds the rest. */
+static void gln_row_backward(const gln_backward_loop *a, ptrdiff_t t, ptrdiff_t b) {
+    const ptrdiff_t H = a->H, row = t * a->B + b;
+    const real *g = a->s.gates + row * 3 * H, *hn = a->s.hn + row * H;
+    const real *h_prev = t > 0   ? a->y + (row - a->B) * H
+                         : a->h0 ? a->h0 + b * H
+                                 : a->zeros;
+    const real *dy = a->dy ? a->dy + row * H : a->zeros;
+    real *dG = a->dG + row * 3 * H, *dGh = a->dGh + row * 3 * H, *dh = a->dh + b * H;
+    for (ptrdiff_t j = 0; j < H; j++) { /* h = (1 - z) n + z h_prev;  n = tanh(xn + r hn) */
+        real r = g[j], z = g[H + j], n = g[2 * H + j], dh_j = dy[j] + dh[j];
+        real da_n = dh_j * ((real)1 - z) * fr_dtanh_from_output(n);
+        real da_r = da_n * hn[j] * fr_dsigmoid_from_output(r);
+        real da_z = dh_j * (h_prev[j] - n) * fr_dsigmoid_from_output(z);
+        dG[j] = dGh[j] = da_r;
+        dG[H + j] = dGh[H + j] = da_z;
+        dG[2 * H + j] = da_n;
+        dGh[2 * H + j] = da_n * r;
+        dh[j] = dh_j * z;
+    }
+    /* [hr hz hn] = g_hh LN(h w_hh^T) + b_hh */
+    FR_FN(ln_blocks_backward)(a->dGr + row * 3 * H, dGh, a->ln + 3 * H,
+                              a->s.h_hat + row * 3 * H, a->s.h_rstd + row * 3, 3, H);
+}
+
+static void gln_backward_rows(const void *ctx, fr_rows r) {
+    const gln_backward_loop *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H;
+    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
+        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
+            ptrdiff_t row = t * B + b;
+            if (fr_step_valid(a->lengths, t, b)) {
+                gln_row_backward(a, t, b);
+                continue;
+            }
+            memset(a->dG + row * 3 * H, 0, (size_t)(3 * H) * sizeof(real));
+            memset(a->dGh + row * 3 * H, 0, (size_t)(3 * H) * sizeof(real));
+            memset(a->dGr + row * 3 * H, 0, (size_t)(3 * H) * sizeof(real));
+        }
+        /* dh += (dGr_t w_hh) [* mask] */
+        FR_FN(recurrent_product_masked)(a->rec, a->dh + r.b0 * H,
+                                        a->dGr + (t * B + r.b0) * 3 * H, 3 * H, r.rows,
+                                        a->mask ? a->mask + r.b0 * H : NULL,
+                                        a->tmp ? a->tmp + r.b0 * H : NULL);
+    }
+}
+
+/* After the loop: dln (6H) += [sum dG x_hat, sum dGh h_hat] over the valid rows; then dG
+ * becomes dL/d(x w_ih^T) (LN backward of g_ih x_hat, through dv (3H)). */
+static void gln_param_grads(real *dln, real *dG, const real *dGh, real *dv, gln_saved s,
+                            const real *ln, const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,
+                            ptrdiff_t H) {
+    for (ptrdiff_t row = 0; row < T * B; row++) {
+        if (!fr_step_valid(lengths, row / B, row % B))
+            continue; /* dG stays 0: so is dL/d(x w_ih^T) */
+        real *d = dG + row * 3 * H;
+        const real *dh = dGh + row * 3 * H;
+        const real *xh = s.x_hat + row * 3 * H, *hh = s.h_hat + row * 3 * H;
+        for (ptrdiff_t j = 0; j < 3 * H; j++) {
+            dln[j] += d[j] * xh[j];
+            dln[3 * H + j] += dh[j] * hh[j];
+        }
+        FR_FN(ln_blocks_backward)(dv, d, ln, xh, s.x_rstd + row * 3, 3, H);
+        memcpy(d, dv, (size_t)(3 * H) * sizeof(real));
+    }
+}
+
+int FR_FN(gru_ln_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
+                           real *db_hh, real *dln, const real *dy, const real *dh_n,
+                           const real *saved, const real *y, const real *x, const real *h0,
+                           const real *w_ih, const real *w_hh, const real *ln,
+                           const int64_t *lengths, const real *h_mask, ptrdiff_t T,
+                           ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
+    const ptrdiff_t R = T * B;
+    real *dG = FR_FN(alloc)(R * 3 * H), *dGh = FR_FN(alloc)(R * 3 * H);
+    real *dGr = FR_FN(alloc)(R * 3 * H), *zeros = FR_FN(alloc_zeroed)(H);
+    real *dv = FR_FN(alloc)(3 * H), *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL;
+    real *hm = h_mask ? FR_FN(alloc)(R * H) : NULL; /* (T, B, H) masked h_{t-1} */
+    fr_recurrent rec[2];
+    int status = FR_ERR_NOMEM;
+    if (!dG || !dGh || !dGr || !zeros || !dv || (h_mask && (!tmp || !hm)) ||
+        FR_FN(recurrent_setup_cell)(rec, FR_CELL_GRU, 1, w_hh, H, T, B, NULL) != FR_OK)
+        goto done;
+    gln_saved s = gln_saved_views((real *)saved, T, B, H);
+    FR_FN(init_state)(dh0, dh_n, B * H);
+    gln_backward_loop loop = {dG, dGh, dGr, dh0, tmp, dy, y, h0, zeros, s, ln, h_mask, rec,
+                              lengths, T, B, H};
+    fr_for_row_blocks(B, 1, gln_backward_rows, &loop);
+    FR_FN(recurrent_free)(rec);
+    FR_FN(add_column_sums)(db_ih, dG, R, 3 * H, 3 * H);
+    FR_FN(add_column_sums)(db_hh, dGh, R, 3 * H, 3 * H);
+    gln_param_grads(dln, dG, dGh, dv, s, ln, lengths, T, B, H);
+    FR_FN(input_grads)(dx, dw_ih, NULL, dG, x, w_ih, R, I, 3 * H);
+    const real *h_first = h0, *h_rest = y; /* what the products read: h_{t-1} [* mask] */
+    if (h_mask) {
+        FR_FN(mask_state)(hm, h0, h_mask, B * H);
+        for (ptrdiff_t t = 1; t < T; t++)
+            FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, h_mask, B * H);
+        h_first = hm;
+        h_rest = hm + B * H;
+    }
+    FR_FN(hidden_grads)(dw_hh, NULL, dGr, 3 * H, h_first, h_rest, T, B, H, 3 * H);
+    status = FR_OK;
+done:
+    free(dG);
+    free(dGh);
+    free(dGr);
+    free(zeros);
+    free(dv);
+    free(tmp);
+    free(hm);
+    return status;
+}
