@@ -132,7 +132,7 @@ def test_reference_gradients_match_finite_differences(peepholes):
 
 
 # -- PyTorch's numbers without torch: golden vectors (tests/golden/make_proj_golden.py) -----------
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "proj"
 
 
 @pytest.mark.parametrize("backend", [ops, reference], ids=["ops", "reference"])

@@ -6,9 +6,10 @@ Run once, by hand, where torch is installed (``pip install torch==2.13.0``)::
 
 Each case is a one-layer ``torch.nn.LSTM(I, H, proj_size=P)`` in float64 with a fixed seed,
 run on ``x (T, B, I)`` from ``(h0 (B, P), c0 (B, H))`` (with lengths: as a packed sequence).
-The loss is ``sum(y * wy) + sum(h_n * wh) + sum(c_n * wc)``. One ``lstm_proj_<case>.npz``
+The loss is ``sum(y * wy) + sum(h_n * wh) + sum(c_n * wc)``. One ``proj/lstm_proj_<case>.npz``
 holds the inputs, weights (``w_ih, w_hh, b_ih, b_hh, w_hr``, PyTorch layout), loss
-weights, outputs and every gradient (``d`` + the name), and ``torch_version``.
+weights, outputs and every gradient (``d`` + the name), and ``torch_version``, in
+tests/golden/proj/.
 """
 from __future__ import annotations
 
@@ -55,5 +56,5 @@ def make_case(T, B, I, H, P, lengths, seed=0) -> dict:
 
 if __name__ == "__main__":
     for name, case in CASES.items():
-        np.savez_compressed(HERE / f"lstm_proj_{name}.npz", **make_case(*case))
-        print("wrote", HERE / f"lstm_proj_{name}.npz")
+        np.savez_compressed(HERE / "proj" / f"lstm_proj_{name}.npz", **make_case(*case))
+        print("wrote", HERE / "proj" / f"lstm_proj_{name}.npz")
