@@ -398,15 +398,8 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                               B,       H};
     fr_for_row_blocks(B, 1, gru_backward_rows, &loop);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
-    /* The products were fed by h_{t-1} [* mask]: h_first (B, H), h_rest ((T-1)*B, H). */
-    const real *h_first = h0, *h_rest = y;
-    if (h_mask) {
-        FR_FN(mask_state)(hm, h0, h_mask, B * H);
-        for (ptrdiff_t t = 1; t < T; t++)
-            FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, h_mask, B * H);
-        h_first = hm;
-        h_rest = hm + B * H;
-    }
+    const real *h_first, *h_rest; /* what the products read: h_{t-1} [* mask] */
+    FR_FN(product_inputs)(&h_first, &h_rest, hm, h0, y, h_mask, T, B, H);
     /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
     FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h_first, h_rest, T, B, H, 2 * H);
     if (reset_after) /* n: dL/dhn = dGn * r, fed by h_{t-1} */

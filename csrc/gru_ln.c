@@ -26,25 +26,22 @@ static gln_saved gln_saved_views(real *s, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H)
     return v;
 }
 
-/* What both time loops read and write, for any block of rows. */
+/* What the forward time loop reads and writes (the shared part first, layernorm.h). */
 typedef struct {
-    real *y, *h, *hm;             /* (T, B, H); carried (B, H); h * mask (B, H) */
-    real *ah;                     /* (B, 3H) the step's recurrent product */
+    fr_ln_forward loop;           /* y, h, hm, ah (B, 3H), mask, rec, lengths, sizes */
     gln_saved s;
     const real *pre;              /* (T, B, 3H) g_ih LN(x w_ih^T) + b_ih */
-    const real *ln, *b_hh, *mask; /* (6H); (3H) or NULL; (B, H) or NULL */
-    const fr_recurrent *rec;
-    const int64_t *lengths;
-    ptrdiff_t T, B, H;
+    const real *ln, *b_hh;        /* (6H); (3H) or NULL */
 } gln_forward_loop;
 
 /* One valid row of one step: the cell after the product ah (3H). */
-static void gln_row_forward(const gln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
-    const ptrdiff_t H = a->H, row = t * a->B + b;
+static void gln_row_forward(const void *ctx, ptrdiff_t t, ptrdiff_t b) {
+    const gln_forward_loop *a = ctx;
+    const ptrdiff_t H = a->loop.H, row = t * a->loop.B + b;
     const real *g_hh = a->ln + 3 * H, *px = a->pre + row * 3 * H;
     real *g = a->s.gates + row * 3 * H, *hat = a->s.h_hat + row * 3 * H;
-    real *hn = a->s.hn + row * H, *h = a->h + b * H;
-    FR_FN(ln_blocks)(hat, a->s.h_rstd + row * 3, a->ah + b * 3 * H, 3, H);
+    real *hn = a->s.hn + row * H, *h = a->loop.h + b * H;
+    FR_FN(ln_blocks)(hat, a->s.h_rstd + row * 3, a->loop.ah + b * 3 * H, 3, H);
     for (ptrdiff_t j = 0; j < 3 * H; j++) /* ph = g_hh h_hat + b_hh, kept in g for now */
         g[j] = g_hh[j] * hat[j] + (a->b_hh ? a->b_hh[j] : 0);
     for (ptrdiff_t j = 0; j < H; j++) {
@@ -52,25 +49,7 @@ static void gln_row_forward(const gln_forward_loop *a, ptrdiff_t t, ptrdiff_t b)
         hn[j] = g[2 * H + j];
         real n = fr_tanh(px[2 * H + j] + r * hn[j]);
         g[j] = r, g[H + j] = z, g[2 * H + j] = n;
-        h[j] = a->y[row * H + j] = ((real)1 - z) * n + z * h[j];
-    }
-}
-
-static void gln_forward_rows(const void *ctx, fr_rows r) {
-    const gln_forward_loop *a = ctx;
-    const ptrdiff_t H = a->H;
-    for (ptrdiff_t t = 0; t < a->T; t++) {
-        const real *operand = a->mask ? a->hm : a->h;
-        FR_FN(recurrent_product)(a->rec, a->ah + r.b0 * 3 * H, 3 * H, operand + r.b0 * H, H,
-                                 r.rows, 0); /* ah = h_{t-1} [* mask] w_hh^T */
-        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
-            if (fr_step_valid(a->lengths, t, b))
-                gln_row_forward(a, t, b);
-            else /* state kept, output zero */
-                memset(a->y + (t * a->B + b) * H, 0, (size_t)H * sizeof(real));
-            if (a->mask)
-                FR_FN(mask_units)(a->hm + b * H, a->h + b * H, a->mask + b * H, H);
-        }
+        h[j] = a->loop.y[row * H + j] = ((real)1 - z) * n + z * h[j];
     }
 }
 
@@ -95,8 +74,9 @@ int FR_FN(gru_ln_forward)(real *y, real *h_n, real *saved, const real *x, const 
     FR_FN(init_state)(h_n, h0, B * H);
     if (h_mask)
         FR_FN(mask_state)(hm, h0, h_mask, B * H);
-    gln_forward_loop loop = {y, h_n, hm, ah, s, pre, ln, b_hh, h_mask, rec, lengths, T, B, H};
-    fr_for_row_blocks(B, 1, gln_forward_rows, &loop);
+    gln_forward_loop loop = {{y, h_n, hm, ah, h_mask, rec, lengths, T, B, H, 3, gln_row_forward},
+                             s, pre, ln, b_hh};
+    fr_for_row_blocks(B, 1, FR_FN(ln_forward_rows), &loop);
     FR_FN(recurrent_free)(rec);
     status = FR_OK;
 done:
@@ -107,28 +87,26 @@ done:
     return status;
 }
 
-/* What the backward time loop reads and writes, for any block of rows. */
+/* What the backward time loop reads and writes (the shared part first, layernorm.h). */
 typedef struct {
+    fr_ln_backward loop;          /* dh, tmp, dGr = dL/d(h w_hh^T) (T, B, 3H), mask, rec */
     real *dG, *dGh;               /* (T, B, 3H) dL/d[xr xz xn], dL/d[hr hz hn] */
-    real *dGr, *dh, *tmp;         /* (T, B, 3H) dL/d(h w_hh^T); carried (B, H); (B, H) */
     const real *dy, *y, *h0, *zeros;
     gln_saved s;
-    const real *ln, *mask;
-    const fr_recurrent *rec;
-    const int64_t *lengths;
-    ptrdiff_t T, B, H;
+    const real *ln;
 } gln_backward_loop;
 
 /* One valid row of one step backward: dG, dGh, dGr of (t, b) written; dh (H) becomes the
  * direct part dL/dh_t * z, the recurrent product adds the rest. */
-static void gln_row_backward(const gln_backward_loop *a, ptrdiff_t t, ptrdiff_t b) {
-    const ptrdiff_t H = a->H, row = t * a->B + b;
+static void gln_row_backward(const void *ctx, ptrdiff_t t, ptrdiff_t b) {
+    const gln_backward_loop *a = ctx;
+    const ptrdiff_t H = a->loop.H, row = t * a->loop.B + b;
     const real *g = a->s.gates + row * 3 * H, *hn = a->s.hn + row * H;
-    const real *h_prev = t > 0   ? a->y + (row - a->B) * H
+    const real *h_prev = t > 0   ? a->y + (row - a->loop.B) * H
                          : a->h0 ? a->h0 + b * H
                                  : a->zeros;
     const real *dy = a->dy ? a->dy + row * H : a->zeros;
-    real *dG = a->dG + row * 3 * H, *dGh = a->dGh + row * 3 * H, *dh = a->dh + b * H;
+    real *dG = a->dG + row * 3 * H, *dGh = a->dGh + row * 3 * H, *dh = a->loop.dh + b * H;
     for (ptrdiff_t j = 0; j < H; j++) { /* h = (1 - z) n + z h_prev;  n = tanh(xn + r hn) */
         real r = g[j], z = g[H + j], n = g[2 * H + j], dh_j = dy[j] + dh[j];
         real da_n = dh_j * ((real)1 - z) * fr_dtanh_from_output(n);
@@ -141,30 +119,16 @@ static void gln_row_backward(const gln_backward_loop *a, ptrdiff_t t, ptrdiff_t 
         dh[j] = dh_j * z;
     }
     /* [hr hz hn] = g_hh LN(h w_hh^T) + b_hh */
-    FR_FN(ln_blocks_backward)(a->dGr + row * 3 * H, dGh, a->ln + 3 * H,
+    FR_FN(ln_blocks_backward)(a->loop.dGr + row * 3 * H, dGh, a->ln + 3 * H,
                               a->s.h_hat + row * 3 * H, a->s.h_rstd + row * 3, 3, H);
 }
 
-static void gln_backward_rows(const void *ctx, fr_rows r) {
+/* Past a length: dG and dGh of the row are 0 (the shared loop zeroes dGr). */
+static void gln_row_skip(const void *ctx, ptrdiff_t row) {
     const gln_backward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H;
-    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
-        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
-            ptrdiff_t row = t * B + b;
-            if (fr_step_valid(a->lengths, t, b)) {
-                gln_row_backward(a, t, b);
-                continue;
-            }
-            memset(a->dG + row * 3 * H, 0, (size_t)(3 * H) * sizeof(real));
-            memset(a->dGh + row * 3 * H, 0, (size_t)(3 * H) * sizeof(real));
-            memset(a->dGr + row * 3 * H, 0, (size_t)(3 * H) * sizeof(real));
-        }
-        /* dh += (dGr_t w_hh) [* mask] */
-        FR_FN(recurrent_product_masked)(a->rec, a->dh + r.b0 * H,
-                                        a->dGr + (t * B + r.b0) * 3 * H, 3 * H, r.rows,
-                                        a->mask ? a->mask + r.b0 * H : NULL,
-                                        a->tmp ? a->tmp + r.b0 * H : NULL);
-    }
+    const ptrdiff_t N = 3 * a->loop.H;
+    memset(a->dG + row * N, 0, (size_t)N * sizeof(real));
+    memset(a->dGh + row * N, 0, (size_t)N * sizeof(real));
 }
 
 /* After the loop: dln (6H) += [sum dG x_hat, sum dGh h_hat] over the valid rows; then dG
@@ -205,22 +169,17 @@ int FR_FN(gru_ln_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *
         goto done;
     gln_saved s = gln_saved_views((real *)saved, T, B, H);
     FR_FN(init_state)(dh0, dh_n, B * H);
-    gln_backward_loop loop = {dG, dGh, dGr, dh0, tmp, dy, y, h0, zeros, s, ln, h_mask, rec,
-                              lengths, T, B, H};
-    fr_for_row_blocks(B, 1, gln_backward_rows, &loop);
+    gln_backward_loop loop = {{dh0, tmp, dGr, h_mask, rec, lengths, T, B, H, 3, gln_row_backward,
+                               gln_row_skip},
+                              dG, dGh, dy, y, h0, zeros, s, ln};
+    fr_for_row_blocks(B, 1, FR_FN(ln_backward_rows), &loop);
     FR_FN(recurrent_free)(rec);
     FR_FN(add_column_sums)(db_ih, dG, R, 3 * H, 3 * H);
     FR_FN(add_column_sums)(db_hh, dGh, R, 3 * H, 3 * H);
     gln_param_grads(dln, dG, dGh, dv, s, ln, lengths, T, B, H);
     FR_FN(input_grads)(dx, dw_ih, NULL, dG, x, w_ih, R, I, 3 * H);
-    const real *h_first = h0, *h_rest = y; /* what the products read: h_{t-1} [* mask] */
-    if (h_mask) {
-        FR_FN(mask_state)(hm, h0, h_mask, B * H);
-        for (ptrdiff_t t = 1; t < T; t++)
-            FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, h_mask, B * H);
-        h_first = hm;
-        h_rest = hm + B * H;
-    }
+    const real *h_first, *h_rest; /* what the products read: h_{t-1} [* mask] */
+    FR_FN(product_inputs)(&h_first, &h_rest, hm, h0, y, h_mask, T, B, H);
     FR_FN(hidden_grads)(dw_hh, NULL, dGr, 3 * H, h_first, h_rest, T, B, H, 3 * H);
     status = FR_OK;
 done:

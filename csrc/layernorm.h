@@ -70,4 +70,68 @@ static inline void FR_FN(ln_input_side)(real *pre, real *x_hat, real *x_rstd, co
     }
 }
 
+/* The time loops of a layer-normalised cell, for one block of rows (fr_for_row_blocks: each
+ * block its own loop; a norm needs whole rows, so the per-step product is stored and the
+ * cell runs row by row). A cell's loop struct starts with one of these, and `row` gets
+ * that struct. */
+typedef struct {
+    real *y, *h, *hm, *ah;   /* (T, B, H); carried (B, H); h * mask (B, H); (B, G*H) */
+    const real *mask;        /* (B, H) recurrent dropout mask, or NULL */
+    const fr_recurrent *rec; /* h w_hh^T, G gate blocks */
+    const int64_t *lengths;
+    ptrdiff_t T, B, H, G;
+    void (*row)(const void *cell, ptrdiff_t t, ptrdiff_t b); /* one valid row of step t */
+} fr_ln_forward;
+
+/* Per step: ah = h_{t-1} [* mask] w_hh^T, then the cell's row for every row still inside
+ * its sequence (it writes h and y); the others keep h and output zeros. */
+static void FR_FN(ln_forward_rows)(const void *ctx, fr_rows r) {
+    const fr_ln_forward *a = ctx;
+    const ptrdiff_t H = a->H;
+    for (ptrdiff_t t = 0; t < a->T; t++) {
+        const real *operand = a->mask ? a->hm : a->h;
+        FR_FN(recurrent_product)(a->rec, a->ah + r.b0 * a->G * H, a->G * H,
+                                 operand + r.b0 * H, H, r.rows, 0);
+        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
+            if (fr_step_valid(a->lengths, t, b))
+                a->row(ctx, t, b);
+            else
+                memset(a->y + (t * a->B + b) * H, 0, (size_t)H * sizeof(real));
+            if (a->mask)
+                FR_FN(mask_units)(a->hm + b * H, a->h + b * H, a->mask + b * H, H);
+        }
+    }
+}
+
+/* The backward loop's shared part: per step (last first) the cell's row for every valid row
+ * (writing dGr, the gradient of the step's h w_hh^T, and its own), `skip` zeroing the
+ * gradients of the others, then dh += (dGr_t w_hh) [* mask]. */
+typedef struct {
+    real *dh, *tmp, *dGr;    /* carried (B, H); (B, H) or NULL; (T, B, G*H) */
+    const real *mask;        /* (B, H) or NULL */
+    const fr_recurrent *rec; /* backward: dGr w_hh */
+    const int64_t *lengths;
+    ptrdiff_t T, B, H, G;
+    void (*row)(const void *cell, ptrdiff_t t, ptrdiff_t b);
+    void (*skip)(const void *cell, ptrdiff_t row); /* row = t * B + b past its length */
+} fr_ln_backward;
+
+static void FR_FN(ln_backward_rows)(const void *ctx, fr_rows r) {
+    const fr_ln_backward *a = ctx;
+    const ptrdiff_t B = a->B, H = a->H, N = a->G * a->H;
+    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
+        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
+            if (fr_step_valid(a->lengths, t, b))
+                a->row(ctx, t, b);
+            else {
+                memset(a->dGr + (t * B + b) * N, 0, (size_t)N * sizeof(real));
+                a->skip(ctx, t * B + b);
+            }
+        }
+        FR_FN(recurrent_product_masked)(a->rec, a->dh + r.b0 * H, a->dGr + (t * B + r.b0) * N,
+                                        N, r.rows, a->mask ? a->mask + r.b0 * H : NULL,
+                                        a->tmp ? a->tmp + r.b0 * H : NULL);
+    }
+}
+
 #endif

@@ -28,26 +28,24 @@ static ln_saved ln_saved_views(real *s, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
     return v;
 }
 
-/* What both time loops read and write, for any block of rows. */
+/* What the forward time loop reads and writes (the shared part first, layernorm.h). */
 typedef struct {
-    real *y, *h, *c, *hm;         /* (T, B, H); carried (B, H), (B, H); h * mask (B, H) */
-    real *ah;                     /* (B, 4H) the step's recurrent product */
+    fr_ln_forward loop;           /* y, h, hm, ah (B, 4H), mask, rec, lengths, sizes */
+    real *c;                      /* (B, H) carried cell state */
     ln_saved s;                   /* views of the saved block */
     const real *pre;              /* (T, B, 4H) g_ih LN(x w_ih^T) + b_ih + b_hh */
-    const real *ln, *mask;        /* (10H); (B, H) or NULL */
-    const fr_recurrent *rec;
-    const int64_t *lengths;
-    ptrdiff_t T, B, H;
+    const real *ln;               /* (10H) */
 } ln_forward_loop;
 
 /* One valid row of one step: the cell after the product ah (4H). */
-static void ln_row_forward(const ln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
-    const ptrdiff_t H = a->H, row = t * a->B + b;
+static void ln_row_forward(const void *ctx, ptrdiff_t t, ptrdiff_t b) {
+    const ln_forward_loop *a = ctx;
+    const ptrdiff_t H = a->loop.H, row = t * a->loop.B + b;
     const real *g_hh = a->ln + 4 * H, *g_c = a->ln + 8 * H, *b_c = a->ln + 9 * H;
     real *gates = a->s.gates + row * 4 * H, *h_hat = a->s.h_hat + row * 4 * H;
     real *c_hat = a->s.c_hat + row * H, *tn = a->s.tanh_n + row * H, *c = a->c + b * H;
     const real *pre = a->pre + row * 4 * H;
-    FR_FN(ln_blocks)(h_hat, a->s.h_rstd + row * 4, a->ah + b * 4 * H, 4, H);
+    FR_FN(ln_blocks)(h_hat, a->s.h_rstd + row * 4, a->loop.ah + b * 4 * H, 4, H);
     for (ptrdiff_t j = 0; j < 4 * H; j++) /* i, f, g, o */
         gates[j] = pre[j] + g_hh[j] * h_hat[j];
     for (ptrdiff_t j = 0; j < H; j++) {
@@ -60,25 +58,7 @@ static void ln_row_forward(const ln_forward_loop *a, ptrdiff_t t, ptrdiff_t b) {
     FR_FN(ln_blocks)(c_hat, a->s.c_rstd + row, c, 1, H);
     for (ptrdiff_t j = 0; j < H; j++) {
         tn[j] = fr_tanh(g_c[j] * c_hat[j] + b_c[j]);
-        a->h[b * H + j] = a->y[row * H + j] = gates[3 * H + j] * tn[j];
-    }
-}
-
-static void ln_forward_rows(const void *ctx, fr_rows r) {
-    const ln_forward_loop *a = ctx;
-    const ptrdiff_t H = a->H;
-    for (ptrdiff_t t = 0; t < a->T; t++) {
-        const real *operand = a->mask ? a->hm : a->h;
-        FR_FN(recurrent_product)(a->rec, a->ah + r.b0 * 4 * H, 4 * H, operand + r.b0 * H, H,
-                                 r.rows, 0); /* ah = h_{t-1} [* mask] w_hh^T */
-        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
-            if (fr_step_valid(a->lengths, t, b))
-                ln_row_forward(a, t, b);
-            else /* state kept, output zero */
-                memset(a->y + (t * a->B + b) * H, 0, (size_t)H * sizeof(real));
-            if (a->mask)
-                FR_FN(mask_units)(a->hm + b * H, a->h + b * H, a->mask + b * H, H);
-        }
+        a->loop.h[b * H + j] = a->loop.y[row * H + j] = gates[3 * H + j] * tn[j];
     }
 }
 
@@ -104,8 +84,9 @@ int FR_FN(lstm_ln_forward)(real *y, real *h_n, real *c_n, real *saved, const rea
     FR_FN(init_state)(c_n, c0, B * H);
     if (h_mask)
         FR_FN(mask_state)(hm, h0, h_mask, B * H);
-    ln_forward_loop loop = {y, h_n, c_n, hm, ah, s, pre, ln, h_mask, rec, lengths, T, B, H};
-    fr_for_row_blocks(B, 1, ln_forward_rows, &loop);
+    ln_forward_loop loop = {{y, h_n, hm, ah, h_mask, rec, lengths, T, B, H, 4, ln_row_forward},
+                            c_n, s, pre, ln};
+    fr_for_row_blocks(B, 1, FR_FN(ln_forward_rows), &loop);
     FR_FN(recurrent_free)(rec);
     status = FR_OK;
 done:
@@ -116,28 +97,26 @@ done:
     return status;
 }
 
-/* What the backward time loop reads and writes, for any block of rows. */
+/* What the backward time loop reads and writes (the shared part first, layernorm.h). */
 typedef struct {
-    real *dG, *dGh, *dn;          /* (T, B, 4H) dL/da, dL/d(h w_hh^T); (T, B, H) dL/dn */
-    real *dh, *dc, *tmp;          /* carried (B, H) each; (B, H) for the masked product */
+    fr_ln_backward loop;          /* dh, tmp, dGr = dL/d(h w_hh^T) (T, B, 4H), mask, rec */
+    real *dG, *dn, *dc;           /* (T, B, 4H) dL/da; (T, B, H) dL/dn; carried (B, H) */
     const real *dy, *zeros;       /* (T, B, H) or NULL; (H) zeros */
     ln_saved s;
-    const real *c0, *ln, *mask;
-    const fr_recurrent *rec;
-    const int64_t *lengths;
-    ptrdiff_t T, B, H;
+    const real *c0, *ln;
 } ln_backward_loop;
 
 /* One valid row of one step backward: dG, dGh, dn of (t, b) written, dh (H) zeroed for the
  * recurrent product, dc (H) carried to step t-1. */
-static void ln_row_backward(const ln_backward_loop *a, ptrdiff_t t, ptrdiff_t b) {
-    const ptrdiff_t H = a->H, row = t * a->B + b;
+static void ln_row_backward(const void *ctx, ptrdiff_t t, ptrdiff_t b) {
+    const ln_backward_loop *a = ctx;
+    const ptrdiff_t H = a->loop.H, row = t * a->loop.B + b;
     const real *g = a->s.gates + row * 4 * H, *tn = a->s.tanh_n + row * H;
-    const real *c_prev = t > 0   ? a->s.c + (row - a->B) * H
+    const real *c_prev = t > 0   ? a->s.c + (row - a->loop.B) * H
                          : a->c0 ? a->c0 + b * H
                                  : a->zeros;
     const real *dy = a->dy ? a->dy + row * H : a->zeros;
-    real *dG = a->dG + row * 4 * H, *dn = a->dn + row * H, *dh = a->dh + b * H;
+    real *dG = a->dG + row * 4 * H, *dn = a->dn + row * H, *dh = a->loop.dh + b * H;
     real *dc = a->dc + b * H;
     for (ptrdiff_t j = 0; j < H; j++) { /* h = o tanh(n) */
         real dh_j = dy[j] + dh[j];
@@ -156,30 +135,16 @@ static void ln_row_backward(const ln_backward_loop *a, ptrdiff_t t, ptrdiff_t b)
         dc[j] = dc_j * g[H + j];
     }
     /* a = ... + g_hh LN(h w_hh^T) */
-    FR_FN(ln_blocks_backward)(a->dGh + row * 4 * H, dG, a->ln + 4 * H,
+    FR_FN(ln_blocks_backward)(a->loop.dGr + row * 4 * H, dG, a->ln + 4 * H,
                               a->s.h_hat + row * 4 * H, a->s.h_rstd + row * 4, 4, H);
 }
 
-static void ln_backward_rows(const void *ctx, fr_rows r) {
+/* Past a length: dG and dn of the row are 0 (the shared loop zeroes dGr). */
+static void ln_row_skip(const void *ctx, ptrdiff_t row) {
     const ln_backward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H;
-    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
-        for (ptrdiff_t b = r.b0; b < r.b0 + r.rows; b++) {
-            ptrdiff_t row = t * B + b;
-            if (fr_step_valid(a->lengths, t, b)) {
-                ln_row_backward(a, t, b);
-                continue;
-            }
-            memset(a->dG + row * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
-            memset(a->dGh + row * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
-            memset(a->dn + row * H, 0, (size_t)H * sizeof(real));
-        }
-        /* dh += (dGh_t w_hh) [* mask] */
-        FR_FN(recurrent_product_masked)(a->rec, a->dh + r.b0 * H,
-                                        a->dGh + (t * B + r.b0) * 4 * H, 4 * H, r.rows,
-                                        a->mask ? a->mask + r.b0 * H : NULL,
-                                        a->tmp ? a->tmp + r.b0 * H : NULL);
-    }
+    const ptrdiff_t H = a->loop.H;
+    memset(a->dG + row * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
+    memset(a->dn + row * H, 0, (size_t)H * sizeof(real));
 }
 
 /* After the loop: dln (10H) += [sum dG x_hat, sum dG h_hat, sum dn c_hat, sum dn] over the
@@ -227,22 +192,17 @@ int FR_FN(lstm_ln_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *d
     ln_saved s = ln_saved_views((real *)saved, T, B, H);
     FR_FN(init_state)(dh0, dh_n, B * H);
     FR_FN(init_state)(dc0, dc_n, B * H);
-    ln_backward_loop loop = {dG, dGh, dn, dh0, dc0, tmp, dy, zeros, s, c0, ln, h_mask, rec,
-                             lengths, T, B, H};
-    fr_for_row_blocks(B, 1, ln_backward_rows, &loop);
+    ln_backward_loop loop = {{dh0, tmp, dGh, h_mask, rec, lengths, T, B, H, 4, ln_row_backward,
+                              ln_row_skip},
+                             dG, dn, dc0, dy, zeros, s, c0, ln};
+    fr_for_row_blocks(B, 1, FR_FN(ln_backward_rows), &loop);
     FR_FN(recurrent_free)(rec);
     FR_FN(add_column_sums)(db_ih, dG, R, 4 * H, 4 * H);
     FR_FN(add_column_sums)(db_hh, dG, R, 4 * H, 4 * H);
     ln_param_grads(dln, dG, dv, dn, s, ln, lengths, T, B, H);
     FR_FN(input_grads)(dx, dw_ih, NULL, dG, x, w_ih, R, I, 4 * H);
-    const real *h_first = h0, *h_rest = y; /* what the products read: h_{t-1} [* mask] */
-    if (h_mask) {
-        FR_FN(mask_state)(hm, h0, h_mask, B * H);
-        for (ptrdiff_t t = 1; t < T; t++)
-            FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, h_mask, B * H);
-        h_first = hm;
-        h_rest = hm + B * H;
-    }
+    const real *h_first, *h_rest; /* what the products read: h_{t-1} [* mask] */
+    FR_FN(product_inputs)(&h_first, &h_rest, hm, h0, y, h_mask, T, B, H);
     FR_FN(hidden_grads)(dw_hh, NULL, dGh, 4 * H, h_first, h_rest, T, B, H, 4 * H);
     status = FR_OK;
 done:

@@ -379,6 +379,23 @@ static inline void FR_FN(input_grad_step)(const fr_input_grad *g, const real *dG
 
 static inline void FR_FN(input_grad_free)(fr_input_grad *g) { FR_FN(recurrent_free)(&g->rec); }
 
+/* The states the recurrent products of a forward read, for the weight gradients after the
+ * backward loop: h_first (B, H) fed step 0 and h_rest ((T-1)*B, H) steps 1..T-1; h0 (NULL:
+ * zeros) and y as they are without a mask, else their masked copies in hm (T, B, H). */
+static inline void FR_FN(product_inputs)(const real **h_first, const real **h_rest, real *hm,
+                                         const real *h0, const real *y, const real *mask,
+                                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    *h_first = h0;
+    *h_rest = y;
+    if (!mask)
+        return;
+    FR_FN(mask_state)(hm, h0, mask, B * H);
+    for (ptrdiff_t t = 1; t < T; t++)
+        FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, mask, B * H);
+    *h_first = hm;
+    *h_rest = hm + B * H;
+}
+
 /* Backward of a product that read masked rows (recurrent dropout):
  *   C (B, N) += (A (B, K) . op(W)) * mask      mask (B, N), through tmp (B, N)
  * and without a mask (NULL) C += A . op(W). C, mask and tmp have leading dimension N. */
