@@ -70,6 +70,50 @@ static inline void FR_FN(ln_input_side)(real *pre, real *x_hat, real *x_rstd, co
     }
 }
 
+/* What a layer-normalised forward works in: the input side pre (T*B, G*H), the step's product
+ * ah (B, G*H), h * mask (B, H) under dropout, the recurrent product's weights, and for
+ * inference a stand-in (work) for the saved block. */
+typedef struct {
+    real *work, *pre, *ah, *hm;
+    fr_recurrent rec[2];
+    int ready;               /* rec set up */
+} fr_ln_workspace;
+
+static inline void FR_FN(ln_forward_free)(fr_ln_workspace *w) {
+    if (w->ready)
+        FR_FN(recurrent_free)(w->rec);
+    free(w->work);
+    free(w->pre);
+    free(w->ah);
+    free(w->hm);
+}
+
+/* Allocate and set up w for `cell` (FR_CELL_*, G gates) over T steps of B rows; *block is
+ * the saved block, or w->work of saved_reals when it is NULL (inference). h (B, H) gets h0
+ * (NULL: zeros), w->hm its masked copy. Returns 0, or FR_ERR_NOMEM (w freed). */
+static inline int FR_FN(ln_forward_setup)(fr_ln_workspace *w, real **block,
+                                          ptrdiff_t saved_reals, int cell, const real *w_hh,
+                                          real *h, const real *h0, const real *mask,
+                                          ptrdiff_t T, ptrdiff_t B, ptrdiff_t H, ptrdiff_t G) {
+    w->work = *block ? NULL : FR_FN(alloc)(saved_reals);
+    w->pre = FR_FN(alloc)(T * B * G * H);
+    w->ah = FR_FN(alloc)(B * G * H);
+    w->hm = mask ? FR_FN(alloc)(B * H) : NULL;
+    w->ready = 0;
+    if ((!*block && !w->work) || !w->pre || !w->ah || (mask && !w->hm) ||
+        FR_FN(recurrent_setup_cell)(w->rec, cell, 0, w_hh, H, T, B, NULL) != FR_OK) {
+        FR_FN(ln_forward_free)(w);
+        return FR_ERR_NOMEM;
+    }
+    w->ready = 1;
+    if (!*block)
+        *block = w->work;
+    FR_FN(init_state)(h, h0, B * H);
+    if (mask)
+        FR_FN(mask_state)(w->hm, h0, mask, B * H);
+    return FR_OK;
+}
+
 /* The time loops of a layer-normalised cell, for one block of rows (fr_for_row_blocks: each
  * block its own loop; a norm needs whole rows, so the per-step product is stored and the
  * cell runs row by row). A cell's loop struct starts with one of these, and `row` gets

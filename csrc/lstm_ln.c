@@ -68,33 +68,21 @@ int FR_FN(lstm_ln_forward)(real *y, real *h_n, real *c_n, real *saved, const rea
                            const int64_t *lengths, const real *h_mask, ptrdiff_t T,
                            ptrdiff_t B, ptrdiff_t I, ptrdiff_t H) {
     const ptrdiff_t R = T * B;
-    /* inference keeps a workspace of the saved block's size */
-    real *work = saved ? NULL : FR_FN(alloc)(R * (FR_LSTM_LN_SAVED_PER_UNIT * H +
-                                                  FR_LSTM_LN_SAVED_PER_ROW));
-    real *pre = FR_FN(alloc)(R * 4 * H), *ah = FR_FN(alloc)(B * 4 * H);
-    real *hm = h_mask ? FR_FN(alloc)(B * H) : NULL;
-    fr_recurrent rec[2];
-    int status = FR_ERR_NOMEM;
-    if ((!saved && !work) || !pre || !ah || (h_mask && !hm) ||
-        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, NULL) != FR_OK)
-        goto done;
-    ln_saved s = ln_saved_views(saved ? saved : work, T, B, H);
-    FR_FN(ln_input_side)(pre, s.x_hat, s.x_rstd, x, w_ih, b_ih, b_hh, ln, R, I, 4, H);
-    FR_FN(init_state)(h_n, h0, B * H);
+    fr_ln_workspace w;
+    real *block = saved; /* inference: a workspace of the saved block's size */
+    if (FR_FN(ln_forward_setup)(&w, &block, R * (FR_LSTM_LN_SAVED_PER_UNIT * H +
+                                                 FR_LSTM_LN_SAVED_PER_ROW),
+                                FR_CELL_LSTM, w_hh, h_n, h0, h_mask, T, B, H, 4) != FR_OK)
+        return FR_ERR_NOMEM;
+    ln_saved s = ln_saved_views(block, T, B, H);
+    FR_FN(ln_input_side)(w.pre, s.x_hat, s.x_rstd, x, w_ih, b_ih, b_hh, ln, R, I, 4, H);
     FR_FN(init_state)(c_n, c0, B * H);
-    if (h_mask)
-        FR_FN(mask_state)(hm, h0, h_mask, B * H);
-    ln_forward_loop loop = {{y, h_n, hm, ah, h_mask, rec, lengths, T, B, H, 4, ln_row_forward},
-                            c_n, s, pre, ln};
+    ln_forward_loop loop = {
+        {y, h_n, w.hm, w.ah, h_mask, w.rec, lengths, T, B, H, 4, ln_row_forward},
+        c_n, s, w.pre, ln};
     fr_for_row_blocks(B, 1, FR_FN(ln_forward_rows), &loop);
-    FR_FN(recurrent_free)(rec);
-    status = FR_OK;
-done:
-    free(work);
-    free(pre);
-    free(ah);
-    free(hm);
-    return status;
+    FR_FN(ln_forward_free)(&w);
+    return FR_OK;
 }
 
 /* What the backward time loop reads and writes (the shared part first, layernorm.h). */
