@@ -309,3 +309,15 @@ def test_huge_views_are_refused_before_any_copy(cell, shape, error, monkeypatch)
         finally:
             tracemalloc.stop()
         assert peak < 1 << 20, f"{module.__name__} allocated {peak} bytes before refusing"
+
+
+def test_misaligned_arrays_reach_the_kernels_aligned():
+    """np.ascontiguousarray keeps a misaligned array as it is (a misaligned double * is
+    undefined behaviour in C; UBSan reported it in the packing code): the kernels' inputs
+    are copied to aligned memory instead, with the same values."""
+    from fastrnn._common import c_array
+    from fuzz_helpers import LAYOUTS
+    a = LAYOUTS["misaligned"](np.arange(12.0).reshape(3, 4))
+    assert not a.flags.aligned and a.flags.c_contiguous
+    b = c_array(a)
+    assert b.flags.aligned and b.flags.c_contiguous and np.array_equal(a, b)

@@ -140,6 +140,13 @@ def _shape_str(shape) -> str:
     return str(tuple(int(s) for s in shape))
 
 
+def c_array(array, dtype=None) -> np.ndarray:
+    """``array`` C-contiguous *and aligned* (copied if not): what the kernels' typed
+    pointers assume. ``np.ascontiguousarray`` keeps a misaligned array as it is, and a
+    misaligned ``double *`` is undefined behaviour in C (UBSan reports it)."""
+    return np.require(array, dtype, ("C", "A"))
+
+
 def as_array(name: str, value, dtype: Optional[np.dtype] = None,
              owner: str = "the dtype of x") -> np.ndarray:
     """Return ``value`` as a C-contiguous ndarray, checking its dtype against ``dtype``.
@@ -148,7 +155,7 @@ def as_array(name: str, value, dtype: Optional[np.dtype] = None,
     else ``ValueError`` (a mismatch of inputs, as PyTorch); ``owner`` says whose dtype it
     is in the message ("the dtype of x", "the cell's dtype").
     """
-    return np.ascontiguousarray(as_ndarray(name, value, dtype, owner))
+    return c_array(as_ndarray(name, value, dtype, owner))
 
 
 def as_ndarray(name: str, value, dtype: Optional[np.dtype] = None,
@@ -231,7 +238,7 @@ def _checked(name: str, value, dtype: np.dtype, expected: tuple) -> np.ndarray:
     """``value`` of ``dtype`` and shape ``expected``, checked before it is made contiguous."""
     array = as_ndarray(name, value, dtype)
     check_shape(name, array, expected)
-    return np.ascontiguousarray(array)
+    return c_array(array)
 
 
 def physical_memory() -> Optional[int]:
@@ -266,7 +273,7 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
     if low < 1 or high > T:
         raise ValueError(
             f"lengths must lie in [1, T={T}], got values in [{low}, {high}]")
-    return np.ascontiguousarray(lengths, dtype=np.int64)
+    return c_array(lengths, np.int64)
 
 
 def _check_sizes(T: int, B: int, I: int, H: int, G: int, itemsize: int) -> None:
@@ -291,7 +298,7 @@ def _check_projection(w_hr, w_hh, dtype):
         raise ValueError(f"w_hr must have shape (P, H), got {_shape_str(w_hr.shape)}")
     P, H = w_hr.shape
     check_shape("w_hh", w_hh, (4 * H, P))
-    return np.ascontiguousarray(w_hr), w_hh, H
+    return c_array(w_hr), w_hh, H
 
 
 def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths,
@@ -316,7 +323,7 @@ def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths,
     T, B, I = x.shape
     P = H if w_hr is None else w_hr.shape[0]
     _check_sizes(T, B, I, H, G, x.dtype.itemsize)   # before any copy of a huge view
-    x, w_hh = np.ascontiguousarray(x), np.ascontiguousarray(w_hh)
+    x, w_hh = c_array(x), c_array(w_hh)
     w_ih = _checked("w_ih", w_ih, x.dtype, (G * H, I))
     biases = [None if bias is None else _checked(name, bias, x.dtype, (G * H,))
               for name, bias in (("b_ih", b_ih), ("b_hh", b_hh))]

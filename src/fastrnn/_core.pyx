@@ -658,15 +658,17 @@ cdef class Stepper:
         """a itself when it is a C-contiguous ndarray (the stepper points into it)."""
         if a is None:
             return None
-        if type(a) is not np.ndarray or not a.flags.c_contiguous:
-            raise TypeError("Stepper operands must be C-contiguous ndarrays")
+        if type(a) is not np.ndarray or not (a.flags.c_contiguous and a.flags.aligned):
+            raise TypeError("Stepper operands must be C-contiguous, aligned ndarrays")
         if a.dtype != np.uint8 and a.dtype != self.dtype:
             raise TypeError(f"Stepper operands must be {self.dtype}, got {a.dtype}")
         return a
 
     cdef inline bint _ready(self, a):
+        """An ndarray of the dtype, C-contiguous and aligned (a misaligned pointer is UB)."""
         return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == self.typenum
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+                and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
 
     cdef cnp.ndarray _state(self, object s, Py_ssize_t B, str name):
         cdef cnp.npy_intp dims[3]
@@ -676,7 +678,7 @@ cdef class Stepper:
         if s is None:
             return cnp.PyArray_ZEROS(3, dims, self.typenum, 0)
         if not self._ready(s):
-            s = np.ascontiguousarray(self.convert("state " + name, s))
+            s = np.require(self.convert("state " + name, s), None, ("C", "A"))
         cdef cnp.ndarray a = <cnp.ndarray>s
         if (a.ndim != 3 or a.shape[0] != dims[0] or a.shape[1] != B
                 or a.shape[2] != self.n_hidden):
@@ -689,7 +691,7 @@ cdef class Stepper:
         """``(out (B, H), new state)`` for ``x_t (B, I)`` and ``state`` ((L, B, H), a pair
         of them for LSTM, or None: zeros)."""
         if not self._ready(x_t):
-            x_t = np.ascontiguousarray(self.convert("x_t", x_t))
+            x_t = np.require(self.convert("x_t", x_t), None, ("C", "A"))
         cdef cnp.ndarray x = <cnp.ndarray>x_t
         if x.ndim != 2 or x.shape[1] != self.n_input:
             raise ValueError(f"x_t must have shape (B, input_size={self.n_input}), got "

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core
 from ._common import (Cache, GRUGrads, Inputs, LayerNormGRUGrads, LayerNormLSTMGrads, LSTMGrads,
-                      PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, as_ndarray,
+                      PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, as_ndarray, c_array,
                       check_backward, check_forward, check_layer_norm, check_memory,
                       check_nonlinearity, check_peepholes, check_recurrent_mask)
 
@@ -60,7 +60,7 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, **_ignored) -> 
         raise ValueError(f"w_hh must have shape ({_GATES[cell]}*H, H) for {cell}, got "
                          f"{w_hh.shape}")
     check_memory(f"packing w_hh of H={H}", 3 * w_hh.size * w_hh.itemsize)   # copy + 2 packs
-    w_hh = np.ascontiguousarray(w_hh)
+    w_hh = c_array(w_hh)
     name = "gru_reset_before" if cell == "gru" and not reset_after else cell
     flat = w_hh.reshape(-1)
     return Packs(_core.pack(flat, name, False, H),
@@ -358,8 +358,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False):
     (C-contiguous, the result's shape) the product is written there, or added to it when
     ``accumulate``. Returns the result.
     """
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
+    a, b = c_array(a), c_array(b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"gemm needs 2-D arrays, got shapes {a.shape} and {b.shape}")
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):

@@ -44,7 +44,7 @@ import math
 import numpy as np
 
 from .. import ops
-from .._common import (as_array, check_device, check_nonlinearity, check_positive_int,
+from .._common import (as_array, c_array, check_device, check_nonlinearity, check_positive_int,
                        normalize_dtype)
 from ..grad_mode import is_grad_enabled
 from ._packs import cached_packs, cached_stepper
@@ -103,7 +103,7 @@ class _Cell(Module):
         """
         values = [None if p is None else p.value for p in self._parameter_list()]
         if not is_grad_enabled():  # inference: the unchecked C step (inputs checked above)
-            return self._inference_step(np.ascontiguousarray(x), states, values), None
+            return self._inference_step(c_array(x), states, values), None
         forward = getattr(ops, f"{self._kind}_forward")
         out = forward(x[None], *states, *values, training=True, **self._options())
         return tuple(out[1:-1]), out[-1]
