@@ -228,3 +228,5 @@ def test_layers_check_their_size_before_building(kind, args, monkeypatch):
     monkeypatch.setattr(_common, "physical_memory", lambda: 4 << 30)
     with pytest.raises(MemoryError, match="parameters needs about"):
         LAYERS[kind](*args)
+    with pytest.raises(MemoryError, match="parameters needs about"):
+        CELLS[kind](2 ** 20, 2 ** 14)

@@ -44,8 +44,8 @@ import math
 import numpy as np
 
 from .. import ops
-from .._common import (as_array, c_array, check_device, check_nonlinearity, check_positive_int,
-                       normalize_dtype)
+from .._common import (as_array, c_array, check_device, check_memory, check_nonlinearity,
+                       check_positive_int, normalize_dtype)
 from ..grad_mode import is_grad_enabled
 from ._packs import cached_packs, cached_stepper
 from .module import Module, Parameter
@@ -79,6 +79,8 @@ class _Cell(Module):
     def _init_parameters(self, rng: np.random.Generator) -> None:
         """PyTorch's default: every entry U(-1/sqrt(H), 1/sqrt(H))."""
         G, H, I = self._gates, self.hidden_size, self.input_size
+        check_memory(f"{type(self).__name__}({I}, {H}) parameters",   # float64 draws too
+                     G * H * (I + H + 2) * (self.dtype.itemsize + 8))
         k = 1.0 / math.sqrt(H)
         shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
         if self.bias:
