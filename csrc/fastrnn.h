@@ -53,7 +53,19 @@ typedef struct {
     int32_t cell, backward, count;
     int64_t H;
     int64_t offset[2];    /* bytes from the pack's start to each panel */
+    int32_t format;       /* FR_PACK_F32, or FR_PACK_BF16 (inference) */
+    int64_t I;            /* bf16: input size of the w_ih panel */
+    int64_t input_offset; /* bf16: bytes to the panel of w_ih^T (forward, gates interleaved) */
 } fr_pack_header;
+
+/* bfloat16 inference: a pack of format FR_PACK_BF16 (fr_pack_bf16_*) holds w_hh and w_ih
+ * rounded to bf16 (nearest even) in bf16 panels (gemm/bf16.h). A float32 forward handed one
+ * runs both products on bf16 operands (x_t and h_{t-1} rounded as they stream) with float32
+ * accumulation; biases, the cell state, activations and outputs stay float32. Such a pack
+ * serves the forward time loop (backward = 0) of the cell and sizes it was made for; the
+ * kernel ignores it otherwise, as any pack. */
+#define FR_PACK_F32 0
+#define FR_PACK_BF16 1
 
 #define FR_DECLARE_KERNELS(real, sfx)                                                      \
     /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \
@@ -167,6 +179,7 @@ typedef struct {
 #define FR_ISA_PORTABLE 0
 #define FR_ISA_AVX2 1
 #define FR_ISA_AVX512 2
+#define FR_ISA_AVX512_BF16 3 /* the _avx512 build, bf16 products on vdpbf16ps */
 
 extern int fr_isa_level;
 int fr_detect_isa(void);     /* best level this CPU (and this build) supports */
@@ -203,5 +216,19 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_pack_bytes_f64 FR_DISPATCH(fr_pack_bytes_f64)
 #define fr_pack_f32 FR_DISPATCH(fr_pack_f32)
 #define fr_pack_f64 FR_DISPATCH(fr_pack_f64)
+
+/* The bf16 pack (float32 kernels only): bytes for (cell, I, H), and the pack of w_ih
+ * (G*H, I) and w_hh (G*H, H) written to dst (64-byte aligned). Returns 0 or FR_ERR_NOMEM. */
+#define FR_DECLARE_BF16_PACK(sfx)                                                          \
+    size_t fr_pack_bf16_bytes_##sfx(int cell, ptrdiff_t I, ptrdiff_t H);                   \
+    int fr_pack_bf16_##sfx(void *dst, size_t bytes, const float *w_ih, const float *w_hh,  \
+                           int cell, ptrdiff_t I, ptrdiff_t H);
+FR_DECLARE_BF16_PACK(f32_portable)
+#ifdef FR_X86_VARIANTS
+FR_DECLARE_BF16_PACK(f32_avx2)
+FR_DECLARE_BF16_PACK(f32_avx512)
+#endif
+#define fr_pack_bf16_bytes_f32 FR_DISPATCH(fr_pack_bf16_bytes_f32)
+#define fr_pack_bf16_f32 FR_DISPATCH(fr_pack_bf16_f32)
 
 #endif

@@ -132,7 +132,8 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     if (!gates || !hbuf || !scratch ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
-    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, b_hh, T, B, I, 4, H) != FR_OK) {
+    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, b_hh, T, B, I, 4, H, pack) !=
+        FR_OK) {
         FR_FN(recurrent_free)(rec);
         goto done;
     }

@@ -28,3 +28,29 @@ int FR_FN(pack)(void *dst, size_t bytes, const real *w_hh, int cell, int backwar
     memcpy(dst, &h, sizeof h);
     return FR_OK;
 }
+
+#ifndef FR_F64
+size_t FR_FN(pack_bf16_bytes)(int cell, ptrdiff_t I, ptrdiff_t H) {
+    fr_pack_header h;
+    return FR_FN(pack_layout_as)(&h, cell, 0, I, H, FR_PACK_BF16);
+}
+
+/* The forward pack of w_hh and w_ih (the input panel: K = I, every gate block) in bf16. */
+int FR_FN(pack_bf16)(void *dst, size_t bytes, const float *w_ih, const float *w_hh, int cell,
+                     ptrdiff_t I, ptrdiff_t H) {
+    fr_pack_header h;
+    fr_recurrent_spec specs[2];
+    if (((uintptr_t)dst & 63) != 0 ||
+        bytes < FR_FN(pack_layout_as)(&h, cell, 0, I, H, FR_PACK_BF16))
+        return FR_ERR_NOMEM;
+    int n = FR_FN(recurrent_specs)(specs, cell, 0, H);
+    for (int i = 0; i <= n; i++) {
+        fr_panel p = i < n ? FR_FN(panel_shape_bf16)(specs[i].K, specs[i].G, H)
+                           : FR_FN(panel_shape_bf16)(I, fr_cell_gates(cell), H);
+        p.data = (real *)((char *)dst + (i < n ? h.offset[i] : h.input_offset));
+        FR_FN(panel_fill_bf16)(&p, i < n ? w_hh + specs[i].w_offset : w_ih, 1);
+    }
+    memcpy(dst, &h, sizeof h);
+    return FR_OK;
+}
+#endif

@@ -187,13 +187,18 @@ typedef struct {
     int transpose;
 } fr_recurrent_spec;
 
+/* Gate blocks of `cell` (FR_CELL_*): 1 (RNN), 4 (LSTM) or 3 (GRU). */
+static inline ptrdiff_t fr_cell_gates(int cell) {
+    return cell == FR_CELL_LSTM ? 4 : cell == FR_CELL_RNN ? 1 : 3;
+}
+
 /* The products of `cell` (FR_CELL_*) in its forward or backward time loop: count of them
  * (1 or 2) written to specs. Forward multiplies h by w_hh^T with gate blocks interleaved;
  * backward multiplies dG by w_hh. GRU with the reset gate before its product needs the r, z
  * rows and the n rows of w_hh as two products. */
 static inline int FR_FN(recurrent_specs)(fr_recurrent_spec specs[2], int cell, int backward,
                                          ptrdiff_t H) {
-    ptrdiff_t G = cell == FR_CELL_LSTM ? 4 : cell == FR_CELL_RNN ? 1 : 3;
+    ptrdiff_t G = fr_cell_gates(cell);
     if (cell == FR_CELL_GRU_RESET_BEFORE) {
         fr_recurrent_spec rz = {0, backward ? 2 * H : H, backward ? 1 : 2, !backward};
         fr_recurrent_spec n = {2 * H * H, H, 1, !backward};
@@ -206,30 +211,84 @@ static inline int FR_FN(recurrent_specs)(fr_recurrent_spec specs[2], int cell, i
     return 1;
 }
 
-/* The panel for spec inside a pack made by fr_pack_* for (cell, backward, H), or NULL when
- * `pack` is NULL or was made for something else (another cell, size or vector width). */
-static inline real *FR_FN(pack_panel_data)(const void *pack, int cell, int backward,
-                                            ptrdiff_t H, int index) {
+/* The panel format of the panels in pack header h (FR_PANEL_*), or -1 when this build
+ * cannot run them (a bf16 pack: float32 forward only). */
+static inline int FR_FN(pack_panel_format)(const fr_pack_header *h) {
+    if (h->format == FR_PACK_F32)
+        return FR_PANEL_F32;
+#ifndef FR_F64
+    if (h->format == FR_PACK_BF16 && !h->backward)
+        return fr_bf16_format();
+#endif
+    return -1;
+}
+
+/* The header of `pack` when it was made by fr_pack_* for (cell, backward, H) under this
+ * build (vector width, dtype) and its panels can run here; NULL otherwise. */
+static inline const fr_pack_header *FR_FN(pack_header)(const void *pack, int cell,
+                                                       int backward, ptrdiff_t H) {
     const fr_pack_header *h = pack;
     if (h == NULL || ((uintptr_t)pack & 63) != 0 || h->magic != FR_PACK_MAGIC ||
         h->vector_bytes != FR_VBYTES || h->real_bytes != (int32_t)sizeof(real) ||
-        h->cell != cell || h->backward != backward || h->H != H || index >= h->count)
+        h->cell != cell || h->backward != backward || h->H != H ||
+        FR_FN(pack_panel_format)(h) < 0)
         return NULL;
+    return h;
+}
+
+/* The panel for spec inside a pack made by fr_pack_* for (cell, backward, H), or NULL when
+ * `pack` is NULL or was made for something else (another cell, size or vector width);
+ * *format gets the panel's format. */
+static inline real *FR_FN(pack_panel_data)(const void *pack, int cell, int backward,
+                                            ptrdiff_t H, int index, int *format) {
+    const fr_pack_header *h = FR_FN(pack_header)(pack, cell, backward, H);
+    if (h == NULL || index >= h->count)
+        return NULL;
+    *format = FR_FN(pack_panel_format)(h);
     return (real *)((char *)pack + h->offset[index]);
 }
 
+/* The panel of w_ih^T (G gate blocks, K = I) in a bf16 forward pack for H, or NULL; *format
+ * gets its format. */
+static inline real *FR_FN(pack_input_data)(const void *pack, ptrdiff_t I, ptrdiff_t G,
+                                           ptrdiff_t H, int *format) {
+    const fr_pack_header *h = pack;
+    if (h == NULL)
+        return NULL;
+    h = FR_FN(pack_header)(pack, h->cell, 0, H);
+    if (h == NULL || h->format != FR_PACK_BF16 || h->I != I ||
+        fr_cell_gates(h->cell) != G)
+        return NULL;
+    *format = FR_FN(pack_panel_format)(h);
+    return (real *)((char *)pack + h->input_offset);
+}
+
+/* The geometry of a panel of op(W) (K, G*H) in `format` (data = NULL). */
+static inline fr_panel FR_FN(panel_shape_as)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H,
+                                             int format) {
+#ifndef FR_F64
+    if (format != FR_PANEL_F32) {
+        fr_panel p = FR_FN(panel_shape_bf16)(K, G, H);
+        p.format = format;
+        return p;
+    }
+#endif
+    return FR_FN(panel_shape)(K, G, H);
+}
+
 /* Set r up for the product `spec` of w_hh, over T steps of B rows: on the matching panel of
- * `pack`, on a panel packed now, or direct. Returns 0, or FR_ERR_NOMEM. */
+ * `pack` (`packed`, in `format`), on a panel packed now, or direct. Returns 0, or
+ * FR_ERR_NOMEM. */
 static inline int FR_FN(recurrent_setup)(fr_recurrent *r, const real *w_hh,
                                          fr_recurrent_spec spec, ptrdiff_t H, ptrdiff_t T,
-                                         ptrdiff_t B, real *packed) {
+                                         ptrdiff_t B, real *packed, int format) {
     r->w = w_hh + spec.w_offset;
     r->transpose = spec.transpose;
     r->K = spec.K;
     r->G = spec.G;
     r->H = H;
     r->owned = 0;
-    r->panel = FR_FN(panel_shape)(spec.K, spec.G, H);
+    r->panel = FR_FN(panel_shape_as)(spec.K, spec.G, H, format);
     if (packed) {
         r->panel.data = packed;
         return FR_OK;
@@ -250,8 +309,10 @@ static inline int FR_FN(recurrent_setup_cell)(fr_recurrent recs[2], int cell, in
     recs[1].owned = 0;
     recs[1].panel.data = NULL;
     for (int i = 0; i < n; i++) {
-        real *packed = FR_FN(pack_panel_data)(pack, cell, backward, H, i);
-        if (FR_FN(recurrent_setup)(&recs[i], w_hh, specs[i], H, T, B, packed) != FR_OK) {
+        int format = FR_PANEL_F32;
+        real *packed = FR_FN(pack_panel_data)(pack, cell, backward, H, i, &format);
+        if (FR_FN(recurrent_setup)(&recs[i], w_hh, specs[i], H, T, B, packed, format) !=
+            FR_OK) {
             for (int j = 0; j < i; j++)
                 if (recs[j].owned)
                     FR_FN(panel_free)(&recs[j].panel);
@@ -266,7 +327,7 @@ static inline int FR_FN(recurrent_setup_cell)(fr_recurrent recs[2], int cell, in
 static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_t K,
                                         ptrdiff_t N, int transpose, ptrdiff_t T, ptrdiff_t B) {
     fr_recurrent_spec spec = {0, K, 1, transpose};
-    return FR_FN(recurrent_setup)(r, w, spec, N, T, B, NULL);
+    return FR_FN(recurrent_setup)(r, w, spec, N, T, B, NULL, FR_PANEL_F32);
 }
 
 /* Our own kernel runs every product now, so the time loop may always be split. */
@@ -349,37 +410,6 @@ typedef struct {
 /* Whether a forward over B rows projects its input step by step. */
 static inline int FR_FN(input_per_step)(ptrdiff_t B) { return B >= FR_STEP_PROJECTION_ROWS; }
 
-/* Set the input side up; when it is not per step, P (T, B, G*H) gets the whole projection
- * now. Returns 0, or FR_ERR_NOMEM. */
-static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
-                                       const real *bias_a, const real *bias_b, ptrdiff_t T,
-                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H) {
-    in->per_step = FR_FN(input_per_step)(B);
-    in->x = x;
-    in->B = B;
-    in->I = I;
-    in->N = G * H;
-    in->bias = NULL;
-    in->rec.owned = 0;
-    in->rec.panel.data = NULL;
-    if (!in->per_step) {
-        FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
-        return FR_OK;
-    }
-    fr_recurrent_spec spec = {0, I, G, 1};
-    in->bias = FR_FN(alloc)(G * H);
-    if (!in->bias || FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, B, NULL) != FR_OK)
-        return FR_ERR_NOMEM;
-    FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
-    return FR_OK;
-}
-
-static inline void FR_FN(input_free)(fr_input *in) {
-    FR_FN(recurrent_free)(&in->rec);
-    free(in->bias);
-    in->bias = NULL;
-}
-
 /* The epilogue of the per-step projection: P (B, G*H) = tile + bias. */
 typedef struct {
     real *P;
@@ -402,6 +432,48 @@ static void FR_FN(bias_store_epilogue)(void *ctx, const real *acc, ptrdiff_t acc
         }
 }
 
+/* Set the input side up; when it is not per step, P (T, B, G*H) gets the whole projection
+ * now. A bf16 forward pack (fr_pack_bf16_*) supplies the panel of w_ih: every product of
+ * the input then runs on it, per step or over all T*B rows at once here. Returns 0, or
+ * FR_ERR_NOMEM. */
+static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
+                                       const real *bias_a, const real *bias_b, ptrdiff_t T,
+                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H,
+                                       const void *pack) {
+    int format = FR_PANEL_F32;
+    real *packed = FR_FN(pack_input_data)(pack, I, G, H, &format);
+    in->per_step = FR_FN(input_per_step)(B);
+    in->x = x;
+    in->B = B;
+    in->I = I;
+    in->N = G * H;
+    in->bias = NULL;
+    in->rec.owned = 0;
+    in->rec.panel.data = NULL;
+    if (!in->per_step && !packed) {
+        FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
+        return FR_OK;
+    }
+    fr_recurrent_spec spec = {0, I, G, 1};
+    in->bias = FR_FN(alloc)(G * H);
+    if (!in->bias ||
+        FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, B, packed, format) != FR_OK)
+        return FR_ERR_NOMEM;
+    FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
+    if (!in->per_step) { /* the whole sequence on the packed panel, before the loop */
+        fr_part all = {0, T * B, 0, 1, NULL};
+        fr_bias_store s = {P, in->bias, G, H};
+        FR_FN(recurrent_apply)(&in->rec, x, I, &all, FR_FN(bias_store_epilogue), &s, NULL);
+    }
+    return FR_OK;
+}
+
+static inline void FR_FN(input_free)(fr_input *in) {
+    FR_FN(recurrent_free)(&in->rec);
+    free(in->bias);
+    in->bias = NULL;
+}
+
 /* P_t (B, G*H) for step t, this part's rows and units (nothing when it was done before the
  * loop). `scratch` (B, G*H) serves a direct product. */
 static inline void FR_FN(input_step)(const fr_input *in, real *P_t, ptrdiff_t t,
@@ -413,11 +485,13 @@ static inline void FR_FN(input_step)(const fr_input *in, real *P_t, ptrdiff_t t,
                            FR_FN(bias_store_epilogue), &s, scratch);
 }
 
-/* Bytes of a pack for (cell, backward, H): a header, then each panel 64-byte aligned. */
-static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backward,
-                                        ptrdiff_t H) {
+/* Bytes of a pack for (cell, backward, H) in `format` (FR_PACK_*; a bf16 pack adds the
+ * panel of w_ih^T for input size I): a header, then each panel 64-byte aligned. */
+static inline size_t FR_FN(pack_layout_as)(fr_pack_header *h, int cell, int backward,
+                                           ptrdiff_t I, ptrdiff_t H, int format) {
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
+    int panel_format = format == FR_PACK_BF16 ? FR_PANEL_BF16 : FR_PANEL_F32;
     size_t at = (sizeof(fr_pack_header) + 63) / 64 * 64;
     memset(h, 0, sizeof *h);
     h->magic = FR_PACK_MAGIC;
@@ -427,12 +501,24 @@ static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backwar
     h->backward = backward;
     h->count = n;
     h->H = H;
+    h->format = format;
     for (int i = 0; i < n; i++) {
-        fr_panel p = FR_FN(panel_shape)(specs[i].K, specs[i].G, H);
+        fr_panel p = FR_FN(panel_shape_as)(specs[i].K, specs[i].G, H, panel_format);
         h->offset[i] = (int64_t)at;
         at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
     }
+    if (format == FR_PACK_BF16) { /* w_ih^T (I, G*H), every gate block */
+        fr_panel p = FR_FN(panel_shape_as)(I, fr_cell_gates(cell), H, panel_format);
+        h->input_offset = (int64_t)at;
+        at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
+    }
+    h->I = format == FR_PACK_BF16 ? I : 0;
     return at;
+}
+
+static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backward,
+                                        ptrdiff_t H) {
+    return FR_FN(pack_layout_as)(h, cell, backward, 0, H, FR_PACK_F32);
 }
 
 #endif

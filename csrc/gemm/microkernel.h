@@ -12,6 +12,7 @@
  * An epilogue sees the tile as acc[i * acc_ld + g * gate_stride + j]: row i of the tile,
  * gate g, hidden unit unit0 + j (j < units). The same epilogue also finishes products that
  * did not come from a panel (a direct product into a (B, G*H) buffer: gate_stride = H).
+ * A bf16 panel (bf16.h) hands the epilogue the same float32 tile.
  */
 #ifndef FASTRNN_GEMM_MICROKERNEL_H
 #define FASTRNN_GEMM_MICROKERNEL_H
@@ -96,8 +97,38 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *s
         FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
 }
 
+#include "bf16.h"
+
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
+
+/* acc (m, NB) = A (m rows from A, leading dimension lda) . slab, in the panel's format. */
+static inline void FR_FN(panel_tile)(const fr_panel *p, real *acc, const real *A, ptrdiff_t lda,
+                                     const real *slab, ptrdiff_t m) {
+#ifndef FR_F64
+    if (p->format != FR_PANEL_F32) {
+        fr_bf16_tile(p->format, acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
+        return;
+    }
+#endif
+    if (p->nv == 3)
+        FR_FN(tile_nv3)(acc, A, lda, slab, p->K, m);
+    else
+        FR_FN(tile_nv4)(acc, A, lda, slab, p->K, m);
+}
+
+/* One row of A against two column blocks (slab, slab2), in the panel's format. */
+static inline void FR_FN(panel_pair)(const fr_panel *p, real *acc, real *acc2, const real *A,
+                                     const real *slab, const real *slab2) {
+#ifndef FR_F64
+    if (p->format != FR_PANEL_F32) {
+        fr_bf16_pair(p->format, acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2,
+                     p->K, p->nv);
+        return;
+    }
+#endif
+    FR_FN(tile_pair)(acc, acc2, A, slab, slab2, p->K, p->nv);
+}
 
 /* For rows [row0, row0 + rows) of A (row r at A + r * lda) and the panel's column blocks
  * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
@@ -108,13 +139,13 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
     real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
     real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
     for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
-        const real *slab = p->data + blk * p->K * NB;
+        const real *slab = p->data + blk * p->slab;
         ptrdiff_t unit0 = blk * p->units;
         ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
         if (rows == 1 && blk + 1 < blk1) { /* a single row takes two blocks at a time */
             ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
                                                                   : p->units;
-            FR_FN(tile_pair)(acc, acc2, A + row0 * lda, slab, slab + p->K * NB, p->K, p->nv);
+            FR_FN(panel_pair)(p, acc, acc2, A + row0 * lda, slab, slab + p->slab);
             epilogue(ctx, acc, NB, p->units, row0, 1, unit0, units);
             epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
             blk++;
@@ -122,10 +153,7 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
         }
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
-            if (p->nv == 3)
-                FR_FN(tile_nv3)(acc, A + r * lda, lda, slab, p->K, m);
-            else
-                FR_FN(tile_nv4)(acc, A + r * lda, lda, slab, p->K, m);
+            FR_FN(panel_tile)(p, acc, A + r * lda, lda, slab, m);
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
     }
