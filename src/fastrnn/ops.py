@@ -8,6 +8,13 @@ states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)`
 ``packs`` (from :func:`pack_weights`) lets a caller that runs the same ``w_hh`` many times
 pack it once; the NumPy reference accepts and ignores it.
 
+``precision="bfloat16"`` (inference, ``training=False``, float32 arrays) runs both products
+of every step on bfloat16 operands: ``w_ih`` and ``w_hh`` rounded to bf16 (nearest even)
+once, into a bf16 pack, and ``x_t`` and ``h_{t-1}`` rounded as they enter the product, with
+float32 accumulation; biases, cell state, activations and outputs stay float32. The NumPy
+twin rounds the same operands (:func:`fastrnn.reference.bf16_round`). ``precision=None``
+takes the precision of ``packs`` (float32 without them).
+
 Inputs are validated before any C code runs (see :mod:`fastrnn._common`): ``x`` sets the
 dtype (float32 or float64), every other array must match it, non-contiguous arrays are
 copied, and a wrong shape raises ``ValueError`` naming the argument. ``h0``/``c0`` and
@@ -23,7 +30,7 @@ import numpy as np
 
 from . import _core
 from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, check_backward,
-                      check_forward, check_nonlinearity)
+                      check_forward, check_nonlinearity, check_precision)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "gemm", "Packs", "pack_weights"]
@@ -35,20 +42,25 @@ class Packs(NamedTuple):
     """``w_hh`` packed for the kernels' per-step products: one pack for the forward time
     loop and one for the backward loop (None: the kernel packs for itself). Made by
     :func:`pack_weights`; valid while ``w_hh`` is unchanged and only under the ISA level,
-    dtype and sizes it was made for (the kernels ignore a pack made for anything else)."""
+    dtype and sizes it was made for (the kernels ignore a pack made for anything else).
+    A ``precision="bfloat16"`` pack holds ``w_ih`` and ``w_hh`` in bf16 (forward only)."""
 
     forward: Optional[np.ndarray]
     backward: Optional[np.ndarray]
+    precision: str = "float32"
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
-def pack_weights(cell, w_hh, *, reset_after=True, backward=True, **_ignored) -> Packs:
+def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="float32",
+                 w_ih=None, **_ignored) -> Packs:
     """Pack ``w_hh (G*H, H)`` of ``cell`` ('rnn', 'lstm' or 'gru') once, to hand to many
     calls of the cell's forward (and backward) as ``packs=``: the layers do this and keep
     the packs until the weight changes. ``backward=False`` packs for inference only.
-    Extra keyword arguments of the cell (``nonlinearity``) are accepted and ignored."""
+    ``precision="bfloat16"`` makes the bf16 inference pack of ``w_ih (G*H, I)`` (required)
+    and ``w_hh``, both float32, rounded to bf16 once. Extra keyword arguments of the cell
+    (``nonlinearity``) are accepted and ignored."""
     if cell not in _GATES:
         raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
     w_hh = np.ascontiguousarray(w_hh)
@@ -59,9 +71,38 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, **_ignored) -> 
         raise ValueError(f"w_hh must have shape ({_GATES[cell]}*H, H) for {cell}, got "
                          f"{w_hh.shape}")
     name = "gru_reset_before" if cell == "gru" and not reset_after else cell
+    if precision == "bfloat16":
+        return Packs(_pack_bf16(name, w_ih, w_hh), None, "bfloat16")
+    if precision != "float32":
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
     flat = w_hh.reshape(-1)
     return Packs(_core.pack(flat, name, False, H),
                  _core.pack(flat, name, True, H) if backward else None)
+
+
+def _pack_bf16(name, w_ih, w_hh):
+    """The bf16 forward pack of float32 ``w_ih (G*H, I)`` and ``w_hh (G*H, H)``."""
+    G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
+    w_ih = None if w_ih is None else np.ascontiguousarray(w_ih)
+    if w_ih is None or w_ih.ndim != 2 or w_ih.shape[0] != G * H or w_ih.shape[1] < 1:
+        raise ValueError(f"precision='bfloat16' needs w_ih of shape ({G}*H, I) with H={H}, "
+                         f"got {None if w_ih is None else w_ih.shape}")
+    if w_ih.dtype != np.float32 or w_hh.dtype != np.float32:
+        raise TypeError(f"precision='bfloat16' packs float32 weights, got w_ih {w_ih.dtype}, "
+                        f"w_hh {w_hh.dtype}")
+    return _core.pack_bf16(w_ih.reshape(-1), w_hh.reshape(-1), name, w_ih.shape[1], H)
+
+
+def _precision_packs(cell, inputs: Inputs, packs, precision, training, reset_after=True):
+    """The packs a forward runs on: ``packs``, or for bf16 without a bf16 pack a fresh
+    one (checked: float32, inference)."""
+    precision = check_precision(precision, packs, inputs.dtype, training)
+    if getattr(packs, "precision", "float32") == precision:
+        return packs
+    if precision == "float32":
+        return None              # a bf16 pack asked to run float32: the kernel packs
+    return pack_weights(cell, inputs.w_hh, reset_after=reset_after, precision="bfloat16",
+                        w_ih=inputs.w_ih)
 
 
 def _pack(packs: Optional[Packs], backward: bool):
@@ -109,13 +150,14 @@ def _state_grads(inputs: Inputs, n_states: int):
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True, packs=None):
+                lengths=None, training=True, packs=None, precision=None):
     """Vanilla RNN over a sequence: ``h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh)``.
 
     Returns ``(y (T, B, H), h_n (B, H), cache)``; ``act`` is tanh or relu.
     """
     relu = check_nonlinearity(nonlinearity) == "relu"
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    packs = _precision_packs("rnn", inputs, packs, precision, training)
     y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
     if inputs.B:  # B = 0: nothing to compute (the C kernels overrun their buffers on it)
         _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
@@ -140,12 +182,13 @@ def rnn_backward(dy, dh_n, cache) -> RNNGrads:
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True, packs=None):
+                 training=True, packs=None, precision=None):
     """LSTM over a sequence (gates i, f, g, o; ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``).
 
     Returns ``(y (T, B, H), h_n (B, H), c_n (B, H), cache)``.
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
+    packs = _precision_packs("lstm", inputs, packs, precision, training)
     y, (h_n, c_n), saved = _forward_outputs(inputs, 2, _core.LSTM_SAVED_PER_UNIT, training)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states,
@@ -171,7 +214,7 @@ def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None):
+                training=True, packs=None, precision=None):
     """GRU over a sequence (gates r, z, n; ``h_t = (1 - z) n + z h_{t-1}``).
 
     ``reset_after=True`` (PyTorch): ``n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn))``;
@@ -180,6 +223,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     Returns ``(y (T, B, H), h_n (B, H), cache)``.
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    packs = _precision_packs("gru", inputs, packs, precision, training, reset_after)
     y, (h_n,), saved = _forward_outputs(inputs, 1, _core.GRU_SAVED_PER_UNIT, training)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),

@@ -25,7 +25,11 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
   unchanged state, and nothing reaches the weights.
 * Computation stays in the dtype of ``x`` (float32 or float64); outputs are fresh arrays.
 * ``packs`` (packed weights for the C kernels, :func:`fastrnn.ops.pack_weights`) is accepted
-  for the same signatures and ignored.
+  for the same signatures and ignored, but for its precision.
+* ``precision="bfloat16"`` (inference, float32): every operand of a product -- ``x``,
+  ``w_ih``, ``w_hh`` and the state entering each step's product -- is rounded by
+  :func:`bf16_round` first; the products themselves, biases, states and activations stay
+  float32, as in the kernels (which differ only in the order of float32 additions).
 * ``training=True`` returns a cache for backward (post-activation gates and states);
   ``training=False`` returns ``None`` and keeps no per-step intermediates.
 * Backward takes activation derivatives from saved outputs (``s*(1-s)``, ``1-y*y``) and never
@@ -33,13 +37,15 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ._common import (Cache, GRUGrads, LSTMGrads, RNNGrads, check_backward, check_forward,
-                      check_nonlinearity)
+                      check_nonlinearity, check_precision)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward"]
+           "gru_forward", "gru_backward", "bf16_round"]
 
 BACKEND = "reference"
 
@@ -98,6 +104,38 @@ def _valid_steps(inputs):
     if inputs.lengths is None:
         return np.ones((inputs.T, inputs.B, 1), dtype=bool)
     return np.arange(inputs.T)[:, None, None] < inputs.lengths[None, :, None]
+
+
+def bf16_round(a):
+    """float32 ``a`` rounded to the nearest bfloat16 (ties to even), as float32.
+
+    bfloat16 is the top half of a float32 (sign, 8 exponent bits, 7 mantissa bits): add
+    0x7fff plus the lowest kept bit, then clear the low 16 bits. As the kernels
+    (csrc/gemm/bf16.h) and vcvtne2ps2bf16: float32 subnormals become zero of their sign,
+    a NaN stays a (quiet) NaN, values past the largest bf16 round to infinity.
+    """
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    rounded = (u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)).astype(np.uint32)
+    out = rounded & np.uint32(0xFFFF0000)
+    mag = u & np.uint32(0x7FFFFFFF)
+    out = np.where(mag < 0x00800000, u & np.uint32(0x80000000), out)       # subnormal, 0
+    out = np.where(mag > 0x7F800000, (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000),
+                   out)                                                  # NaN stays NaN
+    return out.astype(np.uint32).view(np.float32)
+
+
+def _identity(a):
+    return a
+
+
+def _operands(inputs, precision):
+    """The inputs with the product operands x, w_ih, w_hh in ``precision``, and the function
+    that rounds a state before it enters a product (identity for float32)."""
+    if precision != "bfloat16":
+        return inputs, _identity
+    inputs = replace(inputs, x=bf16_round(inputs.x), w_ih=bf16_round(inputs.w_ih),
+                     w_hh=bf16_round(inputs.w_hh))
+    return inputs, bf16_round
 
 
 def _input_projection(inputs):
@@ -162,7 +200,7 @@ def _make_cache(inputs, y, saved, **options):
 # ---------------------------------------------------------------------------------------------
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True, packs=None):
+                lengths=None, training=True, packs=None, precision=None):
     """Elman RNN over a whole sequence.
 
     Equations (act = tanh or relu)::
@@ -176,6 +214,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     nonlinearity = check_nonlinearity(nonlinearity)
     act, _ = _ACTIVATIONS[nonlinearity]
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training))
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, H)
     h = _initial_state(inputs.states[0], inputs)           # (B, H)
@@ -183,7 +222,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     y = np.empty((inputs.T, inputs.B, inputs.H), inputs.dtype)
 
     for t in range(inputs.T):
-        h_new = act(ax[t] + _hidden_projection(h, inputs.w_hh, inputs.b_hh))  # (B, H)
+        h_new = act(ax[t] + _hidden_projection(rnd(h), inputs.w_hh, inputs.b_hh))  # (B, H)
         y[t] = np.where(valid[t], h_new, 0)                # zero past the end
         h = np.where(valid[t], h_new, h)                   # unchanged past the end
         if training:
@@ -230,7 +269,7 @@ def _lstm_gates(a):
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True, packs=None):
+                 training=True, packs=None, precision=None):
     """LSTM over a whole sequence (PyTorch equations and gate order i, f, g, o).
 
     Equations::
@@ -245,6 +284,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     Returns ``y (T, B, H), h_n (B, H), c_n (B, H), cache`` (None unless training).
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training))
     T, B, H = inputs.T, inputs.B, inputs.H
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 4H)
@@ -259,7 +299,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
                  "tanh_c": np.empty((T, B, H), inputs.dtype)}
 
     for t in range(T):
-        gates = _lstm_gates(ax[t] + _hidden_projection(h, inputs.w_hh, inputs.b_hh))  # (B, 4H)
+        gates = _lstm_gates(ax[t] + _hidden_projection(rnd(h), inputs.w_hh, inputs.b_hh))
         i, f, g, o = _chunks(gates, 4)                     # each (B, H)
         c_new = f * c + i * g
         tanh_c = np.tanh(c_new)
@@ -312,7 +352,7 @@ def lstm_backward(dy, dh_n, dc_n, cache):
 # ---------------------------------------------------------------------------------------------
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None):
+                training=True, packs=None, precision=None):
     """GRU over a whole sequence (gate order r, z, n).
 
     Equations (W_r*, W_z*, W_n* the blocks of H rows of w_ih and w_hh)::
@@ -330,6 +370,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     training).
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training))
     T, B, H = inputs.T, inputs.B, inputs.H
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 3H)
@@ -346,12 +387,12 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
 
     for t in range(T):
         ax_rz, ax_n = ax[t, :, :2 * H], ax[t, :, 2 * H:]   # (B, 2H), (B, H)
-        r, z = _chunks(_sigmoid(ax_rz + _hidden_projection(h, w_rz, b_rz)), 2)
+        r, z = _chunks(_sigmoid(ax_rz + _hidden_projection(rnd(h), w_rz, b_rz)), 2)
         if reset_after:
-            hn = _hidden_projection(h, w_n, b_n)           # (B, H)
+            hn = _hidden_projection(rnd(h), w_n, b_n)      # (B, H)
             n = np.tanh(ax_n + r * hn)
         else:
-            n = np.tanh(ax_n + _hidden_projection(r * h, w_n, b_n))
+            n = np.tanh(ax_n + _hidden_projection(rnd(r * h), w_n, b_n))
         h_new = (1 - z) * n + z * h
         y[t] = np.where(valid[t], h_new, 0)
         h = np.where(valid[t], h_new, h)

@@ -19,7 +19,7 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
-from .._common import check_device, normalize_dtype
+from .._common import check_device, split_precision
 
 
 class Parameter:
@@ -174,6 +174,10 @@ class Module:
         keywords; ``dtype`` float32 or float64 in any spelling (``torch.float64``,
         ``"float64"``, ``np.float64``); ``device`` must be the CPU. A cast drops what the
         last forward kept for backward (it belongs to the old dtype).
+
+        ``"bfloat16"`` (or ``torch.bfloat16``) keeps float32 parameters and switches the
+        recurrent layers to bf16 inference (``precision="bfloat16"``, see
+        :mod:`fastrnn.ops`); any other dtype switches them back to full precision.
         """
         if len(args) > 2:
             raise TypeError(f"to() takes at most 2 positional arguments, got {len(args)}")
@@ -186,7 +190,11 @@ class Module:
                 raise TypeError(f"to() got two dtypes: {dtype!r} and {arg!r}")
         check_device(device)
         if dtype is not None:
-            self._cast(normalize_dtype(dtype))
+            dtype, precision = split_precision(dtype)
+            self._cast(dtype)
+            for _, module in self.named_modules():
+                if "precision" in module.__dict__:
+                    object.__setattr__(module, "precision", precision)
         return self
 
     def float(self) -> "Module":

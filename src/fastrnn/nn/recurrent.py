@@ -44,7 +44,7 @@ import numpy as np
 
 from .. import _core, ops
 from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_nonlinearity,
-                       check_positive_int, normalize_dtype)
+                       check_positive_int, split_precision)
 from ..grad_mode import is_grad_enabled
 from . import _packed
 from ._packs import cached_packs, cached_stepper
@@ -234,7 +234,7 @@ class _RecurrentBase(Module):
         self.batch_first = _flag("batch_first", batch_first)
         self.dropout = _dropout(dropout, self.num_layers)
         self.bidirectional = _flag("bidirectional", bidirectional)
-        self.dtype = normalize_dtype(dtype)
+        self.dtype, self.precision = split_precision(dtype)
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.init = init
@@ -307,9 +307,9 @@ class _RecurrentBase(Module):
         """w_hh of one layer and direction packed for the kernels, made once and kept until
         the weight changes (its Parameter, its version, the ISA level or dtype differ) or a
         training forward needs the backward pack too."""
-        w_hh = getattr(self, self._names(layer, direction)[1])
+        w_ih, w_hh = self._params(layer, direction)[:2]
         return cached_packs(self, (layer, direction), w_hh, self._cell, self._cell_options(),
-                            training)
+                            training, w_ih, self.precision)
 
     def _cell_options(self) -> dict:
         return {}
@@ -391,7 +391,8 @@ class _RecurrentBase(Module):
             x, lengths, packing = _packed.unpack("x", x, lengths, self.batch_first)
         x, layout = self._input(x)
         T, B = x.shape[:2]
-        keep = is_grad_enabled()   # save what backward needs (grad mode, not train mode)
+        # save what backward needs (grad mode, not train mode); bf16 runs inference only
+        keep = is_grad_enabled() and self.precision == "float32"
         if lengths is not None and layout.unbatched:
             raise ValueError("lengths needs batched input x (T, B, I); got unbatched x (T, I)")
         lengths = _check_lengths(lengths, T, B)
@@ -457,6 +458,10 @@ class _RecurrentBase(Module):
 
     def _backward(self, dy, dfinals):
         tape = self._tape
+        if tape is _NO_GRAD_TAPE and self.precision != "float32":
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: a {self.precision} module runs inference "
+                "only; convert it back with .to('float32') to train")
         if tape is _NO_GRAD_TAPE:
             raise RuntimeError(
                 f"{type(self).__name__}.backward: the last forward ran with grad disabled "
@@ -554,7 +559,8 @@ class _RecurrentBase(Module):
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + f", dtype={self.dtype}"
+        s += f", dtype={self.dtype}"
+        return s + (f", precision={self.precision!r}" if self.precision != "float32" else "")
 
 
 # ---------------------------------------------------------------------------------------
