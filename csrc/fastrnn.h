@@ -53,19 +53,23 @@ typedef struct {
     int32_t cell, backward, count;
     int64_t H;
     int64_t offset[2];    /* bytes from the pack's start to each panel */
-    int32_t format;       /* FR_PACK_F32, or FR_PACK_BF16 (inference) */
+    int32_t format;       /* FR_PACK_F32, or FR_PACK_BF16 / _BF16_DP (inference) */
     int64_t I;            /* bf16: input size of the w_ih panel */
     int64_t input_offset; /* bf16: bytes to the panel of w_ih^T (forward, gates interleaved) */
 } fr_pack_header;
 
-/* bfloat16 inference: a pack of format FR_PACK_BF16 (fr_pack_bf16_*) holds w_hh and w_ih
- * rounded to bf16 (nearest even) in bf16 panels (gemm/bf16.h). A float32 forward handed one
+/* bfloat16 inference: a bf16 pack (fr_pack_bf16_*) holds w_hh and w_ih rounded to bf16
+ * (nearest even) in bf16 panels (gemm/bf16.h): FR_PACK_BF16_DP for vdpbf16ps when made at
+ * ISA level FR_ISA_AVX512_BF16, FR_PACK_BF16 otherwise (same results, made and used at any
+ * level of the same vector width; a _DP pack below that level is ignored). A float32
+ * forward handed one
  * runs both products on bf16 operands (x_t and h_{t-1} rounded as they stream) with float32
  * accumulation; biases, the cell state, activations and outputs stay float32. Such a pack
  * serves the forward time loop (backward = 0) of the cell and sizes it was made for; the
  * kernel ignores it otherwise, as any pack. */
 #define FR_PACK_F32 0
 #define FR_PACK_BF16 1
+#define FR_PACK_BF16_DP 2
 
 #define FR_DECLARE_KERNELS(real, sfx)                                                      \
     /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \

@@ -30,9 +30,14 @@ int FR_FN(pack)(void *dst, size_t bytes, const real *w_hh, int cell, int backwar
 }
 
 #ifndef FR_F64
+/* The bf16 pack format for this ISA level. */
+static int pack_bf16_format(void) {
+    return fr_bf16_format() == FR_PANEL_BF16_DP ? FR_PACK_BF16_DP : FR_PACK_BF16;
+}
+
 size_t FR_FN(pack_bf16_bytes)(int cell, ptrdiff_t I, ptrdiff_t H) {
     fr_pack_header h;
-    return FR_FN(pack_layout_as)(&h, cell, 0, I, H, FR_PACK_BF16);
+    return FR_FN(pack_layout_as)(&h, cell, 0, I, H, pack_bf16_format());
 }
 
 /* The forward pack of w_hh and w_ih (the input panel: K = I, every gate block) in bf16. */
@@ -41,12 +46,12 @@ int FR_FN(pack_bf16)(void *dst, size_t bytes, const float *w_ih, const float *w_
     fr_pack_header h;
     fr_recurrent_spec specs[2];
     if (((uintptr_t)dst & 63) != 0 ||
-        bytes < FR_FN(pack_layout_as)(&h, cell, 0, I, H, FR_PACK_BF16))
+        bytes < FR_FN(pack_layout_as)(&h, cell, 0, I, H, pack_bf16_format()))
         return FR_ERR_NOMEM;
-    int n = FR_FN(recurrent_specs)(specs, cell, 0, H);
+    int n = FR_FN(recurrent_specs)(specs, cell, 0, H), format = FR_FN(pack_panel_format)(&h);
     for (int i = 0; i <= n; i++) {
-        fr_panel p = i < n ? FR_FN(panel_shape_bf16)(specs[i].K, specs[i].G, H)
-                           : FR_FN(panel_shape_bf16)(I, fr_cell_gates(cell), H);
+        fr_panel p = i < n ? FR_FN(panel_shape_bf16)(specs[i].K, specs[i].G, H, format)
+                           : FR_FN(panel_shape_bf16)(I, fr_cell_gates(cell), H, format);
         p.data = (real *)((char *)dst + (i < n ? h.offset[i] : h.input_offset));
         FR_FN(panel_fill_bf16)(&p, i < n ? w_hh + specs[i].w_offset : w_ih, 1);
     }

@@ -175,6 +175,8 @@ static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *
 typedef struct {
     fr_panel panel;     /* packed op(W), or data == NULL: direct */
     int owned;          /* panel.data was allocated here */
+    real *rows;         /* bf16 panel: A's rows rounded, (slots, B, row_ld), or NULL */
+    ptrdiff_t row_ld, slot, slots; /* elements per row and per slot; slots (threads) */
     const real *w;      /* W in PyTorch layout */
     int transpose;      /* op(W) = W^T (forward) or W (backward) */
     ptrdiff_t K, G, H;  /* op(W) (K, G*H) */
@@ -218,7 +220,9 @@ static inline int FR_FN(pack_panel_format)(const fr_pack_header *h) {
         return FR_PANEL_F32;
 #ifndef FR_F64
     if (h->format == FR_PACK_BF16 && !h->backward)
-        return fr_bf16_format();
+        return FR_PANEL_BF16;
+    if (h->format == FR_PACK_BF16_DP && !h->backward && fr_bf16_format() == FR_PANEL_BF16_DP)
+        return FR_PANEL_BF16_DP;
 #endif
     return -1;
 }
@@ -256,7 +260,7 @@ static inline real *FR_FN(pack_input_data)(const void *pack, ptrdiff_t I, ptrdif
     if (h == NULL)
         return NULL;
     h = FR_FN(pack_header)(pack, h->cell, 0, H);
-    if (h == NULL || h->format != FR_PACK_BF16 || h->I != I ||
+    if (h == NULL || h->format == FR_PACK_F32 || h->I != I ||
         fr_cell_gates(h->cell) != G)
         return NULL;
     *format = FR_FN(pack_panel_format)(h);
@@ -267,13 +271,25 @@ static inline real *FR_FN(pack_input_data)(const void *pack, ptrdiff_t I, ptrdif
 static inline fr_panel FR_FN(panel_shape_as)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H,
                                              int format) {
 #ifndef FR_F64
-    if (format != FR_PANEL_F32) {
-        fr_panel p = FR_FN(panel_shape_bf16)(K, G, H);
-        p.format = format;
-        return p;
-    }
+    if (format != FR_PANEL_F32)
+        return FR_FN(panel_shape_bf16)(K, G, H, format);
 #endif
     return FR_FN(panel_shape)(K, G, H);
+}
+
+/* A reduced-precision panel multiplies A's rows rounded first: room for B of them per
+ * thread (the hidden split runs every row on each thread). Returns 0, or FR_ERR_NOMEM. */
+static inline int FR_FN(recurrent_workspace)(fr_recurrent *r, ptrdiff_t B) {
+    r->slots = fr_get_num_threads() > 1 ? fr_get_num_threads() : 1;
+#ifndef FR_F64
+    if (r->panel.format != FR_PANEL_F32) {
+        r->row_ld = fr_bf16_row_elems(r->K);
+        r->slot = B * r->row_ld;
+        r->rows = FR_FN(alloc)(r->slots * r->slot);
+        return r->rows ? FR_OK : FR_ERR_NOMEM;
+    }
+#endif
+    return FR_OK;
 }
 
 /* Set r up for the product `spec` of w_hh, over T steps of B rows: on the matching panel of
@@ -288,10 +304,11 @@ static inline int FR_FN(recurrent_setup)(fr_recurrent *r, const real *w_hh,
     r->G = spec.G;
     r->H = H;
     r->owned = 0;
+    r->rows = NULL;
     r->panel = FR_FN(panel_shape_as)(spec.K, spec.G, H, format);
     if (packed) {
         r->panel.data = packed;
-        return FR_OK;
+        return FR_FN(recurrent_workspace)(r, B);
     }
     if (T * B < FR_PACK_ROWS)
         return FR_OK; /* direct */
@@ -307,15 +324,18 @@ static inline int FR_FN(recurrent_setup_cell)(fr_recurrent recs[2], int cell, in
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
     recs[1].owned = 0;
+    recs[1].rows = NULL;
     recs[1].panel.data = NULL;
     for (int i = 0; i < n; i++) {
         int format = FR_PANEL_F32;
         real *packed = FR_FN(pack_panel_data)(pack, cell, backward, H, i, &format);
         if (FR_FN(recurrent_setup)(&recs[i], w_hh, specs[i], H, T, B, packed, format) !=
             FR_OK) {
-            for (int j = 0; j < i; j++)
+            for (int j = 0; j < i; j++) {
+                free(recs[j].rows);
                 if (recs[j].owned)
                     FR_FN(panel_free)(&recs[j].panel);
+            }
             return FR_ERR_NOMEM;
         }
     }
@@ -337,6 +357,8 @@ static inline int FR_FN(recurrent_own_kernel)(const fr_recurrent *r) {
 }
 
 static inline void FR_FN(recurrent_free)(fr_recurrent *r) {
+    free(r->rows);
+    r->rows = NULL;
     if (r->owned)
         FR_FN(panel_free)(&r->panel);
     r->panel.data = NULL;
@@ -358,7 +380,18 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
     if (r->panel.data) {
         ptrdiff_t first, last;
         fr_part_blocks(part, r->panel.blocks, &first, &last);
-        FR_FN(panel_product)(&r->panel, A, lda, row0, rows, first, last, epilogue, ctx);
+#ifndef FR_F64
+        if (r->rows) { /* bf16: round this part's rows into its thread's slot first */
+            real *slot = r->rows + (part->slice % r->slots) * r->slot;
+            fr_bf16_round_rows(r->panel.format, slot, r->row_ld, A + row0 * lda, lda, rows,
+                               r->K);
+            FR_FN(panel_product)(&r->panel, slot, r->row_ld, row0, rows, first, last,
+                                 epilogue, ctx);
+            return;
+        }
+#endif
+        FR_FN(panel_product)(&r->panel, A + row0 * lda, lda, row0, rows, first, last,
+                             epilogue, ctx);
         return;
     }
     const ptrdiff_t N = r->G * r->H;
@@ -382,7 +415,7 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
     if (r->panel.data) {
         fr_accumulate acc = {C, ldc, r->H, r->G};
         FR_FN(panel_product)(&r->panel, A, lda, 0, B, 0, r->panel.blocks,
-                             FR_FN(accumulate_epilogue), &acc);
+                             FR_FN(accumulate_epilogue), &acc); /* float32 panels only */
     } else if (r->transpose)
         FR_FN(gemm_direct_nt)(C, ldc, A, lda, r->w, B, N, r->K);
     else
@@ -398,6 +431,7 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
  * own rows and units: P_t is then still in L2 when the epilogue reads it (a whole-sequence
  * buffer of that size would come back from L3 or memory), and no BLAS call repacks w_ih. */
 #define FR_STEP_PROJECTION_ROWS 16
+#define FR_INPUT_ROWS 96 /* rows per pass of a projection before the loop on a panel */
 
 typedef struct {
     int per_step;     /* 1: project_step computes P_t; 0: input_prepare did all of P */
@@ -449,21 +483,24 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     in->N = G * H;
     in->bias = NULL;
     in->rec.owned = 0;
+    in->rec.rows = NULL;
     in->rec.panel.data = NULL;
     if (!in->per_step && !packed) {
         FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
         return FR_OK;
     }
     fr_recurrent_spec spec = {0, I, G, 1};
+    /* before the loop (bf16), all T*B rows go through the panel FR_INPUT_ROWS at a time */
+    ptrdiff_t chunk = in->per_step ? B : T * B < FR_INPUT_ROWS ? T * B : FR_INPUT_ROWS;
     in->bias = FR_FN(alloc)(G * H);
     if (!in->bias ||
-        FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, B, packed, format) != FR_OK)
+        FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, chunk, packed, format) != FR_OK)
         return FR_ERR_NOMEM;
     FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
-    if (!in->per_step) { /* the whole sequence on the packed panel, before the loop */
-        fr_part all = {0, T * B, 0, 1, NULL};
-        fr_bias_store s = {P, in->bias, G, H};
-        FR_FN(recurrent_apply)(&in->rec, x, I, &all, FR_FN(bias_store_epilogue), &s, NULL);
+    fr_bias_store s = {P, in->bias, G, H};
+    for (ptrdiff_t r0 = 0; !in->per_step && r0 < T * B; r0 += chunk) {
+        fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL};
+        FR_FN(recurrent_apply)(&in->rec, x, I, &rows, FR_FN(bias_store_epilogue), &s, NULL);
     }
     return FR_OK;
 }
@@ -491,7 +528,9 @@ static inline size_t FR_FN(pack_layout_as)(fr_pack_header *h, int cell, int back
                                            ptrdiff_t I, ptrdiff_t H, int format) {
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
-    int panel_format = format == FR_PACK_BF16 ? FR_PANEL_BF16 : FR_PANEL_F32;
+    int panel_format = format == FR_PACK_BF16_DP ? FR_PANEL_BF16_DP
+                       : format == FR_PACK_BF16  ? FR_PANEL_BF16
+                                                 : FR_PANEL_F32;
     size_t at = (sizeof(fr_pack_header) + 63) / 64 * 64;
     memset(h, 0, sizeof *h);
     h->magic = FR_PACK_MAGIC;
@@ -507,12 +546,12 @@ static inline size_t FR_FN(pack_layout_as)(fr_pack_header *h, int cell, int back
         h->offset[i] = (int64_t)at;
         at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
     }
-    if (format == FR_PACK_BF16) { /* w_ih^T (I, G*H), every gate block */
+    if (format != FR_PACK_F32) { /* w_ih^T (I, G*H), every gate block */
         fr_panel p = FR_FN(panel_shape_as)(I, fr_cell_gates(cell), H, panel_format);
         h->input_offset = (int64_t)at;
         at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
     }
-    h->I = format == FR_PACK_BF16 ? I : 0;
+    h->I = format != FR_PACK_F32 ? I : 0;
     return at;
 }
 

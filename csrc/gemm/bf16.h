@@ -1,16 +1,22 @@
 /* bf16.h - bfloat16 products over a packed panel: bf16 operands, float32 accumulation.
  *
- * A bf16 panel (panel.h) holds op(W) rounded to bfloat16 once, rows 2q and 2q+1 of a column
- * in one 32-bit pair. A tile product rounds the rows of A (the state h_{t-1}, or x_t) to
- * bf16 as it streams them, 32 k at a time, and accumulates in float32:
+ * Each product first rounds the rows of A it multiplies (the state h_{t-1}, or x_t) to
+ * bf16 into its workspace (fr_bf16_round_rows), then accumulates in float32:
  *
  *   acc[i][c] = sum over pairs q of  a[2q+1] w[2q+1][c]  then  a[2q] w[2q][c]   (float32)
  *
  * in exactly that order: the order of AVX512-BF16's vdpbf16ps, measured bit for bit on the
- * hardware (every product of two bf16 is exact in float32, so each step is one rounding).
- * The widening path (bf16_tile.h with FR_BF16_DP 0: AVX2, AVX-512F or the portable build)
- * follows the same order and so gives the same bits as vdpbf16ps; the cell epilogues then
- * see a float32 tile as from any other panel. Float32 subnormals round to zero (the
+ * hardware (a product of two bf16 is exact in float32, so each step rounds once). Two
+ * panel formats hold op(W) rounded to bf16 once:
+ *
+ *   FR_PANEL_BF16_DP  (AVX512-BF16) rows 2q and 2q+1 of a column in one 32-bit pair, the
+ *                     operand of vdpbf16ps (bf16_tile.h); slabs (ceil(K/2), NB) of pairs.
+ *   FR_PANEL_BF16     (every other ISA) the bf16 values as float32, rows swapped in pairs
+ *                     (2q+1, 2q, ...) and A's rows swapped alike: the float32 microkernel
+ *                     then makes the same FMAs in the same order -- the same bits as
+ *                     vdpbf16ps, at float32 speed; slabs (2 ceil(K/2), NB) of floats.
+ *
+ * The cell epilogues see a float32 tile either way. Float32 subnormals round to zero (the
  * hardware reads them as zero). Float32 builds only.
  */
 #ifndef FASTRNN_GEMM_BF16_H
@@ -23,7 +29,11 @@
 #include "../fastrnn.h"
 #include "panel.h"
 
-#define FR_BF16_KC 32 /* k of A rounded per chunk: one vcvtne2ps2bf16 */
+#if FR_VBYTES == 64 && defined(__x86_64__) && defined(__GNUC__)
+#define FR_HAVE_BF16_DP 1 /* vdpbf16ps tiles are built (bf16_tile.h) */
+#else
+#define FR_HAVE_BF16_DP 0
+#endif
 
 /* float32 -> bfloat16 bits: round to nearest even; subnormals to signed zero; a NaN stays
  * a quiet NaN (the bits of vcvtne2ps2bf16). NumPy twin: fastrnn.reference.bf16_round. */
@@ -38,89 +48,76 @@ static inline uint32_t fr_bf16_bits(float x) {
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
-/* pairs[q] = bf16(a[2q]) | bf16(a[2q+1]) << 16 for the n <= FR_BF16_KC floats of a, zero
- * past n. */
-static inline void fr_bf16_pairs(uint32_t *restrict pairs, const float *restrict a,
-                                 ptrdiff_t n) {
-    float chunk[FR_BF16_KC] = {0};
-    memcpy(chunk, a, (size_t)n * sizeof(float));
-    for (int q = 0; q < FR_BF16_KC / 2; q++)
-        pairs[q] = fr_bf16_bits(chunk[2 * q]) | fr_bf16_bits(chunk[2 * q + 1]) << 16;
+/* x rounded to bf16, as a float32. */
+static inline float fr_bf16_round(float x) {
+    uint32_t bits = fr_bf16_bits(x) << 16;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
 }
 
-/* The bf16 twin of panel_shape: same blocks, slabs of ceil(K/2) pairs. */
-static inline fr_panel FR_FN(panel_shape_bf16)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H) {
-    fr_panel p = FR_FN(panel_shape)(K, G, H);
-    p.slab = (K + 1) / 2 * p.nv * FR_VLEN;
-    p.format = FR_PANEL_BF16;
-    return p;
-}
-
-/* Fill the bf16 panel p->data (p from panel_shape_bf16) from W, as panel_fill does. */
-static inline void FR_FN(panel_fill_bf16)(fr_panel *p, const real *W, int transpose) {
-    const ptrdiff_t K = p->K, NB = p->nv * FR_VLEN;
-    uint32_t *data = (uint32_t *)p->data;
-    memset(data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(uint32_t));
-    for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
-        uint32_t *slab = data + blk * p->slab;
-        for (ptrdiff_t c = 0; c < NB; c++) {
-            ptrdiff_t col = FR_FN(panel_column)(p, blk, c);
-            for (ptrdiff_t k = 0; col >= 0 && k < K; k++)
-                slab[k / 2 * NB + c] |= fr_bf16_bits(FR_FN(panel_source)(p, W, transpose, k, col))
-                                        << (16 * (k & 1));
-        }
-    }
-}
-
-/* The widening tiles on every build; vdpbf16ps tiles where AVX-512 code is built (the
- * target pragma adds AVX512-BF16 to those functions only; they run only at ISA level
- * FR_ISA_AVX512_BF16, which fr_detect_isa grants when the CPU has it). */
-#define FR_BF16_DP 0
-#include "bf16_tile.h"
-#undef FR_BF16_DP
-
-#if FR_VBYTES == 64 && defined(__x86_64__) && defined(__GNUC__)
-#define FR_HAVE_BF16_DP 1
-#include <immintrin.h>
-#pragma GCC push_options
-#pragma GCC target("avx512bf16")
-#define FR_BF16_DP 1
-#include "bf16_tile.h"
-#undef FR_BF16_DP
-#pragma GCC pop_options
-#else
-#define FR_HAVE_BF16_DP 0
-#endif
-
-/* The panel format a bf16 product runs in now: vdpbf16ps when built and allowed. */
+/* The bf16 panel format products run in now: vdpbf16ps when built and allowed. */
 static inline int fr_bf16_format(void) {
     return FR_HAVE_BF16_DP && fr_isa_level >= FR_ISA_AVX512_BF16 ? FR_PANEL_BF16_DP
                                                                  : FR_PANEL_BF16;
 }
 
-/* acc (m, NB) = bf16(A) (m, K) . slab of a bf16 panel, m <= FR_ACC_REGS / nv. */
-static inline void fr_bf16_tile(int format, real *acc, const real *A, ptrdiff_t lda,
-                                const uint32_t *slab, ptrdiff_t K, ptrdiff_t m, ptrdiff_t nv) {
-#if FR_HAVE_BF16_DP
-    if (format == FR_PANEL_BF16_DP) {
-        bf16_tile_dp(acc, A, lda, slab, K, m, nv);
-        return;
-    }
-#endif
-    bf16_tile_widen(acc, A, lda, slab, K, m, nv);
+/* The geometry of a bf16 panel of op(W) (K, G*H) in `format` (data = NULL). */
+static inline fr_panel FR_FN(panel_shape_bf16)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H,
+                                               int format) {
+    fr_panel p = FR_FN(panel_shape)((K + 1) / 2 * 2, G, H); /* rows padded to pairs */
+    if (format == FR_PANEL_BF16_DP)
+        p.slab /= 2; /* two rows per 32-bit pair */
+    p.K = K;
+    p.format = format;
+    return p;
 }
 
-/* One row of A against two column blocks (slab, slab2) in one pass. */
-static inline void fr_bf16_pair(int format, real *acc, real *acc2, const real *A,
-                                const uint32_t *slab, const uint32_t *slab2, ptrdiff_t K,
-                                ptrdiff_t nv) {
+/* Fill the bf16 panel p->data (p from panel_shape_bf16) from W, as panel_fill does. */
+static inline void FR_FN(panel_fill_bf16)(fr_panel *p, const real *W, int transpose) {
+    const ptrdiff_t NB = p->nv * FR_VLEN;
+    memset(p->data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(real));
+    for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
+        real *slab = p->data + blk * p->slab;
+        uint32_t *pairs = (uint32_t *)slab;
+        for (ptrdiff_t c = 0; c < NB; c++) {
+            ptrdiff_t col = FR_FN(panel_column)(p, blk, c);
+            for (ptrdiff_t k = 0; col >= 0 && k < p->K; k++) {
+                real w = FR_FN(panel_source)(p, W, transpose, k, col);
+                if (p->format == FR_PANEL_BF16_DP)
+                    pairs[k / 2 * NB + c] |= fr_bf16_bits(w) << (16 * (k & 1));
+                else
+                    slab[(k ^ 1) * NB + c] = fr_bf16_round(w);
+            }
+        }
+    }
+}
+
+#if FR_HAVE_BF16_DP
+#include "bf16_tile.h"
+#endif
+
+/* 4-byte elements per row of A rounded by fr_bf16_round_rows (either format). */
+static inline ptrdiff_t fr_bf16_row_elems(ptrdiff_t K) { return (K + 1) / 2 * 2; }
+
+/* dst (rows, ld) = the rows of A (rows, K; leading dimension lda) rounded to bf16, laid out
+ * for `format`: pairs (FR_PANEL_BF16_DP) or float32 swapped in pairs, zero past K. */
+static inline void fr_bf16_round_rows(int format, void *dst, ptrdiff_t ld, const real *A,
+                                      ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t K) {
 #if FR_HAVE_BF16_DP
     if (format == FR_PANEL_BF16_DP) {
-        bf16_pair_dp(acc, acc2, A, slab, slab2, K, nv);
+        bf16_round_rows_dp(dst, ld, A, lda, rows, K);
         return;
     }
 #endif
-    bf16_pair_widen(acc, acc2, A, slab, slab2, K, nv);
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const real *a = A + r * lda;
+        real *out = (real *)dst + r * ld;
+        for (ptrdiff_t k = 0; k < K; k++)
+            out[k ^ 1] = fr_bf16_round(a[k]);
+        if (K & 1)
+            out[K - 1] = 0; /* the partner of row K-1 (stored at K) */
+    }
 }
 
 #endif /* !FR_F64 */

@@ -102,36 +102,43 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *s
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
 
+/* Rows of op(W) the float32 tiles stream: K, padded to pairs for a FR_PANEL_BF16 panel. */
+static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
+    return p->format == FR_PANEL_F32 ? p->K : (p->K + 1) / 2 * 2;
+}
+
 /* acc (m, NB) = A (m rows from A, leading dimension lda) . slab, in the panel's format. */
 static inline void FR_FN(panel_tile)(const fr_panel *p, real *acc, const real *A, ptrdiff_t lda,
                                      const real *slab, ptrdiff_t m) {
-#ifndef FR_F64
-    if (p->format != FR_PANEL_F32) {
-        fr_bf16_tile(p->format, acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
+#if !defined(FR_F64) && FR_HAVE_BF16_DP
+    if (p->format == FR_PANEL_BF16_DP) {
+        bf16_tile_dp(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
         return;
     }
 #endif
     if (p->nv == 3)
-        FR_FN(tile_nv3)(acc, A, lda, slab, p->K, m);
+        FR_FN(tile_nv3)(acc, A, lda, slab, FR_FN(panel_depth)(p), m);
     else
-        FR_FN(tile_nv4)(acc, A, lda, slab, p->K, m);
+        FR_FN(tile_nv4)(acc, A, lda, slab, FR_FN(panel_depth)(p), m);
 }
 
 /* One row of A against two column blocks (slab, slab2), in the panel's format. */
 static inline void FR_FN(panel_pair)(const fr_panel *p, real *acc, real *acc2, const real *A,
                                      const real *slab, const real *slab2) {
-#ifndef FR_F64
-    if (p->format != FR_PANEL_F32) {
-        fr_bf16_pair(p->format, acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2,
-                     p->K, p->nv);
+#if !defined(FR_F64) && FR_HAVE_BF16_DP
+    if (p->format == FR_PANEL_BF16_DP) {
+        bf16_pair_dp(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
+                     p->nv);
         return;
     }
 #endif
-    FR_FN(tile_pair)(acc, acc2, A, slab, slab2, p->K, p->nv);
+    FR_FN(tile_pair)(acc, acc2, A, slab, slab2, FR_FN(panel_depth)(p), p->nv);
 }
 
-/* For rows [row0, row0 + rows) of A (row r at A + r * lda) and the panel's column blocks
- * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
+/* For rows [row0, row0 + rows) of the product (row row0 + i of A at A + i * lda) and the
+ * panel's column blocks [blk0, blk1): every tile's product, handed to epilogue(ctx, ...)
+ * with its rows numbered from row0. For a bf16 panel A holds the rows as
+ * fr_bf16_round_rows left them. */
 static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
                                         ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
@@ -145,7 +152,7 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
         if (rows == 1 && blk + 1 < blk1) { /* a single row takes two blocks at a time */
             ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
                                                                   : p->units;
-            FR_FN(panel_pair)(p, acc, acc2, A + row0 * lda, slab, slab + p->slab);
+            FR_FN(panel_pair)(p, acc, acc2, A, slab, slab + p->slab);
             epilogue(ctx, acc, NB, p->units, row0, 1, unit0, units);
             epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
             blk++;
@@ -153,7 +160,7 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
         }
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
-            FR_FN(panel_tile)(p, acc, A + r * lda, lda, slab, m);
+            FR_FN(panel_tile)(p, acc, A + (r - row0) * lda, lda, slab, m);
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
     }
