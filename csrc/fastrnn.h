@@ -71,6 +71,15 @@ typedef struct {
 #define FR_PACK_BF16 1
 #define FR_PACK_BF16_DP 2
 
+/* int8 inference: an int8 pack (fr_pack_int8_*) holds w_ih and w_hh quantized per row
+ * (int8 values and float32 row scales, made by the caller: see gemm/int8.h) in int8 panels;
+ * a float32 forward handed one quantizes x_t and h_{t-1} per row as they enter the
+ * products, sums exactly in int32 and dequantizes before the cell math (float32).
+ * FR_PACK_I8_VNNI (vpdpbusd) when made at level FR_ISA_AVX512_BF16, FR_PACK_I8 otherwise;
+ * same results. */
+#define FR_PACK_I8 3
+#define FR_PACK_I8_VNNI 4
+
 #define FR_DECLARE_KERNELS(real, sfx)                                                      \
     /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \
     int fr_rnn_forward_##sfx(real *y,             /* (T, B, H) */                          \
@@ -183,7 +192,8 @@ typedef struct {
 #define FR_ISA_PORTABLE 0
 #define FR_ISA_AVX2 1
 #define FR_ISA_AVX512 2
-#define FR_ISA_AVX512_BF16 3 /* the _avx512 build, bf16 products on vdpbf16ps */
+#define FR_ISA_AVX512_BF16 3 /* the _avx512 build with AVX512-BF16 and AVX512-VNNI dot
+                              * products: bf16 on vdpbf16ps, int8 on vpdpbusd */
 
 extern int fr_isa_level;
 int fr_detect_isa(void);     /* best level this CPU (and this build) supports */
@@ -226,7 +236,12 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define FR_DECLARE_BF16_PACK(sfx)                                                          \
     size_t fr_pack_bf16_bytes_##sfx(int cell, ptrdiff_t I, ptrdiff_t H);                   \
     int fr_pack_bf16_##sfx(void *dst, size_t bytes, const float *w_ih, const float *w_hh,  \
-                           int cell, ptrdiff_t I, ptrdiff_t H);
+                           int cell, ptrdiff_t I, ptrdiff_t H);                            \
+    /* the int8 pack: w_ih (G*H, I) and w_hh (G*H, H) as int8 with row scales (G*H) */      \
+    size_t fr_pack_int8_bytes_##sfx(int cell, ptrdiff_t I, ptrdiff_t H);                   \
+    int fr_pack_int8_##sfx(void *dst, size_t bytes, const int8_t *w_ih, const float *s_ih, \
+                           const int8_t *w_hh, const float *s_hh, int cell, ptrdiff_t I,   \
+                           ptrdiff_t H);
 FR_DECLARE_BF16_PACK(f32_portable)
 #ifdef FR_X86_VARIANTS
 FR_DECLARE_BF16_PACK(f32_avx2)
@@ -234,5 +249,7 @@ FR_DECLARE_BF16_PACK(f32_avx512)
 #endif
 #define fr_pack_bf16_bytes_f32 FR_DISPATCH(fr_pack_bf16_bytes_f32)
 #define fr_pack_bf16_f32 FR_DISPATCH(fr_pack_bf16_f32)
+#define fr_pack_int8_bytes_f32 FR_DISPATCH(fr_pack_int8_bytes_f32)
+#define fr_pack_int8_f32 FR_DISPATCH(fr_pack_int8_f32)
 
 #endif

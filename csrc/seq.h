@@ -175,7 +175,7 @@ static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *
 typedef struct {
     fr_panel panel;     /* packed op(W), or data == NULL: direct */
     int owned;          /* panel.data was allocated here */
-    real *rows;         /* bf16 panel: A's rows rounded, (slots, B, row_ld), or NULL */
+    real *rows;         /* bf16, int8 panel: A's rows converted, (slots, B, row_ld) */
     ptrdiff_t row_ld, slot, slots; /* elements per row and per slot; slots (threads) */
     const real *w;      /* W in PyTorch layout */
     int transpose;      /* op(W) = W^T (forward) or W (backward) */
@@ -223,6 +223,10 @@ static inline int FR_FN(pack_panel_format)(const fr_pack_header *h) {
         return FR_PANEL_BF16;
     if (h->format == FR_PACK_BF16_DP && !h->backward && fr_bf16_format() == FR_PANEL_BF16_DP)
         return FR_PANEL_BF16_DP;
+    if (h->format == FR_PACK_I8 && !h->backward)
+        return FR_PANEL_I8;
+    if (h->format == FR_PACK_I8_VNNI && !h->backward && fr_i8_format() == FR_PANEL_I8_VNNI)
+        return FR_PANEL_I8_VNNI;
 #endif
     return -1;
 }
@@ -271,6 +275,8 @@ static inline real *FR_FN(pack_input_data)(const void *pack, ptrdiff_t I, ptrdif
 static inline fr_panel FR_FN(panel_shape_as)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H,
                                              int format) {
 #ifndef FR_F64
+    if (fr_lowp_is_i8(format))
+        return FR_FN(panel_shape_i8)(K, G, H, format);
     if (format != FR_PANEL_F32)
         return FR_FN(panel_shape_bf16)(K, G, H, format);
 #endif
@@ -283,7 +289,7 @@ static inline int FR_FN(recurrent_workspace)(fr_recurrent *r, ptrdiff_t B) {
     r->slots = fr_get_num_threads() > 1 ? fr_get_num_threads() : 1;
 #ifndef FR_F64
     if (r->panel.format != FR_PANEL_F32) {
-        r->row_ld = fr_bf16_row_elems(r->K);
+        r->row_ld = fr_lowp_row_elems(r->panel.format, r->K);
         r->slot = B * r->row_ld;
         r->rows = FR_FN(alloc)(r->slots * r->slot);
         return r->rows ? FR_OK : FR_ERR_NOMEM;
@@ -381,10 +387,9 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
         ptrdiff_t first, last;
         fr_part_blocks(part, r->panel.blocks, &first, &last);
 #ifndef FR_F64
-        if (r->rows) { /* bf16: round this part's rows into its thread's slot first */
+        if (r->rows) { /* bf16, int8: convert this part's rows into its thread's slot */
             real *slot = r->rows + (part->slice % r->slots) * r->slot;
-            fr_bf16_round_rows(r->panel.format, slot, r->row_ld, A + row0 * lda, lda, rows,
-                               r->K);
+            fr_lowp_rows(r->panel.format, slot, r->row_ld, A + row0 * lda, lda, rows, r->K);
             FR_FN(panel_product)(&r->panel, slot, r->row_ld, row0, rows, first, last,
                                  epilogue, ctx);
             return;
@@ -528,9 +533,9 @@ static inline size_t FR_FN(pack_layout_as)(fr_pack_header *h, int cell, int back
                                            ptrdiff_t I, ptrdiff_t H, int format) {
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
-    int panel_format = format == FR_PACK_BF16_DP ? FR_PANEL_BF16_DP
-                       : format == FR_PACK_BF16  ? FR_PANEL_BF16
-                                                 : FR_PANEL_F32;
+    static const int panel_formats[] = {FR_PANEL_F32, FR_PANEL_BF16, FR_PANEL_BF16_DP,
+                                        FR_PANEL_I8, FR_PANEL_I8_VNNI}; /* by FR_PACK_* */
+    int panel_format = panel_formats[format];
     size_t at = (sizeof(fr_pack_header) + 63) / 64 * 64;
     memset(h, 0, sizeof *h);
     h->magic = FR_PACK_MAGIC;

@@ -97,14 +97,14 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *s
         FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
 }
 
-#include "bf16.h"
+#include "lowp.h"
 
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
 
 /* Rows of op(W) the float32 tiles stream: K, padded to pairs for a FR_PANEL_BF16 panel. */
 static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
-    return p->format == FR_PANEL_F32 ? p->K : (p->K + 1) / 2 * 2;
+    return p->format == FR_PANEL_BF16 ? (p->K + 1) / 2 * 2 : p->K;
 }
 
 /* acc (m, NB) = A (m rows from A, leading dimension lda) . slab, in the panel's format. */
@@ -113,6 +113,10 @@ static inline void FR_FN(panel_tile)(const fr_panel *p, real *acc, const real *A
 #if !defined(FR_F64) && FR_HAVE_BF16_DP
     if (p->format == FR_PANEL_BF16_DP) {
         bf16_tile_dp(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
+        return;
+    }
+    if (p->format == FR_PANEL_I8_VNNI) {
+        i8_tile_vnni(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
         return;
     }
 #endif
@@ -131,14 +135,29 @@ static inline void FR_FN(panel_pair)(const fr_panel *p, real *acc, real *acc2, c
                      p->nv);
         return;
     }
+    if (p->format == FR_PANEL_I8_VNNI) {
+        i8_pair_vnni(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
+                     p->nv);
+        return;
+    }
 #endif
     FR_FN(tile_pair)(acc, acc2, A, slab, slab2, FR_FN(panel_depth)(p), p->nv);
 }
 
+/* After a tile of m rows (A: their rows) from `slab`: an int8 tile's exact sums become
+ * the float32 product (int8.h); other formats are done. */
+static inline void FR_FN(panel_finish)(const fr_panel *p, real *acc, const real *A,
+                                       ptrdiff_t lda, ptrdiff_t m, const real *slab) {
+#ifndef FR_F64
+    if (fr_lowp_is_i8(p->format))
+        fr_i8_dequantize(acc, p->nv * FR_VLEN, A, lda, m, fr_i8_column_scales(p, slab));
+#endif
+}
+
 /* For rows [row0, row0 + rows) of the product (row row0 + i of A at A + i * lda) and the
  * panel's column blocks [blk0, blk1): every tile's product, handed to epilogue(ctx, ...)
- * with its rows numbered from row0. For a bf16 panel A holds the rows as
- * fr_bf16_round_rows left them. */
+ * with its rows numbered from row0. For a bf16 or int8 panel A holds the rows as
+ * fr_lowp_rows left them. */
 static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
                                         ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
@@ -153,6 +172,8 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
             ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
                                                                   : p->units;
             FR_FN(panel_pair)(p, acc, acc2, A, slab, slab + p->slab);
+            FR_FN(panel_finish)(p, acc, A, lda, 1, slab);
+            FR_FN(panel_finish)(p, acc2, A, lda, 1, slab + p->slab);
             epilogue(ctx, acc, NB, p->units, row0, 1, unit0, units);
             epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
             blk++;
@@ -161,6 +182,7 @@ static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdif
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
             FR_FN(panel_tile)(p, acc, A + (r - row0) * lda, lda, slab, m);
+            FR_FN(panel_finish)(p, acc, A + (r - row0) * lda, lda, m, slab);
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
     }

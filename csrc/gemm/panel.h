@@ -28,6 +28,8 @@
 #define FR_PANEL_F32 0     /* reals */
 #define FR_PANEL_BF16 1    /* bf16 pairs, widened to float32 for FMAs (any ISA) */
 #define FR_PANEL_BF16_DP 2 /* bf16 pairs, multiplied by vdpbf16ps (AVX512-BF16) */
+#define FR_PANEL_I8 3      /* int8 values as float32, float32 FMAs (any ISA; int8.h) */
+#define FR_PANEL_I8_VNNI 4 /* int8 quads, multiplied by vpdpbusd (AVX512-VNNI) */
 
 typedef struct {
     real *data;          /* (blocks, K, NB) */

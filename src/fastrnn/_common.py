@@ -146,7 +146,7 @@ def normalize_dtype(value, name: str = "dtype") -> np.dtype:
     return dtype
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 def _is_bfloat16(value) -> bool:
@@ -168,17 +168,19 @@ def split_precision(value, name: str = "dtype"):
 
 
 def check_precision(precision, packs, dtype: np.dtype, training: bool) -> str:
-    """The precision of a forward: ``precision`` ('float32' or 'bfloat16'), or that of the
-    ``packs`` when it is None. bfloat16 needs float32 arrays and ``training=False``."""
+    """The precision of a forward: ``precision`` ('float32', 'bfloat16' or 'int8'), or that
+    of the ``packs`` when it is None. The reduced ones need float32 arrays and
+    ``training=False``."""
     if precision is None:
         precision = getattr(packs, "precision", "float32") if packs is not None else "float32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
-    if precision == "bfloat16":
+    if precision != "float32":
         if dtype != np.float32:
-            raise TypeError(f"precision='bfloat16' needs float32 arrays, got {dtype}")
+            raise TypeError(f"precision={precision!r} needs float32 arrays, got {dtype}")
         if training:
-            raise ValueError("precision='bfloat16' runs inference only: pass training=False")
+            raise ValueError(f"precision={precision!r} runs inference only: pass "
+                             "training=False")
     return precision
 
 

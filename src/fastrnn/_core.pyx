@@ -320,6 +320,10 @@ cdef extern from "fastrnn.h" nogil:
     size_t fr_pack_bf16_bytes_f32(int cell, Py_ssize_t I, Py_ssize_t H)
     int fr_pack_bf16_f32(void *dst, size_t nbytes, const float *w_ih, const float *w_hh,
                          int cell, Py_ssize_t I, Py_ssize_t H)
+    size_t fr_pack_int8_bytes_f32(int cell, Py_ssize_t I, Py_ssize_t H)
+    int fr_pack_int8_f32(void *dst, size_t nbytes, const signed char *w_ih, const float *s_ih,
+                         const signed char *w_hh, const float *s_hh, int cell, Py_ssize_t I,
+                         Py_ssize_t H)
 
 
 def _aligned_bytes(size_t nbytes):
@@ -341,6 +345,23 @@ def pack_bf16(const float[::1] w_ih, const float[::1] w_hh, str cell, Py_ssize_t
     cdef int status
     with nogil:
         status = fr_pack_bf16_f32(&dst[0], nbytes, &w_ih[0], &w_hh[0], cell_id, I, H)
+    check(status)
+    return out
+
+
+def pack_int8(const signed char[::1] w_ih, const float[::1] s_ih, const signed char[::1] w_hh,
+              const float[::1] s_hh, str cell, Py_ssize_t I, Py_ssize_t H):
+    """int8 w_ih (G*H*I,), w_hh (G*H*H,) and their row scales (G*H,) packed for the forward
+    time loop of ``cell`` under the current ISA level (see "int8 inference" in
+    csrc/fastrnn.h): a float32 forward handed it as ``pack=`` runs in int8."""
+    cdef int cell_id = CELL_IDS[cell]
+    cdef size_t nbytes = fr_pack_int8_bytes_f32(cell_id, I, H)
+    out = _aligned_bytes(nbytes)
+    cdef unsigned char[::1] dst = out
+    cdef int status
+    with nogil:
+        status = fr_pack_int8_f32(&dst[0], nbytes, &w_ih[0], &s_ih[0], &w_hh[0], &s_hh[0],
+                                  cell_id, I, H)
     check(status)
     return out
 

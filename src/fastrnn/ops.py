@@ -15,6 +15,11 @@ float32 accumulation; biases, cell state, activations and outputs stay float32. 
 twin rounds the same operands (:func:`fastrnn.reference.bf16_round`). ``precision=None``
 takes the precision of ``packs`` (float32 without them).
 
+``precision="int8"`` (inference, float32 arrays) runs them on int8: the weights quantized
+per row (symmetric, ``s = max|row| / 127``), each row of ``x_t`` and of ``h_{t-1}``
+quantized the same way as it enters its product (dynamic, per row and step), exact int32
+sums scaled back to float32; the rest stays float32 (csrc/gemm/int8.h).
+
 Inputs are validated before any C code runs (see :mod:`fastrnn._common`): ``x`` sets the
 dtype (float32 or float64), every other array must match it, non-contiguous arrays are
 copied, and a wrong shape raises ``ValueError`` naming the argument. ``h0``/``c0`` and
@@ -43,23 +48,27 @@ class Packs(NamedTuple):
     loop and one for the backward loop (None: the kernel packs for itself). Made by
     :func:`pack_weights`; valid while ``w_hh`` is unchanged and only under the ISA level,
     dtype and sizes it was made for (the kernels ignore a pack made for anything else).
-    A ``precision="bfloat16"`` pack holds ``w_ih`` and ``w_hh`` in bf16 (forward only)."""
+    A ``precision="bfloat16"`` pack holds ``w_ih`` and ``w_hh`` in bf16, an ``"int8"`` pack
+    both quantized per row (``quantized``: the int8 values and scales), forward only."""
 
     forward: Optional[np.ndarray]
     backward: Optional[np.ndarray]
     precision: str = "float32"
+    quantized: Optional[tuple] = None   # int8: ((q_ih, s_ih), (q_hh, s_hh)) packed
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="float32",
-                 w_ih=None, **_ignored) -> Packs:
+                 w_ih=None, quantized=None, **_ignored) -> Packs:
     """Pack ``w_hh (G*H, H)`` of ``cell`` ('rnn', 'lstm' or 'gru') once, to hand to many
     calls of the cell's forward (and backward) as ``packs=``: the layers do this and keep
     the packs until the weight changes. ``backward=False`` packs for inference only.
     ``precision="bfloat16"`` makes the bf16 inference pack of ``w_ih (G*H, I)`` (required)
-    and ``w_hh``, both float32, rounded to bf16 once. Extra keyword arguments of the cell
+    and ``w_hh``, both float32, rounded to bf16 once; ``precision="int8"`` the int8 pack of
+    both quantized per row (:func:`fastrnn.reference.quantize_rows`), or of ``quantized``
+    ``((q_ih, s_ih), (q_hh, s_hh))`` as given. Extra keyword arguments of the cell
     (``nonlinearity``) are accepted and ignored."""
     if cell not in _GATES:
         raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
@@ -71,37 +80,60 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="floa
         raise ValueError(f"w_hh must have shape ({_GATES[cell]}*H, H) for {cell}, got "
                          f"{w_hh.shape}")
     name = "gru_reset_before" if cell == "gru" and not reset_after else cell
+    if precision in ("bfloat16", "int8"):
+        w_ih = _check_w_ih(precision, w_ih, w_hh)
     if precision == "bfloat16":
-        return Packs(_pack_bf16(name, w_ih, w_hh), None, "bfloat16")
+        return Packs(_core.pack_bf16(w_ih.reshape(-1), w_hh.reshape(-1), name, w_ih.shape[1],
+                                     H), None, "bfloat16")
+    if precision == "int8":
+        return _pack_int8(name, w_ih, w_hh, quantized)
     if precision != "float32":
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8', got "
+                         f"{precision!r}")
     flat = w_hh.reshape(-1)
     return Packs(_core.pack(flat, name, False, H),
                  _core.pack(flat, name, True, H) if backward else None)
 
 
-def _pack_bf16(name, w_ih, w_hh):
-    """The bf16 forward pack of float32 ``w_ih (G*H, I)`` and ``w_hh (G*H, H)``."""
+def _check_w_ih(precision, w_ih, w_hh):
+    """w_ih (G*H, I) float32, contiguous, matching float32 w_hh (G*H, H)."""
     G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
     w_ih = None if w_ih is None else np.ascontiguousarray(w_ih)
     if w_ih is None or w_ih.ndim != 2 or w_ih.shape[0] != G * H or w_ih.shape[1] < 1:
-        raise ValueError(f"precision='bfloat16' needs w_ih of shape ({G}*H, I) with H={H}, "
+        raise ValueError(f"precision={precision!r} needs w_ih of shape ({G}*H, I) with H={H}, "
                          f"got {None if w_ih is None else w_ih.shape}")
     if w_ih.dtype != np.float32 or w_hh.dtype != np.float32:
-        raise TypeError(f"precision='bfloat16' packs float32 weights, got w_ih {w_ih.dtype}, "
-                        f"w_hh {w_hh.dtype}")
-    return _core.pack_bf16(w_ih.reshape(-1), w_hh.reshape(-1), name, w_ih.shape[1], H)
+        raise TypeError(f"precision={precision!r} packs float32 weights, got w_ih "
+                        f"{w_ih.dtype}, w_hh {w_hh.dtype}")
+    return w_ih
+
+
+def _pack_int8(name, w_ih, w_hh, quantized):
+    """The int8 pack of (q, s) per weight: ``quantized``, or quantize_rows of the floats."""
+    from .reference import quantize_rows
+    if quantized is None:
+        quantized = (quantize_rows(w_ih), quantize_rows(w_hh))
+    (q_ih, s_ih), (q_hh, s_hh) = [(np.ascontiguousarray(q, np.int8),
+                                   np.ascontiguousarray(s, np.float32)) for q, s in quantized]
+    if q_ih.shape != w_ih.shape or q_hh.shape != w_hh.shape or \
+            s_ih.shape != (w_ih.shape[0],) or s_hh.shape != (w_hh.shape[0],):
+        raise ValueError(f"quantized weights must match w_ih {w_ih.shape} and w_hh "
+                         f"{w_hh.shape} with one scale per row, got {q_ih.shape}, "
+                         f"{s_ih.shape}, {q_hh.shape}, {s_hh.shape}")
+    pack = _core.pack_int8(q_ih.reshape(-1), s_ih, q_hh.reshape(-1), s_hh, name,
+                           w_ih.shape[1], w_hh.shape[1])
+    return Packs(pack, None, "int8", ((q_ih, s_ih), (q_hh, s_hh)))
 
 
 def _precision_packs(cell, inputs: Inputs, packs, precision, training, reset_after=True):
-    """The packs a forward runs on: ``packs``, or for bf16 without a bf16 pack a fresh
-    one (checked: float32, inference)."""
+    """The packs a forward runs on: ``packs``, or for a reduced precision without a pack
+    of it a fresh one (checked: float32, inference)."""
     precision = check_precision(precision, packs, inputs.dtype, training)
     if getattr(packs, "precision", "float32") == precision:
         return packs
     if precision == "float32":
-        return None              # a bf16 pack asked to run float32: the kernel packs
-    return pack_weights(cell, inputs.w_hh, reset_after=reset_after, precision="bfloat16",
+        return None              # a reduced pack asked to run float32: the kernel packs
+    return pack_weights(cell, inputs.w_hh, reset_after=reset_after, precision=precision,
                         w_ih=inputs.w_ih)
 
 

@@ -30,6 +30,10 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
   ``w_ih``, ``w_hh`` and the state entering each step's product -- is rounded by
   :func:`bf16_round` first; the products themselves, biases, states and activations stay
   float32, as in the kernels (which differ only in the order of float32 additions).
+* ``precision="int8"`` (inference, float32): weights quantised per row
+  (:func:`quantize_rows`, or as ``packs.quantized`` holds them), each row of ``x_t`` and of
+  the state quantised the same way as it enters a product; exact integer sums, scaled back
+  to float32 -- the same bits as the kernels' products.
 * ``training=True`` returns a cache for backward (post-activation gates and states);
   ``training=False`` returns ``None`` and keeps no per-step intermediates.
 * Backward takes activation derivatives from saved outputs (``s*(1-s)``, ``1-y*y``) and never
@@ -45,7 +49,7 @@ from ._common import (Cache, GRUGrads, LSTMGrads, RNNGrads, check_backward, chec
                       check_nonlinearity, check_precision)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward", "bf16_round"]
+           "gru_forward", "gru_backward", "bf16_round", "quantize_rows"]
 
 BACKEND = "reference"
 
@@ -124,18 +128,63 @@ def bf16_round(a):
     return out.astype(np.uint32).view(np.float32)
 
 
+def quantize_rows(a):
+    """Symmetric int8 quantisation of each row (last axis) of float32 ``a (..., K)``.
+
+    ``s = max|row| / 127`` (1 for a row of zeros) and ``q = rint(a / s)`` in [-127, 127]
+    (ties to even), all in float32 as the kernels do (csrc/gemm/int8.h). Returns
+    ``q (..., K) int8, s (...,) float32``; ``q * s`` approximates ``a``.
+    """
+    a = np.asarray(a, np.float32)
+    peak = np.abs(a).max(axis=-1) if a.shape[-1] else np.zeros(a.shape[:-1], np.float32)
+    s = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
+    return np.rint(a / s[..., None]).astype(np.int8), s
+
+
+class _Int8Weight:
+    """A weight quantised per row, ``q (N, K) int8`` and ``s (N,)``, as the right operand of
+    ``a @ w.T`` (see :func:`_int8_matmul`)."""
+
+    __array_ufunc__ = None                # ``ndarray @ w`` defers to __rmatmul__
+
+    def __init__(self, q, s):
+        self.q, self.s = q, s
+        self.T = self                     # the products below always mean a @ wᵀ
+
+    def __getitem__(self, rows):          # a block of rows (GRU splits w_hh by gates)
+        return _Int8Weight(self.q[rows], self.s[rows])
+
+    def __rmatmul__(self, a):
+        return _int8_matmul(a, self)
+
+
+def _int8_matmul(a, w: _Int8Weight):
+    """``a (..., K) @ wᵀ`` with each row of ``a`` quantised on the fly (:func:`quantize_rows`):
+    the exact integer sums, then ``* (s_a * s_w)`` in float32 -- the kernels' bits."""
+    q_a, s_a = quantize_rows(a)
+    sums = q_a.astype(np.int64) @ w.q.T.astype(np.int64)               # exact
+    return sums.astype(np.float32) * (s_a[..., None] * w.s)
+
+
 def _identity(a):
     return a
 
 
-def _operands(inputs, precision):
+def _operands(inputs, precision, packs=None):
     """The inputs with the product operands x, w_ih, w_hh in ``precision``, and the function
-    that rounds a state before it enters a product (identity for float32)."""
-    if precision != "bfloat16":
-        return inputs, _identity
-    inputs = replace(inputs, x=bf16_round(inputs.x), w_ih=bf16_round(inputs.w_ih),
-                     w_hh=bf16_round(inputs.w_hh))
-    return inputs, bf16_round
+    that rounds a state before it enters a product (identity for float32). int8 weights
+    come quantised from ``packs.quantized`` when given, else from ``quantize_rows``."""
+    if precision == "bfloat16":
+        inputs = replace(inputs, x=bf16_round(inputs.x), w_ih=bf16_round(inputs.w_ih),
+                         w_hh=bf16_round(inputs.w_hh))
+        return inputs, bf16_round
+    if precision == "int8":
+        quantized = getattr(packs, "quantized", None) or (quantize_rows(inputs.w_ih),
+                                                          quantize_rows(inputs.w_hh))
+        (q_ih, s_ih), (q_hh, s_hh) = quantized
+        return replace(inputs, w_ih=_Int8Weight(q_ih, s_ih),
+                       w_hh=_Int8Weight(q_hh, s_hh)), _identity
+    return inputs, _identity
 
 
 def _input_projection(inputs):
@@ -214,7 +263,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     nonlinearity = check_nonlinearity(nonlinearity)
     act, _ = _ACTIVATIONS[nonlinearity]
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training))
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training), packs)
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, H)
     h = _initial_state(inputs.states[0], inputs)           # (B, H)
@@ -284,7 +333,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     Returns ``y (T, B, H), h_n (B, H), c_n (B, H), cache`` (None unless training).
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training))
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training), packs)
     T, B, H = inputs.T, inputs.B, inputs.H
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 4H)
@@ -370,7 +419,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     training).
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training))
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training), packs)
     T, B, H = inputs.T, inputs.B, inputs.H
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 3H)
