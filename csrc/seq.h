@@ -388,7 +388,9 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
         fr_part_blocks(part, r->panel.blocks, &first, &last);
 #ifndef FR_F64
         if (r->rows) { /* bf16, int8: convert this part's rows into its thread's slot */
-            real *slot = r->rows + (part->slice % r->slots) * r->slot;
+            /* the hidden split: a slot per thread; the batch split: its rows of slot 0 */
+            real *slot = r->rows + (part->slice % r->slots) * r->slot +
+                         row0 % (r->slot / r->row_ld) * r->row_ld;
             fr_lowp_rows(r->panel.format, slot, r->row_ld, A + row0 * lda, lda, rows, r->K);
             FR_FN(panel_product)(&r->panel, slot, r->row_ld, row0, rows, first, last,
                                  epilogue, ctx);

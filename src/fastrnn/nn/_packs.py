@@ -13,22 +13,23 @@ from .module import Module, Parameter
 
 
 def cached_packs(owner: Module, key, w_hh: Parameter, cell: str, options: dict,
-                 backward: bool, w_ih: Parameter = None,
-                 precision: str = "float32") -> ops.Packs:
+                 backward: bool, w_ih: Parameter = None, precision: str = "float32",
+                 quantized=None) -> ops.Packs:
     """The packs of ``w_hh`` for ``cell`` kept on ``owner`` under ``key``, remade if stale.
-    A bfloat16 pack holds ``w_ih`` too (its Parameter and version are then checked)."""
+    A bfloat16 or int8 pack holds ``w_ih`` too (its Parameter and version are then
+    checked); an int8 pack is made from ``quantized`` ((q_ih, s_ih), (q_hh, s_hh))."""
     cache = owner.__dict__.setdefault("_pack_cache", {})
     isa = _core.get_isa()
     entry = cache.get(key)
-    bf16 = precision == "bfloat16"
-    stamp = (w_hh, w_hh.version, isa, precision, w_ih if bf16 else None,
-             w_ih.version if bf16 else None)
+    reduced = precision != "float32"
+    stamp = (w_hh, w_hh.version, isa, precision, w_ih if reduced else None,
+             w_ih.version if reduced else None, quantized)
     if (entry is None or entry[0] is not w_hh or entry[1:4] != stamp[1:4] or
-            entry[4] is not stamp[4] or entry[5] != stamp[5] or
-            (backward and entry[-1].backward is None and not bf16)):
-        packs = ops.pack_weights(cell, w_hh.value, backward=backward and not bf16,
-                                 precision=precision, w_ih=w_ih.value if bf16 else None,
-                                 **options)
+            entry[4] is not stamp[4] or entry[5] != stamp[5] or entry[6] is not quantized or
+            (backward and entry[-1].backward is None and not reduced)):
+        packs = ops.pack_weights(cell, w_hh.value, backward=backward and not reduced,
+                                 precision=precision, w_ih=w_ih.value if reduced else None,
+                                 quantized=quantized, **options)
         entry = cache[key] = (*stamp, packs)
     return entry[-1]
 
