@@ -3,9 +3,10 @@
  *
  * Weights: per output row r of W (a column of op(W)) a symmetric scale s_w[r] = max|W[r]|
  * / 127 and W_q = rint(W / s_w) in [-127, 127], made once, in NumPy
- * (fastrnn.reference.quantize_rows) and handed to fr_pack_int8_*. Activations: each row
+ * (fastrnn.reference.quantize_rows, W_q = rint(W * (1 / s_w))) and handed to
+ * fr_pack_int8_*. Activations: each row
  * of A (x_t, h_{t-1}) as it enters a product, the same way (fr_i8_quantize_rows, twin
- * reference.quantize_rows): s_a = max|a| / 127, a_q = rint(a / s_a). Then
+ * reference.quantize_rows): s_a = max|a| / 127, a_q = rint(a * (1 / s_a)). Then
  *
  *   P[i][c] = float(sum_k a_q[i][k] W_q[k][c]) * (s_a[i] * s_w[c])          (float32)
  *
@@ -108,25 +109,23 @@ static inline ptrdiff_t fr_i8_row_elems(ptrdiff_t K, int format) {
 }
 
 /* dst (rows, ld) = the rows of A (rows, K; leading dimension lda) quantized for `format`:
- * a_q as float32, or u8 = a_q + 128 in quads (128 past K); each row's s_a in its last
- * element. */
+ * a_q = rint(a * (1 / s_a)) as float32, or as bytes u8 = a_q + 128 (little-endian quads,
+ * 128 past K); each row's s_a in its last element. */
 static inline void fr_i8_quantize_rows(int format, void *dst, ptrdiff_t ld, const real *A,
                                        ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t K) {
     for (ptrdiff_t r = 0; r < rows; r++) {
-        const real *a = A + r * lda;
-        real *out = (real *)dst + r * ld;
-        float s = fr_i8_row_scale(a, K);
+        const real *restrict a = A + r * lda;
+        real *restrict out = (real *)dst + r * ld;
+        const float s = fr_i8_row_scale(a, K), inv = 1.0f / s;
         if (format == FR_PANEL_I8_VNNI) {
-            uint32_t *quads = (uint32_t *)out;
-            for (ptrdiff_t q = 0; q < (K + 3) / 4; q++)
-                quads[q] = 0x80808080u;
-            for (ptrdiff_t k = 0; k < K; k++) {
-                uint32_t u = (uint32_t)(nearbyintf(a[k] / s) + 128.0f);
-                quads[k / 4] = (quads[k / 4] & ~(0xffu << (8 * (k & 3)))) | u << (8 * (k & 3));
-            }
+            uint8_t *restrict bytes = (uint8_t *)out;
+            for (ptrdiff_t k = 0; k < K; k++)
+                bytes[k] = (uint8_t)(int32_t)(nearbyintf(a[k] * inv) + 128.0f);
+            for (ptrdiff_t k = K; k < (K + 3) / 4 * 4; k++)
+                bytes[k] = 128;
         } else {
             for (ptrdiff_t k = 0; k < K; k++)
-                out[k] = nearbyintf(a[k] / s);
+                out[k] = nearbyintf(a[k] * inv);
         }
         out[ld - 1] = s;
     }

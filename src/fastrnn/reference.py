@@ -131,14 +131,15 @@ def bf16_round(a):
 def quantize_rows(a):
     """Symmetric int8 quantisation of each row (last axis) of float32 ``a (..., K)``.
 
-    ``s = max|row| / 127`` (1 for a row of zeros) and ``q = rint(a / s)`` in [-127, 127]
-    (ties to even), all in float32 as the kernels do (csrc/gemm/int8.h). Returns
+    ``s = max|row| / 127`` (1 for a row of zeros) and ``q = rint(a * (1 / s))`` in
+    [-127, 127] (ties to even), all in float32 as the kernels do (csrc/gemm/int8.h). Returns
     ``q (..., K) int8, s (...,) float32``; ``q * s`` approximates ``a``.
     """
     a = np.asarray(a, np.float32)
     peak = np.abs(a).max(axis=-1) if a.shape[-1] else np.zeros(a.shape[:-1], np.float32)
     s = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
-    return np.rint(a / s[..., None]).astype(np.int8), s
+    inv = (np.float32(1) / s)[..., None]
+    return np.rint(a * inv).astype(np.int8), s
 
 
 class _Int8Weight:
