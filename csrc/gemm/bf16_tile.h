@@ -71,35 +71,6 @@ static FR_ALWAYS_INLINE void bf16_tile_product(real *acc_out, real *acc2_out, co
             _mm512_store_ps(acc2_out + v * FR_VLEN, acc2[v]);
 }
 
-/* bf16_tile_product with m and nv turned into constants (m <= FR_ACC_REGS / nv). */
-#define FR_BT_CASE(rows, NV)                                                               \
-    case rows:                                                                             \
-        if (rows <= FR_ACC_REGS / NV)                                                      \
-            bf16_tile_product(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);              \
-        break;
-
-static void bf16_tile_dp(real *acc, const real *A, ptrdiff_t lda, const uint32_t *slab,
-                         ptrdiff_t K, ptrdiff_t m, ptrdiff_t nv) {
-    if (nv == 3)
-        switch (m) {
-            FR_BT_CASE(1, 3) FR_BT_CASE(2, 3) FR_BT_CASE(3, 3) FR_BT_CASE(4, 3)
-            FR_BT_CASE(5, 3) FR_BT_CASE(6, 3) FR_BT_CASE(7, 3) FR_BT_CASE(8, 3)
-        }
-    else
-        switch (m) {
-            FR_BT_CASE(1, 4) FR_BT_CASE(2, 4) FR_BT_CASE(3, 4)
-            FR_BT_CASE(4, 4) FR_BT_CASE(5, 4) FR_BT_CASE(6, 4)
-        }
-}
-#undef FR_BT_CASE
-
-/* One row of A against two column blocks (slab, slab2) in one pass. */
-static void bf16_pair_dp(real *acc, real *acc2, const real *A, const uint32_t *slab,
-                         const uint32_t *slab2, ptrdiff_t K, ptrdiff_t nv) {
-    if (nv == 3)
-        bf16_tile_product(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);
-    else
-        bf16_tile_product(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
-}
+FR_DEFINE_LOWP_TILES(bf16_dp, bf16_tile_product, uint32_t)
 
 #pragma GCC pop_options

@@ -57,35 +57,6 @@ static FR_ALWAYS_INLINE void i8_tile_product(real *acc_out, real *acc2_out, cons
             i8_store(acc2_out + v * FR_VLEN, acc2[v], slab2, Kq, NB, v);
 }
 
-/* i8_tile_product with m and nv turned into constants (m <= FR_ACC_REGS / nv). */
-#define FR_IT_CASE(rows, NV)                                                               \
-    case rows:                                                                             \
-        if (rows <= FR_ACC_REGS / NV)                                                      \
-            i8_tile_product(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);                \
-        break;
-
-static void i8_tile_vnni(real *acc, const real *A, ptrdiff_t lda, const uint32_t *slab,
-                         ptrdiff_t K, ptrdiff_t m, ptrdiff_t nv) {
-    if (nv == 3)
-        switch (m) {
-            FR_IT_CASE(1, 3) FR_IT_CASE(2, 3) FR_IT_CASE(3, 3) FR_IT_CASE(4, 3)
-            FR_IT_CASE(5, 3) FR_IT_CASE(6, 3) FR_IT_CASE(7, 3) FR_IT_CASE(8, 3)
-        }
-    else
-        switch (m) {
-            FR_IT_CASE(1, 4) FR_IT_CASE(2, 4) FR_IT_CASE(3, 4)
-            FR_IT_CASE(4, 4) FR_IT_CASE(5, 4) FR_IT_CASE(6, 4)
-        }
-}
-#undef FR_IT_CASE
-
-/* One row of A against two column blocks (slab, slab2) in one pass. */
-static void i8_pair_vnni(real *acc, real *acc2, const real *A, const uint32_t *slab,
-                         const uint32_t *slab2, ptrdiff_t K, ptrdiff_t nv) {
-    if (nv == 3)
-        i8_tile_product(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);
-    else
-        i8_tile_product(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
-}
+FR_DEFINE_LOWP_TILES(i8_vnni, i8_tile_product, uint32_t)
 
 #pragma GCC pop_options

@@ -97,6 +97,39 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *s
         FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
 }
 
+/* The same dispatch for a reduced-precision tile product `product` (bf16_tile.h,
+ * int8_tile.h) over slabs of slab_t: name##_tile (m rows) and name##_pair (one row, two
+ * blocks), m and nv turned into constants. */
+#define FR_LOWP_CASE(product, rows, NV)                                                    \
+    case rows:                                                                             \
+        if (rows <= FR_ACC_REGS / NV)                                                      \
+            product(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);                        \
+        break;
+#define FR_DEFINE_LOWP_TILES(name, product, slab_t)                                        \
+    static void name##_tile(real *acc, const real *A, ptrdiff_t lda, const slab_t *slab,   \
+                            ptrdiff_t K, ptrdiff_t m, ptrdiff_t nv) {                      \
+        if (nv == 3)                                                                       \
+            switch (m) {                                                                   \
+                FR_LOWP_CASE(product, 1, 3) FR_LOWP_CASE(product, 2, 3)                    \
+                FR_LOWP_CASE(product, 3, 3) FR_LOWP_CASE(product, 4, 3)                    \
+                FR_LOWP_CASE(product, 5, 3) FR_LOWP_CASE(product, 6, 3)                    \
+                FR_LOWP_CASE(product, 7, 3) FR_LOWP_CASE(product, 8, 3)                    \
+            }                                                                              \
+        else                                                                               \
+            switch (m) {                                                                   \
+                FR_LOWP_CASE(product, 1, 4) FR_LOWP_CASE(product, 2, 4)                    \
+                FR_LOWP_CASE(product, 3, 4) FR_LOWP_CASE(product, 4, 4)                    \
+                FR_LOWP_CASE(product, 5, 4) FR_LOWP_CASE(product, 6, 4)                    \
+            }                                                                              \
+    }                                                                                      \
+    static void name##_pair(real *acc, real *acc2, const real *A, const slab_t *slab,      \
+                            const slab_t *slab2, ptrdiff_t K, ptrdiff_t nv) {              \
+        if (nv == 3)                                                                       \
+            product(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);                             \
+        else                                                                               \
+            product(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);                             \
+    }
+
 #include "lowp.h"
 
 /* Rows per tile for a panel of nv vectors per row. */
@@ -112,11 +145,11 @@ static inline void FR_FN(panel_tile)(const fr_panel *p, real *acc, const real *A
                                      const real *slab, ptrdiff_t m) {
 #if !defined(FR_F64) && FR_HAVE_BF16_DP
     if (p->format == FR_PANEL_BF16_DP) {
-        bf16_tile_dp(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
+        bf16_dp_tile(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
         return;
     }
     if (p->format == FR_PANEL_I8_VNNI) {
-        i8_tile_vnni(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
+        i8_vnni_tile(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
         return;
     }
 #endif
@@ -131,12 +164,12 @@ static inline void FR_FN(panel_pair)(const fr_panel *p, real *acc, real *acc2, c
                                      const real *slab, const real *slab2) {
 #if !defined(FR_F64) && FR_HAVE_BF16_DP
     if (p->format == FR_PANEL_BF16_DP) {
-        bf16_pair_dp(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
+        bf16_dp_pair(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
                      p->nv);
         return;
     }
     if (p->format == FR_PANEL_I8_VNNI) {
-        i8_pair_vnni(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
+        i8_vnni_pair(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
                      p->nv);
         return;
     }
