@@ -239,6 +239,15 @@ def test_bad_precision_arguments(rng, backend):
 
 # -- layers ----------------------------------------------------------------------------------
 
+def _assert_steps_give(layer, x, y):
+    """layer.step over x (T, B, I), one step at a time, gives y bit for bit."""
+    steps, state = [], None
+    for t in range(x.shape[0]):
+        out, state = layer.step(x[t], state)
+        steps.append(out)
+    np.testing.assert_array_equal(np.stack(steps), y)
+
+
 @pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
 def test_layers_in_bf16_match_the_functional_path(rng, cls):
     layer = cls(6, 11, dtype="bfloat16", seed=3)
@@ -250,11 +259,7 @@ def test_layers_in_bf16_match_the_functional_path(rng, cls):
     want = _run(ops, cell, x, _states(rng, cell, 4, 11, False), weights, {},
                 training=False, precision="bfloat16")[0]
     np.testing.assert_array_equal(y, want)
-    steps, state = [], None
-    for t in range(5):
-        out, state = layer.step(x[t], state)
-        steps.append(out)
-    np.testing.assert_array_equal(np.stack(steps), y)
+    _assert_steps_give(layer, x, y)
     with pytest.raises(RuntimeError, match="inference only"):
         layer.backward(np.ones_like(y))
 
@@ -329,11 +334,7 @@ def test_quantize_dynamic_layers(rng, cls):
     want = _run(ops, cell, x, _states(rng, cell, 4, 11, False), one._weights(0, 0), {},
                 training=False, precision="int8")[0]
     np.testing.assert_array_equal(one(x)[0], want)
-    steps, state = [], None
-    for t in range(5):
-        out, state = one.step(x[t], state)
-        steps.append(out)
-    np.testing.assert_array_equal(np.stack(steps), want)
+    _assert_steps_give(one, x, want)
     with pytest.raises(RuntimeError, match="int8 module runs inference only"):
         quantized.backward(np.ones_like(y))
     assert fastrnn.quantize_dynamic(layer, inplace=True) is layer and layer.precision == "int8"
