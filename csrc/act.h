@@ -69,7 +69,8 @@ static inline float fr_tanh(float a) {
 
 static inline real fr_sigmoid(real a) { return (real)1 / ((real)1 + fr_exp(-a)); }
 
-static inline real fr_relu(real a) { return a > 0 ? a : (real)0; }
+/* relu keeps NaN a NaN (as NumPy's maximum and PyTorch): a < 0 is false for NaN */
+static inline real fr_relu(real a) { return a < 0 ? (real)0 : a; }
 
 /* d sigmoid(a)/da = s (1 - s), with s = sigmoid(a) */
 static inline real fr_dsigmoid_from_output(real s) { return s * ((real)1 - s); }

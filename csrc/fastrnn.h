@@ -177,7 +177,10 @@ typedef struct {
      * bytes). Returns 0, or FR_ERR_NOMEM when dst is too small or misaligned. */            \
     size_t fr_pack_bytes_##sfx(int cell, int backward, ptrdiff_t H);                       \
     int fr_pack_##sfx(void *dst, size_t bytes, const real *w_hh, /* (G*H, H) */            \
-                      int cell, int backward, ptrdiff_t H);
+                      int cell, int backward, ptrdiff_t H);                                 \
+    /* The core's peak: `iterations` rounds of register-only multiply-adds (peak.c);      \
+     * returns the FLOPs done, writes a checksum to *sink. Time it from the caller. */      \
+    int64_t fr_fma_peak_##sfx(int64_t iterations, real *sink);
 
 /* Saved layouts (each block contiguous, time-major):
  *   LSTM: gates (T, B, 4H) [i f g o after activation], c (T, B, H), tanh(c) (T, B, H)
@@ -230,6 +233,8 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_pack_bytes_f64 FR_DISPATCH(fr_pack_bytes_f64)
 #define fr_pack_f32 FR_DISPATCH(fr_pack_f32)
 #define fr_pack_f64 FR_DISPATCH(fr_pack_f64)
+#define fr_fma_peak_f32 FR_DISPATCH(fr_fma_peak_f32)
+#define fr_fma_peak_f64 FR_DISPATCH(fr_fma_peak_f64)
 
 /* The bf16 pack (float32 kernels only): bytes for (cell, I, H), and the pack of w_ih
  * (G*H, I) and w_hh (G*H, H) written to dst (64-byte aligned). Returns 0 or FR_ERR_NOMEM. */

@@ -23,31 +23,32 @@ static lstm_saved lstm_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdif
 }
 
 /* The cell's math for `units` hidden units of one row, fused behind the recurrent product.
- * acc holds h_{t-1} w_hh^T of those units, gate g at acc[g * gate_stride + j]; xp (4H, the
- * row of the input projection with both biases, offset to the first unit) the rest of the
- * pre-activations, overwritten by the activated gates when `save`. c (the carried cell
- * state) is updated; h_next and y get h_t; c_save, tanh_c_save get c_t and tanh(c_t) when
- * `save`. `save` is a constant where this is inlined, so each variant vectorizes. */
+ * acc holds the product of those units, gate g at acc[g * gate_stride + j]; pre (4H, offset
+ * to the first unit) what is added to it (the row of the input projection with both biases,
+ * or the biases alone when the projection is inside the product). c (the carried cell
+ * state) is updated; h_next and y get h_t; when `save`, gates (4H, offset like pre; may be
+ * pre itself) gets the activated gates and c_save, tanh_c_save get c_t and tanh(c_t).
+ * `save` is a constant where this is inlined, so each variant vectorizes. */
 static FR_ALWAYS_INLINE void lstm_units_forward(const real *restrict acc, ptrdiff_t gate_stride,
-                                                real *restrict xp, real *restrict c,
-                                                real *restrict h_next, real *restrict y,
-                                                real *restrict c_save,
+                                                const real *pre, real *gates,
+                                                real *restrict c, real *restrict h_next,
+                                                real *restrict y, real *restrict c_save,
                                                 real *restrict tanh_c_save, ptrdiff_t units,
                                                 ptrdiff_t H, const int save) {
     const real *restrict ai = acc, *restrict af = acc + gate_stride;
     const real *restrict ag = acc + 2 * gate_stride, *restrict ao = acc + 3 * gate_stride;
     for (ptrdiff_t j = 0; j < units; j++) {
-        real i = fr_sigmoid(ai[j] + xp[j]), f = fr_sigmoid(af[j] + xp[H + j]);
-        real g = fr_tanh(ag[j] + xp[2 * H + j]), o = fr_sigmoid(ao[j] + xp[3 * H + j]);
+        real i = fr_sigmoid(ai[j] + pre[j]), f = fr_sigmoid(af[j] + pre[H + j]);
+        real g = fr_tanh(ag[j] + pre[2 * H + j]), o = fr_sigmoid(ao[j] + pre[3 * H + j]);
         real c_new = f * c[j] + i * g;
         real tc = fr_tanh(c_new);
         c[j] = c_new;
         h_next[j] = y[j] = o * tc;
         if (save) {
-            xp[j] = i;
-            xp[H + j] = f;
-            xp[2 * H + j] = g;
-            xp[3 * H + j] = o;
+            gates[j] = i;
+            gates[H + j] = f;
+            gates[2 * H + j] = g;
+            gates[3 * H + j] = o;
             c_save[j] = c_new;
             tanh_c_save[j] = tc;
         }
@@ -59,8 +60,10 @@ typedef struct {
     real *y_t, *h_next;     /* (B, H) written */
     const real *h_prev;     /* (B, H) */
     real *c;                /* (B, H) carried cell state, updated */
-    real *gates_t;          /* (B, 4H) input projection; activated gates when saving */
+    real *gates_t;          /* (B, 4H) input projection (unless fused); activated gates
+                               when saving */
     real *c_t, *tanh_c_t;   /* (B, H) saved c_t and tanh(c_t), or NULL (inference) */
+    const fr_input *in;     /* what each row adds to the product (input_addend) */
     const int64_t *lengths;
     ptrdiff_t t, H;
 } lstm_step;
@@ -77,13 +80,15 @@ static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
             continue;
         }
-        real *xp = s->gates_t + b * 4 * H + unit0;
+        const real *pre = FR_FN(input_addend)(s->in, s->gates_t, b) + unit0;
+        real *gates = s->gates_t + b * 4 * H + unit0;
         if (s->c_t)
-            lstm_units_forward(acc + i * acc_ld, gate_stride, xp, s->c + at, s->h_next + at,
-                               s->y_t + at, s->c_t + at, s->tanh_c_t + at, units, H, 1);
+            lstm_units_forward(acc + i * acc_ld, gate_stride, pre, gates, s->c + at,
+                               s->h_next + at, s->y_t + at, s->c_t + at, s->tanh_c_t + at,
+                               units, H, 1);
         else
-            lstm_units_forward(acc + i * acc_ld, gate_stride, xp, s->c + at, s->h_next + at,
-                               s->y_t + at, NULL, NULL, units, H, 0);
+            lstm_units_forward(acc + i * acc_ld, gate_stride, pre, gates, s->c + at,
+                               s->h_next + at, s->y_t + at, NULL, NULL, units, H, 0);
     }
 }
 
@@ -107,10 +112,9 @@ static void lstm_forward_part(const void *ctx, fr_part part) {
         lstm_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
                        a->c, a->gates + t * a->gates_step,
                        a->c_save ? a->c_save + t * BH : NULL,
-                       a->tc_save ? a->tc_save + t * BH : NULL, a->lengths, t, H};
-        FR_FN(input_step)(a->in, s.gates_t, t, &part, a->scratch);
-        FR_FN(recurrent_apply)(a->rec, s.h_prev, H, &part,
-                               lstm_epilogue, &s, a->scratch);
+                       a->tc_save ? a->tc_save + t * BH : NULL, a->in, a->lengths, t, H};
+        FR_FN(step_product)(a->in, a->rec, s.gates_t, t, s.h_prev, H, &part, lstm_epilogue,
+                            &s, a->scratch);
         fr_part_sync(&part);
     }
 }
@@ -132,7 +136,7 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     if (!gates || !hbuf || !scratch ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
-    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, b_hh, T, B, I, 4, H, pack) !=
+    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec, pack) !=
         FR_OK) {
         FR_FN(recurrent_free)(rec);
         goto done;

@@ -10,26 +10,28 @@
 #include "seq.h"
 
 /* One step of the forward time loop, as the recurrent product's epilogue sees it: y_t
- * (B, H) holds the input projection with both biases on entry and h_t on exit; h_next
- * (B, H) gets h_t, or h_{t-1} (h_prev) for rows past their length, whose y_t is zero. */
+ * (B, H) holds the input projection with both biases on entry (unless it is fused into the
+ * product: then the epilogue adds the biases) and h_t on exit; h_next (B, H) gets h_t, or
+ * h_{t-1} (h_prev) for rows past their length, whose y_t is zero. */
 typedef struct {
     real *y_t, *h_next;
     const real *h_prev;
+    const fr_input *in;     /* what each row adds to the product (input_addend) */
     const int64_t *lengths;
     ptrdiff_t t, H;
     int relu;
 } rnn_step;
 
-/* h = act(acc + y) for `units` units of one row; one loop per activation, so each
- * vectorizes. */
-static inline void rnn_units_forward(const real *restrict acc, real *restrict y,
+/* h = act(acc + pre) for `units` units of one row, into y and h_next; pre is the row's
+ * input projection (y itself) or the biases. One loop per activation, so each vectorizes. */
+static inline void rnn_units_forward(const real *restrict acc, const real *pre, real *y,
                                      real *restrict h_next, int relu, ptrdiff_t units) {
     if (relu)
         for (ptrdiff_t j = 0; j < units; j++)
-            h_next[j] = y[j] = fr_relu(acc[j] + y[j]);
+            h_next[j] = y[j] = fr_relu(acc[j] + pre[j]);
     else
         for (ptrdiff_t j = 0; j < units; j++)
-            h_next[j] = y[j] = fr_tanh(acc[j] + y[j]);
+            h_next[j] = y[j] = fr_tanh(acc[j] + pre[j]);
 }
 
 static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
@@ -38,7 +40,8 @@ static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t
     for (ptrdiff_t i = 0; i < rows; i++) {
         ptrdiff_t b = row0 + i, at = b * s->H + unit0;
         if (fr_step_valid(s->lengths, s->t, b))
-            rnn_units_forward(acc + i * acc_ld, s->y_t + at, s->h_next + at, s->relu, units);
+            rnn_units_forward(acc + i * acc_ld, FR_FN(input_addend)(s->in, s->y_t, b) + unit0,
+                              s->y_t + at, s->h_next + at, s->relu, units);
         else {
             memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
@@ -61,9 +64,9 @@ static void rnn_forward_part(const void *ctx, fr_part part) {
     const ptrdiff_t BH = a->B * a->H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
         rnn_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
-                      a->lengths, t, a->H, a->relu};
-        FR_FN(input_step)(a->in, s.y_t, t, &part, a->scratch);
-        FR_FN(recurrent_apply)(a->rec, s.h_prev, a->H, &part, rnn_epilogue, &s, a->scratch);
+                      a->in, a->lengths, t, a->H, a->relu};
+        FR_FN(step_product)(a->in, a->rec, s.y_t, t, s.h_prev, a->H, &part, rnn_epilogue, &s,
+                            a->scratch);
         fr_part_sync(&part);
     }
 }
@@ -80,7 +83,8 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
     if (!hbuf || !scratch ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
-    if (FR_FN(input_prepare)(&in, y, x, w_ih, b_ih, b_hh, T, B, I, 1, H, pack) != FR_OK) {
+    if (FR_FN(input_prepare)(&in, y, x, w_ih, b_ih, b_hh, T, B, I, 1, H, rec, pack) !=
+        FR_OK) {
         FR_FN(recurrent_free)(rec);
         goto done;
     }

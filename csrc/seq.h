@@ -397,7 +397,7 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
             return;
         }
 #endif
-        FR_FN(panel_product)(&r->panel, A + row0 * lda, lda, row0, rows, first, last,
+        FR_FN(panel_product)(&r->panel, A, lda, row0, rows, first, last,
                              epilogue, ctx);
         return;
     }
@@ -431,25 +431,48 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
 
 /* The input side of a forward time loop: P_t (B, G*H) = x_t (B, I) . w_ih^T + bias.
  *
- * Small batches compute it for the whole sequence before the loop, one BLAS GEMM over all
- * T*B rows (a (T, B, G*H) buffer that stays in cache at those sizes). Batches of at least
+ * Small batches compute it for the whole sequence before the loop; batches of at least
  * FR_STEP_PROJECTION_ROWS rows compute it step by step inside the loop, on a panel of
  * w_ih with the same column blocks as the recurrent product, each part of the loop for its
  * own rows and units: P_t is then still in L2 when the epilogue reads it (a whole-sequence
- * buffer of that size would come back from L3 or memory), and no BLAS call repacks w_ih. */
+ * buffer of that size would come back from L3 or memory), and no BLAS call repacks w_ih.
+ *
+ * Cells that add the input and recurrent products of every gate before their math (RNN,
+ * LSTM: input_prepare's fuse_with) go further: the product runs inside the recurrent tile
+ * (`fused`), as a first segment of one K = I + H product per tile from 16 rows on, and
+ * below that as tiles stored before the loop (`start`, in the panel's block layout) that
+ * each step's tile starts from. Either way a row's sums run in the same order, so its bits
+ * never depend on how many rows share its batch; the epilogue adds the biases. Otherwise
+ * (GRU, or too few rows for panels) small batches take one BLAS GEMM over all T*B rows. */
 #define FR_STEP_PROJECTION_ROWS 16
 #define FR_INPUT_ROWS 96 /* rows per pass of a projection before the loop on a panel */
 
 typedef struct {
-    int per_step;     /* 1: project_step computes P_t; 0: input_prepare did all of P */
-    fr_recurrent rec; /* op(W) = w_ih^T, gate blocks interleaved (per_step) */
-    real *bias;       /* (G*H) bias_a + bias_b (per_step) */
+    int per_step;     /* 1: input_step computes P_t (or the fused tile does) */
+    int fused;        /* the projection is inside the recurrent tile (step_product) */
+    fr_recurrent rec; /* op(W) = w_ih^T, gate blocks interleaved (per_step or fused) */
+    real *bias;       /* (G*H) bias_a + bias_b (per_step or fused) */
+    real *start;      /* fused below 16 rows: (T*B, blocks*NB) x . w_ih^T tiles, or NULL */
+    ptrdiff_t start_ld;
     const real *x;    /* (T, B, I) */
     ptrdiff_t B, I, N;
 } fr_input;
 
 /* Whether a forward over B rows projects its input step by step. */
 static inline int FR_FN(input_per_step)(ptrdiff_t B) { return B >= FR_STEP_PROJECTION_ROWS; }
+
+/* The whole sequence's x . w_ih^T as tiles to start from (fused, below 16 rows). */
+static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows) {
+    const fr_panel *p = &in->rec.panel;
+    in->start_ld = p->blocks * p->nv * FR_VLEN;
+    in->start = FR_FN(alloc)(rows * in->start_ld);
+    if (!in->start)
+        return FR_ERR_NOMEM;
+    fr_store_tiles s = {in->start, in->start_ld};
+    FR_FN(panel_product)(p, in->x, in->I, 0, rows, 0, p->blocks,
+                         FR_FN(store_tile_epilogue), &s);
+    return FR_OK;
+}
 
 /* The epilogue of the per-step projection: P (B, G*H) = tile + bias. */
 typedef struct {
@@ -473,39 +496,52 @@ static void FR_FN(bias_store_epilogue)(void *ctx, const real *acc, ptrdiff_t acc
         }
 }
 
-/* Set the input side up; when it is not per step, P (T, B, G*H) gets the whole projection
- * now. A bf16 forward pack (fr_pack_bf16_*) supplies the panel of w_ih: every product of
- * the input then runs on it, per step or over all T*B rows at once here. Returns 0, or
- * FR_ERR_NOMEM. */
+/* Set the input side up; when it is neither per step nor fused, P (T, B, G*H) gets the
+ * whole projection now. `fuse_with`: the recurrent product of a cell that adds the input
+ * and recurrent products of every gate before its math (RNN, LSTM; not GRU, whose n gate
+ * needs them apart), or NULL; the projection is then fused into that product's tiles when
+ * both are float32 panels. A bf16 or int8 forward pack (fr_pack_bf16_*, fr_pack_int8_*)
+ * supplies the panel of w_ih instead: never fused (an int8 product's scales are per
+ * operand), it runs per step or over all T*B rows here, FR_INPUT_ROWS at a time. Returns
+ * 0, or FR_ERR_NOMEM. */
 static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
                                        const real *bias_a, const real *bias_b, ptrdiff_t T,
                                        ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H,
-                                       const void *pack) {
+                                       const fr_recurrent *fuse_with, const void *pack) {
     int format = FR_PANEL_F32;
     real *packed = FR_FN(pack_input_data)(pack, I, G, H, &format);
+    const int fuse = !packed && fuse_with && fuse_with->panel.data &&
+                     fuse_with->panel.format == FR_PANEL_F32 && T * B >= FR_PACK_ROWS;
     in->per_step = FR_FN(input_per_step)(B);
+    in->fused = 0;
     in->x = x;
     in->B = B;
     in->I = I;
     in->N = G * H;
     in->bias = NULL;
+    in->start = NULL;
     in->rec.owned = 0;
     in->rec.rows = NULL;
     in->rec.panel.data = NULL;
-    if (!in->per_step && !packed) {
+    if (!in->per_step && !fuse && !packed) {
         FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
         return FR_OK;
     }
     fr_recurrent_spec spec = {0, I, G, 1};
-    /* before the loop (bf16), all T*B rows go through the panel FR_INPUT_ROWS at a time */
-    ptrdiff_t chunk = in->per_step ? B : T * B < FR_INPUT_ROWS ? T * B : FR_INPUT_ROWS;
+    /* a reduced pack before the loop: all T*B rows through its panel, a chunk at a time */
+    ptrdiff_t chunk = in->per_step || !packed ? B
+                      : T * B < FR_INPUT_ROWS ? T * B
+                                              : FR_INPUT_ROWS;
     in->bias = FR_FN(alloc)(G * H);
     if (!in->bias ||
         FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, chunk, packed, format) != FR_OK)
         return FR_ERR_NOMEM;
     FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
+    in->fused = fuse && in->rec.panel.data;
+    if (in->fused && !in->per_step)
+        return FR_FN(input_start_tiles)(in, T * B);
     fr_bias_store s = {P, in->bias, G, H};
-    for (ptrdiff_t r0 = 0; !in->per_step && r0 < T * B; r0 += chunk) {
+    for (ptrdiff_t r0 = 0; packed && !in->per_step && r0 < T * B; r0 += chunk) {
         fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL};
         FR_FN(recurrent_apply)(&in->rec, x, I, &rows, FR_FN(bias_store_epilogue), &s, NULL);
     }
@@ -515,18 +551,47 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
 static inline void FR_FN(input_free)(fr_input *in) {
     FR_FN(recurrent_free)(&in->rec);
     free(in->bias);
+    free(in->start);
     in->bias = NULL;
+    in->start = NULL;
 }
 
 /* P_t (B, G*H) for step t, this part's rows and units (nothing when it was done before the
  * loop). `scratch` (B, G*H) serves a direct product. */
 static inline void FR_FN(input_step)(const fr_input *in, real *P_t, ptrdiff_t t,
                                      const fr_part *part, real *scratch) {
-    if (!in->per_step)
+    if (!in->per_step || in->fused)
         return;
     fr_bias_store s = {P_t, in->bias, in->rec.G, in->rec.H};
     FR_FN(recurrent_apply)(&in->rec, in->x + t * in->B * in->I, in->I, part,
                            FR_FN(bias_store_epilogue), &s, scratch);
+}
+
+/* What the epilogue adds to the step's product for row b: the row of P_t (B, G*H), or,
+ * when the projection is fused into the product, the bias (G*H) alone (every row). */
+static inline const real *FR_FN(input_addend)(const fr_input *in, const real *P_t,
+                                              ptrdiff_t b) {
+    return in->fused ? in->bias : P_t + b * in->N;
+}
+
+/* One step's products for the rows and column blocks of `part`, tile by tile into
+ * epilogue(ctx, ...): the recurrent h_prev (B, K) . op(w_hh), plus x_t w_ih^T in the same
+ * tile when fused; otherwise P_t gets the input projection first (when per step). */
+static inline void FR_FN(step_product)(const fr_input *in, const fr_recurrent *rec,
+                                       real *P_t, ptrdiff_t t, const real *h_prev,
+                                       ptrdiff_t ldh, const fr_part *part,
+                                       fr_epilogue_fn epilogue, void *ctx, real *scratch) {
+    if (in->fused) {
+        ptrdiff_t first, last;
+        fr_part_blocks(part, rec->panel.blocks, &first, &last);
+        const real *start = in->start ? in->start + t * in->B * in->start_ld : NULL;
+        FR_FN(panel_product_sum)(&rec->panel, h_prev, ldh, start ? NULL : &in->rec.panel,
+                                 in->x + t * in->B * in->I, in->I, start, in->start_ld,
+                                 part->row0, part->rows, first, last, epilogue, ctx);
+        return;
+    }
+    FR_FN(input_step)(in, P_t, t, part, scratch);
+    FR_FN(recurrent_apply)(rec, h_prev, ldh, part, epilogue, ctx, scratch);
 }
 
 /* Bytes of a pack for (cell, backward, H) in `format` (FR_PACK_*; a bf16 pack adds the

@@ -8,6 +8,27 @@ import pytest
 
 BACKENDS = ("ops", "reference")
 
+try:   # the fuzz tests' profiles (tests/fuzz_helpers.py); hypothesis is a test extra
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    pass
+else:
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile("fuzz-ci", max_examples=60, deadline=None,
+                              suppress_health_check=_slow_ok)
+    settings.register_profile("fuzz-long", deadline=None, suppress_health_check=_slow_ok,
+                              max_examples=int(os.environ.get("FASTRNN_FUZZ_EXAMPLES", 2000)))
+    settings.load_profile("fuzz-long" if os.environ.get("FASTRNN_FUZZ") == "long"
+                          else "fuzz-ci")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of API calls the fuzz tests made (tests/fuzz_helpers.py)."""
+    import sys
+    helpers = sys.modules.get("fuzz_helpers")
+    if helpers is not None and helpers.CALLS["n"]:
+        terminalreporter.write_line(f"fuzz: {helpers.CALLS['n']} fuzzed API calls")
+
 
 def import_backend(name: str):
     """Import ``fastrnn.<name>``; skip only when that module (or the C extension) is absent.
@@ -46,12 +67,29 @@ def one_thread_by_default():
     fastrnn.set_num_threads(before)
 
 
+# FASTRNN_TEST_ISA=portable|avx2|avx512 forces one ISA level for the whole session (the
+# sanitizer stage, .ci/sanitize, runs the kernel tests once per level).
+_FORCED_ISA = os.environ.get("FASTRNN_TEST_ISA")
+
+
 def _isa_names():
+    if _FORCED_ISA:
+        return [_FORCED_ISA]
     try:
         from fastrnn import _core
     except ImportError:
         return ["portable"]
     return list(_core.available_isas())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def forced_isa():
+    """The ISA level FASTRNN_TEST_ISA names, for every test (no-op when unset)."""
+    if _FORCED_ISA:
+        from fastrnn import _core
+        assert _core.set_isa(_FORCED_ISA) == _FORCED_ISA, \
+            f"FASTRNN_TEST_ISA={_FORCED_ISA}, but this CPU has only {_core.available_isas()}"
+    yield
 
 
 @pytest.fixture(params=_isa_names())

@@ -36,6 +36,9 @@ def test_summary_takes_the_fastest_peer_only():
     assert s["gflops"] == pytest.approx(50.0)
     assert s["sgemm_share"] == pytest.approx(0.5)
     assert bench.summarize(_record({"fastrnn": 0.02}))["ratio"] is None
+    assert s["peak_share"] is None                        # no peak given
+    assert bench.summarize(_record({"fastrnn": 0.02}), core_peak=100.0)["peak_share"] \
+        == pytest.approx(0.5)
 
 
 def test_format_report_tables():
@@ -44,10 +47,12 @@ def test_format_report_tables():
               "entries": ["fastrnn", "reference", "torch", "sgemm"],
               "environment": {"cpu": "test cpu", "cpus": 2, "versions": {"numpy": "x"}},
               "sgemm_peak_gflops": {1: 100.0},
+              "fma_peak_gflops": {"float32": 200.0, "isa": "avx2"},
               "memory": [{"cell": "lstm", "shape": "medium", "method": "VmHWM",
                           "bytes": {"fastrnn": 2**20, "torch": 2 * 2**20}}]}
     text = bench.format_report(result)
-    assert "| LSTM medium | 20 | 40 ⚠ | 10 | 2.00 (torch) | 50.0 | 50% |" in text
+    assert "| LSTM medium | 20 | 40 ⚠ | 10 | 2.00 (torch) | 50.0 | 50% | 25% |" in text
+    assert "200.0 GFLOP/s (avx2)" in text
     assert "reference" not in text.split("\n| case")[1].split("\n")[0]   # no empty column
     assert "| LSTM medium | 1.0 | 2.0 | 0.50 |" in text
     assert "⚠: output differs" in text
@@ -69,8 +74,31 @@ def test_peers_compute_what_fastrnn_computes(peer, cell, mode):
     expected = bench.FastrnnPeer("ops").make(case, problem).check()[0]
     got = runner.check()[0]
     assert set(got) == set(expected)
-    assert bench._max_rel_error(got, expected) < 1e-4
+    assert bench.measure._max_rel_error(got, expected) < 1e-4
     runner.time(2)                                        # the timed call runs
+
+
+def test_fma_peak_counts_its_flops_at_every_isa_level():
+    core = import_backend("_core")
+    assert core.fma_peak_flops(0) == 0
+    with pytest.raises(ValueError, match="iterations"):
+        core.fma_peak_flops(-1)
+    for isa in core.available_isas():
+        # lanes x accumulators x 2 FLOPs per multiply-add, per iteration
+        lanes = {"portable": 4, "avx2": 8, "avx512": 16}[isa]
+        accumulators = 24 if isa == "avx512" else 12
+        gflops, level = bench.fma_peak_gflops("float32", isa=isa, seconds=0.002, repeats=1)
+        assert level == isa and gflops > 0
+        saved = core.get_isa()
+        core.set_isa(isa)
+        try:
+            assert core.fma_peak_flops(10) == 10 * lanes * accumulators * 2
+            assert core.fma_peak_flops(10, True) == 10 * lanes // 2 * accumulators * 2
+        finally:
+            core.set_isa(saved)
+    assert core.get_isa() == core.available_isas()[-1]    # restored
+    with pytest.raises(ValueError, match="dtype"):
+        bench.fma_peak_gflops("int8")
 
 
 def test_main_on_a_tiny_grid(tmp_path):

@@ -25,36 +25,52 @@ typedef void (*fr_epilogue_fn)(void *ctx, const real *acc, ptrdiff_t acc_ld,
                                ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
                                ptrdiff_t unit0, ptrdiff_t units);
 
-/* acc (m, nv*VLEN) = A (m, K; leading dimension lda) . slab (K, nv*VLEN), and with `pair`
- * (two column blocks of one row, m = 1) acc2 = A . slab2 in the same pass. m, nv and pair
- * are constants where this is inlined, so the accumulators live in registers. A single row
- * has too few accumulators to hide the FMA latency: it walks two blocks at once instead
- * (summing every column in the same order as the taller tiles do, so a row's result never
- * depends on how the rows were tiled, which keeps every thread split bitwise equal). */
-static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out, const real *A,
-                                                 ptrdiff_t lda, const real *slab,
-                                                 const real *slab2, ptrdiff_t K, const int m,
-                                                 const int nv, const int pair) {
+/* One operand of a tile's product: rows of A (row i at A + i * lda) against the (K, NB)
+ * slab of a column block, and for `pair` the next block's slab. */
+typedef struct {
+    const real *A;
+    ptrdiff_t lda, K;
+    const real *slab, *slab2;
+} fr_segment;
+
+/* acc (m, nv*VLEN) = start + sum over the segments of A (m, K) . slab (K, nv*VLEN), and with
+ * `pair` (two column blocks of one row, m = 1) acc2 = the same over slab2 (its start NB
+ * further on), in the same pass. start (row i at start + i * start_ld) may be NULL (zeros).
+ * A second segment continues the first one's sums, so x_t w_ih^T + h w_hh^T is one
+ * product over K = I + H; starting from a stored first segment gives the same bits. m, nv
+ * and pair are constants where this is inlined, so the accumulators live in registers. A
+ * single row has too few accumulators to hide the FMA latency: it walks two blocks at once
+ * instead (summing every column in the same order as the taller tiles do, so a row's result
+ * never depends on how the rows were tiled, which keeps every thread split bitwise equal). */
+static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out,
+                                                 const fr_segment *seg, int segments,
+                                                 const real *start, ptrdiff_t start_ld,
+                                                 const int m, const int nv, const int pair) {
     const ptrdiff_t NB = nv * FR_VLEN;
     fr_vec acc[FR_MR_MAX][4], acc2[4];
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
-            acc[i][v] = (fr_vec){0};
+            acc[i][v] = start ? *(const fr_vec_u *)(start + i * start_ld + v * FR_VLEN)
+                              : (fr_vec){0};
     for (int v = 0; v < nv; v++)
-        acc2[v] = (fr_vec){0};
-    for (ptrdiff_t k = 0; k < K; k++) {
-        const real *p = slab + k * NB;
-        fr_vec b[4];
-        for (int v = 0; v < nv; v++)
-            b[v] = *(const fr_vec *)(p + v * FR_VLEN);
-        for (int i = 0; i < m; i++) {
-            real a = A[i * lda + k];
+        acc2[v] = start && pair ? *(const fr_vec_u *)(start + NB + v * FR_VLEN) : (fr_vec){0};
+    for (int s = 0; s < segments; s++) {
+        const real *A = seg[s].A, *slab = seg[s].slab, *slab2 = seg[s].slab2;
+        const ptrdiff_t lda = seg[s].lda, K = seg[s].K;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const real *p = slab + k * NB;
+            fr_vec b[4];
             for (int v = 0; v < nv; v++)
-                acc[i][v] += a * b[v];
+                b[v] = *(const fr_vec *)(p + v * FR_VLEN);
+            for (int i = 0; i < m; i++) {
+                real a = A[i * lda + k];
+                for (int v = 0; v < nv; v++)
+                    acc[i][v] += a * b[v];
+            }
+            if (pair)
+                for (int v = 0; v < nv; v++)
+                    acc2[v] += A[k] * *(const fr_vec *)(slab2 + k * NB + v * FR_VLEN);
         }
-        if (pair)
-            for (int v = 0; v < nv; v++)
-                acc2[v] += A[k] * *(const fr_vec *)(slab2 + k * NB + v * FR_VLEN);
     }
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
@@ -68,19 +84,19 @@ static FR_ALWAYS_INLINE void FR_FN(tile_product)(real *acc_out, real *acc2_out, 
 #define FR_TILE_CASE(rows, NV)                                                             \
     case rows:                                                                             \
         if (rows <= FR_ACC_REGS / NV)                                                      \
-            FR_FN(tile_product)(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);            \
+            FR_FN(tile_product)(acc, NULL, seg, segments, start, start_ld, rows, NV, 0);   \
         break;
 
-static void FR_FN(tile_nv4)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
-                            ptrdiff_t K, ptrdiff_t m) {
+static void FR_FN(tile_nv4)(real *acc, const fr_segment *seg, int segments, const real *start,
+                            ptrdiff_t start_ld, ptrdiff_t m) {
     switch (m) {
         FR_TILE_CASE(1, 4) FR_TILE_CASE(2, 4) FR_TILE_CASE(3, 4)
         FR_TILE_CASE(4, 4) FR_TILE_CASE(5, 4) FR_TILE_CASE(6, 4)
     }
 }
 
-static void FR_FN(tile_nv3)(real *acc, const real *A, ptrdiff_t lda, const real *slab,
-                            ptrdiff_t K, ptrdiff_t m) {
+static void FR_FN(tile_nv3)(real *acc, const fr_segment *seg, int segments, const real *start,
+                            ptrdiff_t start_ld, ptrdiff_t m) {
     switch (m) {
         FR_TILE_CASE(1, 3) FR_TILE_CASE(2, 3) FR_TILE_CASE(3, 3) FR_TILE_CASE(4, 3)
         FR_TILE_CASE(5, 3) FR_TILE_CASE(6, 3) FR_TILE_CASE(7, 3) FR_TILE_CASE(8, 3)
@@ -88,13 +104,13 @@ static void FR_FN(tile_nv3)(real *acc, const real *A, ptrdiff_t lda, const real 
 }
 #undef FR_TILE_CASE
 
-/* One row against two column blocks (slab, slab2) in one pass. */
-static void FR_FN(tile_pair)(real *acc, real *acc2, const real *A, const real *slab,
-                             const real *slab2, ptrdiff_t K, ptrdiff_t nv) {
+/* One row against two column blocks (each segment's slab and slab2) in one pass. */
+static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int segments,
+                             const real *start, ptrdiff_t nv) {
     if (nv == 3)
-        FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);
+        FR_FN(tile_product)(acc, acc2, seg, segments, start, 0, 1, 3, 1);
     else
-        FR_FN(tile_product)(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);
+        FR_FN(tile_product)(acc, acc2, seg, segments, start, 0, 1, 4, 1);
 }
 
 /* The same dispatch for a reduced-precision tile product `product` (bf16_tile.h,
@@ -140,41 +156,31 @@ static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
     return p->format == FR_PANEL_BF16 ? (p->K + 1) / 2 * 2 : p->K;
 }
 
-/* acc (m, NB) = A (m rows from A, leading dimension lda) . slab, in the panel's format. */
-static inline void FR_FN(panel_tile)(const fr_panel *p, real *acc, const real *A, ptrdiff_t lda,
-                                     const real *slab, ptrdiff_t m) {
+/* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI): acc
+ * (m, NB) = A (m rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one
+ * row against slab and the next block's. Returns 0 for every other format (the float32
+ * tiles run those, their values being float32). */
+static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2, const real *A,
+                                        ptrdiff_t lda, const real *slab, ptrdiff_t m,
+                                        int pair) {
 #if !defined(FR_F64) && FR_HAVE_BF16_DP
+    const uint32_t *s1 = (const uint32_t *)slab, *s2 = s1 + p->slab;
     if (p->format == FR_PANEL_BF16_DP) {
-        bf16_dp_tile(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
-        return;
+        if (pair)
+            bf16_dp_pair(acc, acc2, A, s1, s2, p->K, p->nv);
+        else
+            bf16_dp_tile(acc, A, lda, s1, p->K, m, p->nv);
+        return 1;
     }
     if (p->format == FR_PANEL_I8_VNNI) {
-        i8_vnni_tile(acc, A, lda, (const uint32_t *)slab, p->K, m, p->nv);
-        return;
+        if (pair)
+            i8_vnni_pair(acc, acc2, A, s1, s2, p->K, p->nv);
+        else
+            i8_vnni_tile(acc, A, lda, s1, p->K, m, p->nv);
+        return 1;
     }
 #endif
-    if (p->nv == 3)
-        FR_FN(tile_nv3)(acc, A, lda, slab, FR_FN(panel_depth)(p), m);
-    else
-        FR_FN(tile_nv4)(acc, A, lda, slab, FR_FN(panel_depth)(p), m);
-}
-
-/* One row of A against two column blocks (slab, slab2), in the panel's format. */
-static inline void FR_FN(panel_pair)(const fr_panel *p, real *acc, real *acc2, const real *A,
-                                     const real *slab, const real *slab2) {
-#if !defined(FR_F64) && FR_HAVE_BF16_DP
-    if (p->format == FR_PANEL_BF16_DP) {
-        bf16_dp_pair(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
-                     p->nv);
-        return;
-    }
-    if (p->format == FR_PANEL_I8_VNNI) {
-        i8_vnni_pair(acc, acc2, A, (const uint32_t *)slab, (const uint32_t *)slab2, p->K,
-                     p->nv);
-        return;
-    }
-#endif
-    FR_FN(tile_pair)(acc, acc2, A, slab, slab2, FR_FN(panel_depth)(p), p->nv);
+    return 0;
 }
 
 /* After a tile of m rows (A: their rows) from `slab`: an int8 tile's exact sums become
@@ -187,38 +193,88 @@ static inline void FR_FN(panel_finish)(const fr_panel *p, real *acc, const real 
 #endif
 }
 
-/* For rows [row0, row0 + rows) of the product (row row0 + i of A at A + i * lda) and the
- * panel's column blocks [blk0, blk1): every tile's product, handed to epilogue(ctx, ...)
- * with its rows numbered from row0. For a bf16 or int8 panel A holds the rows as
- * fr_lowp_rows left them. */
-static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
-                                        ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
-                                        ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
+/* For rows [row0, row0 + rows) and the panel's column blocks [blk0, blk1): every tile of
+ *   [start +] [X (rows, q->K) . q +] A (rows, p->K) . p
+ * handed to epilogue(ctx, ...). Row r of A is at A + r * lda (of X at X + r * ldx); q (NULL:
+ * none) is a second panel with the same column blocks (same G and H), summed first. start
+ * (NULL: none) holds tiles to start from in the panel's block layout: row r, block j at
+ * start + r * start_ld + j * NB (as store_tile_epilogue writes them). A bf16 or int8
+ * panel p (q and start NULL) takes A's rows as fr_lowp_rows left them, row0 + i at
+ * A + i * lda. */
+static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, ptrdiff_t lda,
+                                            const fr_panel *q, const real *X, ptrdiff_t ldx,
+                                            const real *start, ptrdiff_t start_ld,
+                                            ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
+                                            ptrdiff_t blk1, fr_epilogue_fn epilogue,
+                                            void *ctx) {
     const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
     real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
     real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
+    const int segments = q ? 2 : 1;
     for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
-        const real *slab = p->data + blk * p->slab;
         ptrdiff_t unit0 = blk * p->units;
         ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
-        if (rows == 1 && blk + 1 < blk1) { /* a single row takes two blocks at a time */
-            ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
-                                                                  : p->units;
-            FR_FN(panel_pair)(p, acc, acc2, A, slab, slab + p->slab);
-            FR_FN(panel_finish)(p, acc, A, lda, 1, slab);
-            FR_FN(panel_finish)(p, acc2, A, lda, 1, slab + p->slab);
-            epilogue(ctx, acc, NB, p->units, row0, 1, unit0, units);
-            epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
-            blk++;
-            continue;
-        }
+        const int pair = rows == 1 && blk + 1 < blk1; /* a single row takes two blocks */
+        fr_segment seg[2]; /* X . q first (when given), then A . p */
+        fr_segment *own = seg + (q ? 1 : 0);
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
-            FR_FN(panel_tile)(p, acc, A + (r - row0) * lda, lda, slab, m);
-            FR_FN(panel_finish)(p, acc, A + (r - row0) * lda, lda, m, slab);
+            const real *slab = p->data + blk * p->slab;
+            const real *rows_A = p->format == FR_PANEL_F32 ? A + r * lda : A + (r - row0) * lda;
+            *own = (fr_segment){rows_A, lda, FR_FN(panel_depth)(p), slab,
+                                pair ? slab + p->slab : NULL};
+            if (q) {
+                const real *xslab = q->data + blk * q->slab;
+                seg[0] = (fr_segment){X + r * ldx, ldx, q->K, xslab,
+                                      pair ? xslab + q->slab : NULL};
+            }
+            const real *s0 = start ? start + r * start_ld + blk * NB : NULL;
+            if (!FR_FN(panel_dot_tile)(p, acc, acc2, rows_A, lda, slab, m, pair)) {
+                if (pair)
+                    FR_FN(tile_pair)(acc, acc2, seg, segments, s0, p->nv);
+                else if (p->nv == 3)
+                    FR_FN(tile_nv3)(acc, seg, segments, s0, start_ld, m);
+                else
+                    FR_FN(tile_nv4)(acc, seg, segments, s0, start_ld, m);
+            }
+            FR_FN(panel_finish)(p, acc, rows_A, lda, m, slab);
+            if (pair)
+                FR_FN(panel_finish)(p, acc2, rows_A, lda, 1, slab + p->slab);
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
+        if (pair) {
+            ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
+                                                                  : p->units;
+            epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
+            blk++;
+        }
     }
+}
+
+/* For rows [row0, row0 + rows) of A (row r at A + r * lda; a bf16/int8 panel: see
+ * panel_product_sum) and the panel's column blocks
+ * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
+static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
+                                        ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
+                                        ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
+    FR_FN(panel_product_sum)(p, A, lda, NULL, NULL, 0, NULL, 0, row0, rows, blk0, blk1, epilogue,
+                             ctx);
+}
+
+/* The tile as it is, into T (rows, blocks * NB) in the panel's block layout (the `start`
+ * of a later panel_product_sum): row r, block j at T + r * ldt + j * NB. */
+typedef struct {
+    real *T;
+    ptrdiff_t ldt;
+} fr_store_tiles;
+
+static void FR_FN(store_tile_epilogue)(void *ctx, const real *acc, ptrdiff_t acc_ld,
+                                       ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
+                                       ptrdiff_t unit0, ptrdiff_t units) {
+    const fr_store_tiles *s = ctx;
+    real *dst = s->T + row0 * s->ldt + unit0 / gate_stride * acc_ld; /* block unit0/units */
+    for (ptrdiff_t i = 0; i < rows; i++)
+        memcpy(dst + i * s->ldt, acc + i * acc_ld, (size_t)acc_ld * sizeof(real));
 }
 
 /* The plainest epilogue: C (rows, G*H; leading dimension ldc) += the tile. */

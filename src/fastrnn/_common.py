@@ -17,6 +17,7 @@ Input rules (documented in the README):
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -108,6 +109,13 @@ def as_array(name: str, value, dtype: Optional[np.dtype] = None,
     else ``ValueError`` (a mismatch of inputs, as PyTorch); ``owner`` says whose dtype it
     is in the message ("the dtype of x", "the cell's dtype").
     """
+    return np.ascontiguousarray(as_ndarray(name, value, dtype, owner))
+
+
+def as_ndarray(name: str, value, dtype: Optional[np.dtype] = None,
+               owner: str = "the dtype of x") -> np.ndarray:
+    """:func:`as_array` without the contiguous copy (a view where NumPy can): check shapes
+    on it before copying, so a huge broadcast view is refused without being copied."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = value.detach().cpu().numpy()
     array = np.asarray(value)
@@ -119,7 +127,7 @@ def as_array(name: str, value, dtype: Optional[np.dtype] = None,
         raise ValueError(
             f"{name} must have {owner} ({dtype}), got dtype {array.dtype}; "
             f"convert it with {name}.astype(np.{dtype})")
-    return np.ascontiguousarray(array)
+    return array
 
 
 def normalize_dtype(value, name: str = "dtype") -> np.dtype:
@@ -218,6 +226,29 @@ def check_shape(name: str, array: np.ndarray, expected: tuple) -> None:
             f"{name} must have shape {_shape_str(expected)}, got {_shape_str(array.shape)}")
 
 
+def _checked(name: str, value, dtype: np.dtype, expected: tuple) -> np.ndarray:
+    """``value`` of ``dtype`` and shape ``expected``, checked before it is made contiguous."""
+    array = as_ndarray(name, value, dtype)
+    check_shape(name, array, expected)
+    return np.ascontiguousarray(array)
+
+
+def physical_memory() -> Optional[int]:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(what: str, nbytes: int) -> None:
+    """``MemoryError`` before allocating ``nbytes`` that this machine's RAM cannot hold."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise MemoryError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than this "
+                          f"machine's {total / 2**30:.3g} GiB of memory")
+
+
 def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
     if lengths is None:
         return None
@@ -237,7 +268,7 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[np.ndarray]:
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
-def _check_sizes(T: int, B: int, I: int, H: int, G: int) -> None:
+def _check_sizes(T: int, B: int, I: int, H: int, G: int, itemsize: int) -> None:
     if B < 0:
         raise ValueError(f"B (x.shape[1]) must be at least 0, got {B}")
     for name, size in (("T (x.shape[0])", T), ("I (x.shape[2])", I),
@@ -247,6 +278,9 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int) -> None:
     if T * B > _BLAS_INT_MAX or G * H > _BLAS_INT_MAX or I > _BLAS_INT_MAX:
         raise ValueError(
             f"sizes too large for 32-bit BLAS: T*B={T * B}, G*H={G * H}, I={I}")
+    # x, y, the states and what training saves (at most G + 3 values per unit), weights
+    elements = T * B * (I + (G + 3) * H) + G * H * (I + H + 2)
+    check_memory(f"T={T}, B={B}, I={I}, H={H}", elements * itemsize)
 
 
 def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths) -> Inputs:
@@ -255,30 +289,22 @@ def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths) -> Inpu
     ``states`` is ``(h0,)`` or ``(h0, c0)``, each entry an array (B, H) or None (zeros).
     """
     G = GATES[cell]
-    x = as_array("x", x)
+    x = as_ndarray("x", x)
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {_shape_str(x.shape)}")
-    w_hh = as_array("w_hh", w_hh, x.dtype)
+    w_hh = as_ndarray("w_hh", w_hh, x.dtype)
     if w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != G * w_hh.shape[1]:
         raise ValueError(
             f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_shape_str(w_hh.shape)}")
     T, B, I = x.shape
     H = w_hh.shape[1]
-    _check_sizes(T, B, I, H, G)
-    w_ih = as_array("w_ih", w_ih, x.dtype)
-    check_shape("w_ih", w_ih, (G * H, I))
-    biases = []
-    for name, bias in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if bias is not None:
-            bias = as_array(name, bias, x.dtype)
-            check_shape(name, bias, (G * H,))
-        biases.append(bias)
-    checked_states = []
-    for name, state in zip(("h0", "c0"), states):
-        if state is not None:
-            state = as_array(name, state, x.dtype)
-            check_shape(name, state, (B, H))
-        checked_states.append(state)
+    _check_sizes(T, B, I, H, G, x.dtype.itemsize)   # before any copy of a huge view
+    x, w_hh = np.ascontiguousarray(x), np.ascontiguousarray(w_hh)
+    w_ih = _checked("w_ih", w_ih, x.dtype, (G * H, I))
+    biases = [None if bias is None else _checked(name, bias, x.dtype, (G * H,))
+              for name, bias in (("b_ih", b_ih), ("b_hh", b_hh))]
+    checked_states = [None if state is None else _checked(name, state, x.dtype, (B, H))
+                      for name, state in zip(("h0", "c0"), states)]
     return Inputs(cell, x, tuple(checked_states), w_ih, w_hh, biases[0], biases[1],
                   _check_lengths(lengths, T, B), T, B, I, H, G)
 
@@ -302,10 +328,8 @@ def check_backward(cache, upstream: dict, backend: str, cell: str) -> dict:
                 "dh_n": (inputs.B, inputs.H), "dc_n": (inputs.B, inputs.H)}
     checked = {}
     for name, value in upstream.items():
-        if value is not None:
-            value = as_array(name, value, inputs.dtype)
-            check_shape(name, value, expected[name])
-        checked[name] = value
+        checked[name] = (None if value is None
+                         else _checked(name, value, inputs.dtype, expected[name]))
     return checked
 
 

@@ -242,6 +242,8 @@ cdef extern from "fastrnn.h":
     int fr_detect_isa()
     int fr_set_isa(int level)
     int fr_isa_level
+    int64_t fr_fma_peak_f32(int64_t iterations, float *sink) nogil
+    int64_t fr_fma_peak_f64(int64_t iterations, double *sink) nogil
 
 ISA_NAMES = ("portable", "avx2", "avx512", "avx512_bf16")
 
@@ -269,6 +271,23 @@ def set_isa(name):
 
 
 fr_set_isa(fr_detect_isa())
+
+
+def fma_peak_flops(int64_t iterations, bint double=False):
+    """Run ``iterations`` rounds of register-only multiply-adds under the current ISA level
+    (csrc/peak.c), GIL released; returns the FLOPs done. Divide by the thread CPU time the
+    call took (fastrnn.bench.peak does) for the core's peak GFLOP/s."""
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    cdef float sink32
+    cdef double sink64
+    cdef int64_t flops
+    with nogil:
+        if double:
+            flops = fr_fma_peak_f64(iterations, &sink64)
+        else:
+            flops = fr_fma_peak_f32(iterations, &sink32)
+    return flops
 
 
 cdef extern from "threads.h":

@@ -119,13 +119,18 @@ def cross_entropy(logits, targets, mask=None, *, ignore_index: int = -100,
     z = logits.reshape(-1, C)                                        # (N, C)
     t = np.where(weights.reshape(-1) > 0, targets.reshape(-1), 0)    # (N,) safe indices
     w = weights.reshape(-1)                                          # (N,)
-    logp = log_softmax(z)
+    # One exponential per logit: softmax and log-softmax from the same shifted exp.
+    shifted = z - z.max(axis=1, keepdims=True)                       # (N, C)
+    grad = np.exp(shifted)                                           # (N, C), unnormalised
+    total = grad.sum(axis=1)                                         # (N,)
+    log_total = np.log(total)
     rows = np.arange(z.shape[0])
-    nll = -logp[rows, t]
+    nll = log_total - shifted[rows, t]                               # -log p[t]
     if label_smoothing:
-        nll = (1 - label_smoothing) * nll - (label_smoothing / C) * logp.sum(axis=1)
+        sum_logp = shifted.sum(axis=1) - C * log_total               # Σ_c log p[c]
+        nll = (1 - label_smoothing) * nll - (label_smoothing / C) * sum_logp
     loss, scale = _reduce(np.dot(w, nll), w.sum(), reduction)
-    grad = np.exp(logp)
+    grad /= total[:, None]                                           # softmax
     grad[rows, t] -= 1 - label_smoothing
     if label_smoothing:
         grad -= label_smoothing / C

@@ -34,8 +34,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, check_backward,
-                      check_forward, check_nonlinearity, check_precision)
+from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, as_ndarray,
+                      check_backward, check_forward, check_memory, check_nonlinearity,
+                      check_precision)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "gemm", "Packs", "pack_weights"]
@@ -72,13 +73,13 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="floa
     (``nonlinearity``) are accepted and ignored."""
     if cell not in _GATES:
         raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
-    w_hh = np.ascontiguousarray(w_hh)
-    if w_hh.dtype not in (np.float32, np.float64):
-        raise TypeError(f"w_hh must be float32 or float64, got {w_hh.dtype}")
+    w_hh = as_ndarray("w_hh", w_hh)
     H = w_hh.shape[-1] if w_hh.ndim == 2 else -1
     if w_hh.ndim != 2 or w_hh.shape[0] != _GATES[cell] * H or H < 1:
         raise ValueError(f"w_hh must have shape ({_GATES[cell]}*H, H) for {cell}, got "
                          f"{w_hh.shape}")
+    check_memory(f"packing w_hh of H={H}", 3 * w_hh.size * w_hh.itemsize)   # copy + 2 packs
+    w_hh = np.ascontiguousarray(w_hh)
     name = "gru_reset_before" if cell == "gru" and not reset_after else cell
     if precision in ("bfloat16", "int8"):
         w_ih = _check_w_ih(precision, w_ih, w_hh)

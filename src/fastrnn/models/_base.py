@@ -23,7 +23,8 @@ import numpy as np
 from .. import optim
 from ..data import Vocabulary
 from ..grad_mode import no_grad
-from ..io import CheckpointError, load_checkpoint, save_checkpoint
+from ..io import (CheckpointError, checkpoint_bytes, load_checkpoint, load_checkpoint_bytes,
+                  save_checkpoint)
 from ..nn.module import Module
 
 __all__ = ["Model", "History"]
@@ -69,6 +70,14 @@ def _decode_config(value):
     if isinstance(value, dict) and set(value) == {"vocabulary"}:
         return Vocabulary.from_config(value["vocabulary"])
     return value
+
+
+def resolve_distributed(distributed):
+    """``fit``'s ``distributed`` (False, True or a DataParallel) -> a DataParallel or None."""
+    if distributed is False or distributed is None:
+        return None
+    from ..distributed._mpi import resolve
+    return resolve(distributed)
 
 
 class History(dict):
@@ -118,6 +127,21 @@ class Model(Module):
     def _start_epoch(self) -> None:
         """Called before each training epoch (e.g. to reset carried state)."""
 
+    # -- data-parallel training (fastrnn.distributed.DataParallel) --------------------------
+    def _batch_rows(self, batch) -> int:
+        """How many independent rows (sequences, streams) ``batch`` holds."""
+        raise NotImplementedError(f"{type(self).__name__} does not support distributed "
+                                  "training")
+
+    def _shard_batch(self, batch, rows: slice):
+        """The part of ``batch`` made of ``rows``, as ``_forward_backward`` takes it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support distributed "
+                                  "training")
+
+    def _loss_weight(self, batch, units: int) -> int:
+        """How many items the batch's mean loss averages over (default: its units)."""
+        return units
+
     # -- the shared loop ------------------------------------------------------------------
     def _make_optimizer(self, optimizer, lr: float) -> optim.Optimizer:
         if isinstance(optimizer, optim.Optimizer):
@@ -140,11 +164,13 @@ class Model(Module):
         return loss, units
 
     def _fit(self, batches: Callable[[int], Tuple[Iterable, int]], *, epochs, lr, optimizer,
-             clip, time_budget, verbose, validate: Optional[Callable[[], dict]] = None
-             ) -> History:
+             clip, time_budget, verbose, validate: Optional[Callable[[], dict]] = None,
+             distributed=None) -> History:
         """Run epochs of ``batches(epoch) -> (iterable of batches, count)`` through
         :meth:`_train_step`, with a tqdm bar showing loss and throughput; stops after
-        ``epochs`` or once ``time_budget`` seconds have passed (at least one step runs)."""
+        ``epochs`` or once ``time_budget`` seconds have passed (at least one step runs).
+        ``distributed``: a :class:`fastrnn.distributed.DataParallel` (attached here) whose
+        ranks each train on their shard of every batch; the bar shows on rank 0 only."""
         if epochs is None and time_budget is None:
             raise ValueError("give epochs, time_budget, or both")
         if epochs is not None:
@@ -156,11 +182,15 @@ class Model(Module):
         if clip is not None and not (isinstance(clip, numbers.Real) and clip > 0):
             raise ValueError(f"clip must be None or a positive max gradient norm, got {clip!r}")
         optimizer = self._make_optimizer(optimizer, lr)
+        step = self._local_step
+        if distributed is not None:
+            step = distributed.attach(self).train_step
+            verbose = verbose and distributed.is_root
         history = History(loss=[], step_loss=[], units_per_second=[], units=0, seconds=0.0)
         start = time.perf_counter()
         epoch, out_of_time = 0, False
         while not out_of_time and (epochs is None or epoch < epochs):
-            out_of_time = self._run_epoch(batches, epoch, optimizer, clip, history,
+            out_of_time = self._run_epoch(batches, epoch, step, optimizer, clip, history,
                                           start, time_budget, verbose)
             if validate is not None:
                 for key, value in validate().items():
@@ -170,7 +200,12 @@ class Model(Module):
         self.train()
         return history
 
-    def _run_epoch(self, batches, epoch, optimizer, clip, history, start, time_budget,
+    def _local_step(self, model, batch, optimizer, clip, out_of_time) -> tuple:
+        """One step in this process: ``(loss, units, stop)``."""
+        loss, units = self._train_step(batch, optimizer, clip)
+        return loss, units, out_of_time()
+
+    def _run_epoch(self, batches, epoch, step, optimizer, clip, history, start, time_budget,
                    verbose) -> bool:
         """One epoch; returns True when the time budget ran out."""
         from tqdm.auto import tqdm
@@ -181,17 +216,20 @@ class Model(Module):
         bar = tqdm(total=count, desc=f"epoch {epoch + 1}", unit="batch", disable=not verbose,
                    leave=True, dynamic_ncols=True)
         out_of_time = False
+
+        def spent() -> bool:
+            return time_budget is not None and time.perf_counter() - start >= time_budget
+
         with bar:
             for batch in iterable:
-                loss, units = self._train_step(batch, optimizer, clip)
+                loss, units, out_of_time = step(self, batch, optimizer, clip, spent)
                 losses.append(loss)
                 units_done += units
                 rate = units_done / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix_str(f"loss={np.mean(losses[-50:]):.4f} "
                                     f"{_si(rate)} {self.units}/s", refresh=False)
                 bar.update(1)
-                if time_budget is not None and time.perf_counter() - start >= time_budget:
-                    out_of_time = True
+                if out_of_time:
                     break
         history["step_loss"].extend(losses)
         history["units"] += units_done
@@ -213,11 +251,23 @@ class Model(Module):
             self.train(was_training)
 
     # -- checkpoints ----------------------------------------------------------------------
+    def _checkpoint_config(self) -> dict:
+        return {"kind": _CHECKPOINT_KIND, "model": type(self).__name__, "config": self.config}
+
     def save(self, path) -> None:
         """Write the model (class, config with vocabularies, weights) to one checkpoint file."""
-        config = {"kind": _CHECKPOINT_KIND, "model": type(self).__name__,
-                  "config": self.config}
-        save_checkpoint(path, config, self.state_dict())
+        save_checkpoint(path, self._checkpoint_config(), self.state_dict())
+
+    def to_bytes(self) -> bytes:
+        """The checkpoint :meth:`save` writes, as bytes (what ``fastrnn.distributed`` ships
+        to workers: plain data, never a pickle of live state)."""
+        return checkpoint_bytes(self._checkpoint_config(), self.state_dict())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> "Model":
+        """:meth:`load` from the bytes of :meth:`to_bytes` (``name`` in error messages)."""
+        config, arrays, _ = load_checkpoint_bytes(data, name)
+        return cls._from_checkpoint(name, config, arrays)
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -229,6 +279,10 @@ class Model(Module):
         corrupted, truncated or mismatched file.
         """
         config, arrays, _ = load_checkpoint(path)
+        return cls._from_checkpoint(path, config, arrays)
+
+    @classmethod
+    def _from_checkpoint(cls, path, config, arrays) -> "Model":
         if not isinstance(config, dict) or config.get("kind") != _CHECKPOINT_KIND:
             raise CheckpointError(path, "this checkpoint does not hold a fastrnn model "
                                         "(it was not written by Model.save)")

