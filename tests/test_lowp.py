@@ -367,3 +367,20 @@ def test_quantize_dynamic_bad_input():
         fastrnn.quantize_dynamic(nn.Linear(3, 4))
     with pytest.raises(ValueError, match="float32 layers"):
         fastrnn.quantize_dynamic(nn.LSTM(3, 4, dtype="float64"))
+
+
+def test_cli_sample_with_reduced_precision(tmp_path, capsys):
+    import fastrnn
+    from fastrnn import cli
+    from fastrnn.data import Vocabulary
+    vocab = Vocabulary.from_text("abcdef \n")
+    path = tmp_path / "lm.ckpt"
+    fastrnn.LanguageModel(vocab, hidden=16, embed=4, seed=0).save(path)
+    texts = {}
+    for precision in ("float32", "bf16", "int8"):
+        assert cli.main(["sample", str(path), "--length", "40", "--seed", "1", "--greedy",
+                         "--precision", precision]) == 0
+        texts[precision] = capsys.readouterr().out
+        assert len(texts[precision]) >= 40
+    with pytest.raises(SystemExit):
+        cli.main(["sample", str(path), "--precision", "float16"])

@@ -150,6 +150,13 @@ def sample(args) -> int:
     from .generate import generate
     from .models import LanguageModel
     model = LanguageModel.load(args.checkpoint)
+    if args.precision == "bf16":
+        model.to("bfloat16")
+    elif args.precision == "int8":
+        from .quantize import quantize_dynamic
+        quantize_dynamic(model, inplace=True)
+    elif args.precision == "float32":
+        model.to("float32")
     text = generate(model, args.prime, args.length, temperature=args.temperature,
                     top_k=args.top_k, greedy=args.greedy, seed=args.seed)
     print(text)
@@ -202,6 +209,9 @@ def _add_sample(commands) -> None:
                    help="sample only from the k most likely characters")
     p.add_argument("--greedy", action="store_true", help="always take the most likely")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible text")
+    p.add_argument("--precision", choices=["float32", "bf16", "int8"], default=None,
+                   help="run the recurrent layers in bfloat16 or int8 (quantized on load); "
+                        "default: as the checkpoint was saved")
     p.set_defaults(run=sample)
 
 
