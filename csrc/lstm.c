@@ -26,11 +26,13 @@ static lstm_saved lstm_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdif
  * acc holds the product of those units, gate g at acc[g * gate_stride + j]; pre (4H, offset
  * to the first unit) what is added to it (the row of the input projection with both biases,
  * or the biases alone when the projection is inside the product). c (the carried cell
- * state) is updated; h_next and y get h_t; when `save`, gates (4H, offset like pre; may be
- * pre itself) gets the activated gates and c_save, tanh_c_save get c_t and tanh(c_t).
- * `save` is a constant where this is inlined, so each variant vectorizes. */
+ * state) is updated; h_next and y get h_t; when `save`, gates (4H, offset like pre, a buffer
+ * of its own) gets the activated gates and c_save, tanh_c_save get c_t and tanh(c_t).
+ * `save` is a constant where this is inlined, and no two pointers alias, so each variant
+ * vectorizes (an in-place pre/gates kept the saving variant scalar: half the speed). */
 static FR_ALWAYS_INLINE void lstm_units_forward(const real *restrict acc, ptrdiff_t gate_stride,
-                                                const real *pre, real *gates,
+                                                const real *restrict pre,
+                                                real *restrict gates,
                                                 real *restrict c, real *restrict h_next,
                                                 real *restrict y, real *restrict c_save,
                                                 real *restrict tanh_c_save, ptrdiff_t units,
@@ -60,8 +62,8 @@ typedef struct {
     real *y_t, *h_next;     /* (B, H) written */
     const real *h_prev;     /* (B, H) */
     real *c;                /* (B, H) carried cell state, updated */
-    real *gates_t;          /* (B, 4H) input projection (unless fused); activated gates
-                               when saving */
+    const real *proj_t;     /* (B, 4H) input projection with both biases, unless fused */
+    real *gates_t;          /* (B, 4H) saved activated gates, or NULL (inference) */
     real *c_t, *tanh_c_t;   /* (B, H) saved c_t and tanh(c_t), or NULL (inference) */
     const fr_input *in;     /* what each row adds to the product (input_addend) */
     const int64_t *lengths;
@@ -80,14 +82,13 @@ static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
             continue;
         }
-        const real *pre = FR_FN(input_addend)(s->in, s->gates_t, b) + unit0;
-        real *gates = s->gates_t + b * 4 * H + unit0;
-        if (s->c_t)
-            lstm_units_forward(acc + i * acc_ld, gate_stride, pre, gates, s->c + at,
-                               s->h_next + at, s->y_t + at, s->c_t + at, s->tanh_c_t + at,
-                               units, H, 1);
+        const real *pre = FR_FN(input_addend)(s->in, s->proj_t, b) + unit0;
+        if (s->gates_t)
+            lstm_units_forward(acc + i * acc_ld, gate_stride, pre,
+                               s->gates_t + b * 4 * H + unit0, s->c + at, s->h_next + at,
+                               s->y_t + at, s->c_t + at, s->tanh_c_t + at, units, H, 1);
         else
-            lstm_units_forward(acc + i * acc_ld, gate_stride, pre, gates, s->c + at,
+            lstm_units_forward(acc + i * acc_ld, gate_stride, pre, NULL, s->c + at,
                                s->h_next + at, s->y_t + at, NULL, NULL, units, H, 0);
     }
 }
@@ -95,8 +96,9 @@ static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
     real *y, *hbuf, *c;     /* (T, B, H); h_{t-1}, h_t alternating in (2, B, H); (B, H) */
-    real *gates;            /* (T, B, 4H), or (B, 4H) reused when gates_step == 0 */
-    ptrdiff_t gates_step;   /* B * 4H, or 0 */
+    real *proj;             /* (T, B, 4H) or (B, 4H) reused (proj_step 0), or NULL (fused) */
+    ptrdiff_t proj_step;    /* B * 4H, or 0 */
+    real *gates;            /* (T, B, 4H) saved gates, or NULL (inference) */
     real *c_save, *tc_save; /* (T, B, H) each, or NULL (inference) */
     real *scratch;          /* (B, 4H) for a direct product */
     const fr_input *in;
@@ -109,12 +111,13 @@ static void lstm_forward_part(const void *ctx, fr_part part) {
     const lstm_forward_loop *a = ctx;
     const ptrdiff_t B = a->B, H = a->H, BH = B * H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
+        real *proj_t = a->proj ? a->proj + t * a->proj_step : NULL;
         lstm_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
-                       a->c, a->gates + t * a->gates_step,
+                       a->c, proj_t, a->gates ? a->gates + t * B * 4 * H : NULL,
                        a->c_save ? a->c_save + t * BH : NULL,
                        a->tc_save ? a->tc_save + t * BH : NULL, a->in, a->lengths, t, H};
-        FR_FN(step_product)(a->in, a->rec, s.gates_t, t, s.h_prev, H, &part, lstm_epilogue,
-                            &s, a->scratch);
+        FR_FN(step_product)(a->in, a->rec, proj_t, t, s.h_prev, H, &part, lstm_epilogue, &s,
+                            a->scratch);
         fr_part_sync(&part);
     }
 }
@@ -124,36 +127,42 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
                         const real *b_ih, const real *b_hh, const int64_t *lengths,
                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     const ptrdiff_t G = 4 * H;
-    /* Inference keeps no saved block: the input projection goes to a workspace, of one
-     * step when each step computes its own. */
-    ptrdiff_t gates_step = saved || !FR_FN(input_per_step)(B) ? B * G : 0;
-    real *gates = saved ? saved : FR_FN(alloc)(gates_step ? T * B * G : B * G);
     real *hbuf = FR_FN(alloc)(2 * B * H); /* (2, B, H) */
     real *scratch = FR_FN(alloc)(B * G);  /* (B, 4H) */
+    real *proj = NULL;                    /* the input projection, unless fused */
+    ptrdiff_t proj_step = FR_FN(input_per_step)(B) ? 0 : B * G;
     fr_recurrent rec[2];
     fr_input in = {0};
     int status = FR_ERR_NOMEM;
-    if (!gates || !hbuf || !scratch ||
+    if (!hbuf || !scratch ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
-    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec, pack) !=
+    if (!FR_FN(input_fusable)(rec, T, B)) {
+        proj = FR_FN(alloc)(proj_step ? T * B * G : B * G);
+        if (!proj) {
+            FR_FN(recurrent_free)(rec);
+            goto done;
+        }
+    }
+    if (FR_FN(input_prepare)(&in, proj, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec, pack) !=
         FR_OK) {
         FR_FN(recurrent_free)(rec);
         goto done;
     }
-    lstm_saved s = lstm_saved_views(gates, T, B, H);
+    lstm_saved s = {NULL, NULL, NULL}; /* inference saves nothing */
+    if (saved)
+        s = lstm_saved_views(saved, T, B, H);
     FR_FN(init_state)(hbuf, h0, B * H);
     FR_FN(init_state)(c_n, c0, B * H);
-    lstm_forward_loop loop = {y,       hbuf,    c_n, gates, gates_step, saved ? s.c : NULL,
-                              saved ? s.tanh_c : NULL, scratch, &in, rec, lengths, T, B, H};
+    lstm_forward_loop loop = {y,    hbuf,    c_n,   proj, proj_step, s.gates, s.c, s.tanh_c,
+                              scratch, &in, rec, lengths, T, B, H};
     fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * G, lstm_forward_part, &loop);
     memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
     FR_FN(recurrent_free)(rec);
     status = FR_OK;
 done:
     FR_FN(input_free)(&in);
-    if (!saved)
-        free(gates);
+    free(proj);
     free(hbuf);
     free(scratch);
     return status;
@@ -205,6 +214,7 @@ typedef struct {
     const real *dy, *gates, *tanh_c;   /* (T, B, H) or NULL, (T, B, 4H), (T, B, H) */
     const real *c, *c0, *zeros;        /* saved c (T, B, H), c0 (B, H) or NULL, (H) zeros */
     const fr_recurrent *rec;
+    const fr_input_grad *dx;           /* dx_t = dG_t w_ih, step by step */
     const int64_t *lengths;
     ptrdiff_t T, B, H;
 } lstm_backward_loop;
@@ -224,6 +234,7 @@ static void lstm_backward_rows(const void *ctx, fr_rows r) {
                            a->tanh_c + (t * B + r.b0) * H, c_prev, (t > 0 || a->c0) ? H : 0,
                            lengths, t, r.rows, H);
         FR_FN(recurrent_product)(a->rec, dh, H, dG_t, G, r.rows, 1); /* dh += dG_t w_hh */
+        FR_FN(input_grad_step)(a->dx, dG_t, t, r.b0, r.rows);         /* dx_t = dG_t w_ih */
     }
 }
 
@@ -237,8 +248,15 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
     fr_recurrent rec[2];
+    fr_input_grad dx_steps;
     if (!dG || !zeros ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 1, w_hh, H, T, B, pack) != FR_OK) {
+        free(dG);
+        free(zeros);
+        return FR_ERR_NOMEM;
+    }
+    if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, G) != FR_OK) {
+        FR_FN(recurrent_free)(rec);
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;
@@ -248,11 +266,12 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     FR_FN(init_state)(dh0, dh_n, B * H);
     FR_FN(init_state)(dc0, dc_n, B * H);
     lstm_backward_loop loop = {dG, dh0,   dc0, dy,      s.gates, s.tanh_c, s.c,
-                               c0, zeros, rec, lengths, T,       B,        H};
+                               c0, zeros, rec, &dx_steps, lengths, T, B, H};
     fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
     FR_FN(recurrent_free)(rec);
-    int status = FR_FN(weight_grads)(dx, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T, B,
-                                     I, H, G);
+    FR_FN(input_grad_free)(&dx_steps);
+    int status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T,
+                                     B, I, H, G);
     free(dG);
     free(zeros);
     return status;

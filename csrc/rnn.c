@@ -134,6 +134,7 @@ typedef struct {
     real *dG, *dh;                /* (T, B, H), carried (B, H) */
     const real *dy, *y, *zeros;   /* (T, B, H) or NULL, (T, B, H), (H) zeros */
     const fr_recurrent *rec;
+    const fr_input_grad *dx;           /* dx_t = dG_t w_ih, step by step */
     const int64_t *lengths;
     int relu;
     ptrdiff_t T, B, H;
@@ -150,6 +151,7 @@ static void rnn_backward_rows(const void *ctx, fr_rows r) {
                           a->dy ? H : 0, a->y + (t * B + r.b0) * H, lengths, a->relu, t,
                           r.rows, H);
         FR_FN(recurrent_product)(a->rec, dh, H, dG_t, H, r.rows, 1); /* dh += dG_t w_hh */
+        FR_FN(input_grad_step)(a->dx, dG_t, t, r.b0, r.rows);         /* dx_t = dG_t w_ih */
     }
 }
 
@@ -161,19 +163,27 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     real *dG = FR_FN(alloc)(T * B * H); /* (T, B, H) dL/da_t */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
     fr_recurrent rec[2];
+    fr_input_grad dx_steps;
     if (!dG || !zeros ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 1, w_hh, H, T, B, pack) != FR_OK) {
         free(dG);
         free(zeros);
         return FR_ERR_NOMEM;
     }
+    if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, H) != FR_OK) {
+        FR_FN(recurrent_free)(rec);
+        free(dG);
+        free(zeros);
+        return FR_ERR_NOMEM;
+    }
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
-    rnn_backward_loop loop = {dG, dh0, dy, y, zeros, rec, lengths, relu, T, B, H};
+    rnn_backward_loop loop = {dG, dh0, dy, y, zeros, rec, &dx_steps, lengths, relu, T, B, H};
     fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);
     FR_FN(recurrent_free)(rec);
-    int status = FR_FN(weight_grads)(dx, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T, B,
-                                     I, H, H);
+    FR_FN(input_grad_free)(&dx_steps);
+    int status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T,
+                                     B, I, H, H);
     free(dG);
     free(zeros);
     return status;

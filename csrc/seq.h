@@ -108,7 +108,8 @@ static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG,
  * share their gradient dG with the input side (RNN, LSTM) as one GEMM per block of rows:
  *   [dw_ih | dw_hh] (N, I+H) += dG^T (N, T*B) . [x | h_prev] (T*B, I+H)
  * with h_prev at step t = h_first (t = 0; NULL = zeros) or y[t-1]; db_ih and db_hh (NULL:
- * skipped) both get the column sums of dG; dx (T*B, I) = dG . w_ih. [x | h_prev] is built
+ * skipped) both get the column sums of dG; dx (T*B, I) = dG . w_ih unless dx is NULL (the
+ * time loop computed it step by step: input_grad_step). [x | h_prev] is built
  * FR_GRAD_ROWS rows at a time, so the extra memory stays small. Returns 0 or FR_ERR_NOMEM. */
 #define FR_GRAD_ROWS 2048
 
@@ -146,7 +147,8 @@ static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *
         for (ptrdiff_t j = 0; j < H; j++)
             dw_hh[g * H + j] += dw[g * K + I + j];
     }
-    FR_FN(gemm)(0, 0, rows, I, N, 1, dG, N, w_ih, I, 0, dx, I);
+    if (dx)
+        FR_FN(gemm)(0, 0, rows, I, N, 1, dG, N, w_ih, I, 0, dx, I);
     if (db_ih || db_hh) { /* both biases get the same sums: one pass over dG */
         memset(dw, 0, (size_t)N * sizeof(real));
         FR_FN(add_column_sums)(dw, dG, rows, N, N);
@@ -429,6 +431,35 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
         FR_FN(gemm_direct_nn)(C, ldc, A, lda, r->w, B, N, r->K);
 }
 
+/* The input side of a backward time loop: dx_t (B, I) = dG_t (B, N) . w_ih (N, I), right
+ * after each step's dG_t is made (still in L1/L2), on a panel of w_ih packed once per call
+ * (direct for tiny calls), instead of a GEMM over all T*B rows after the loop that reads and
+ * repacks the whole dG again. A row's sums run in the same order in every thread split. */
+typedef struct {
+    fr_recurrent rec; /* op(W) = w_ih (N, I) */
+    real *dx;         /* (T, B, I) written */
+    ptrdiff_t B, I, N;
+} fr_input_grad;
+
+static inline int FR_FN(input_grad_prepare)(fr_input_grad *g, real *dx, const real *w_ih,
+                                            ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
+                                            ptrdiff_t N) {
+    g->dx = dx;
+    g->B = B;
+    g->I = I;
+    g->N = N;
+    return FR_FN(recurrent_init)(&g->rec, w_ih, N, I, 0, T, B);
+}
+
+/* dx_t rows [b0, b0 + rows) = dG_t rows (dG_t points at row b0, leading dimension N). */
+static inline void FR_FN(input_grad_step)(const fr_input_grad *g, const real *dG_t,
+                                          ptrdiff_t t, ptrdiff_t b0, ptrdiff_t rows) {
+    FR_FN(recurrent_product)(&g->rec, g->dx + (t * g->B + b0) * g->I, g->I, dG_t, g->N, rows,
+                             0);
+}
+
+static inline void FR_FN(input_grad_free)(fr_input_grad *g) { FR_FN(recurrent_free)(&g->rec); }
+
 /* The input side of a forward time loop: P_t (B, G*H) = x_t (B, I) . w_ih^T + bias.
  *
  * Small batches compute it for the whole sequence before the loop; batches of at least
@@ -474,6 +505,15 @@ static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows) {
     return FR_OK;
 }
 
+/* Whether input_prepare fuses the projection into fuse_with's tiles (when it succeeds):
+ * both products on float32 panels, which a call of at least FR_PACK_ROWS rows always has
+ * (a bf16 or int8 pack never fuses). */
+static inline int FR_FN(input_fusable)(const fr_recurrent *fuse_with, ptrdiff_t T,
+                                       ptrdiff_t B) {
+    return fuse_with && fuse_with->panel.data && fuse_with->panel.format == FR_PANEL_F32 &&
+           T * B >= FR_PACK_ROWS;
+}
+
 /* The epilogue of the per-step projection: P (B, G*H) = tile + bias. */
 typedef struct {
     real *P;
@@ -510,8 +550,7 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
                                        const fr_recurrent *fuse_with, const void *pack) {
     int format = FR_PANEL_F32;
     real *packed = FR_FN(pack_input_data)(pack, I, G, H, &format);
-    const int fuse = !packed && fuse_with && fuse_with->panel.data &&
-                     fuse_with->panel.format == FR_PANEL_F32 && T * B >= FR_PACK_ROWS;
+    const int fuse = !packed && FR_FN(input_fusable)(fuse_with, T, B);
     in->per_step = FR_FN(input_per_step)(B);
     in->fused = 0;
     in->x = x;

@@ -2,8 +2,9 @@
 
 Modes:
 
-* ``train``: a float64 SequenceClassifier (variable lengths, shuffled, Adam, clipping)
-  and a LanguageModel (carried state, SGD) trained with ``distributed=True``; each rank
+* ``train``: a float64 SequenceClassifier (variable lengths, shuffled, Adam, clipping),
+  a LanguageModel (carried state, SGD), a Seq2Seq and a OneToManyGenerator trained with
+  ``distributed=DataParallel(...)``; each rank
   writes its final weights to ``OUT_DIR/<model>-rank<r>.npz``, and rank 0 saves a
   checkpoint through ``DataParallel.save``.
 * ``kill``: rank 1 kills itself with SIGKILL at its third optimizer step.
@@ -62,6 +63,45 @@ def train_lm(parallel):
     return model, history
 
 
+def make_seq2seq():
+    vocab = fastrnn.data.Vocabulary.from_sequences(["abcdef"])
+    return fastrnn.Seq2Seq(vocab, vocab, embed=4, hidden=6, cell="gru", dtype=np.float64,
+                           seed=5)
+
+
+def train_seq2seq(parallel):
+    """Returns (model, history): reversal of 40 random strings, batch 9 (shards of 5 and 4
+    rows, each trimmed to its own longest source and target)."""
+    rng = np.random.default_rng(2)
+    sources = ["".join(rng.choice(list("abcdef"), rng.integers(1, 8))) for _ in range(40)]
+    model = make_seq2seq()
+    history = model.fit(sources, [s[::-1] for s in sources], epochs=1, batch_size=9,
+                        lr=0.02, seed=3, verbose=False, distributed=parallel)
+    return model, history
+
+
+def make_one_to_many():
+    vocab = fastrnn.data.Vocabulary.from_sequences(["xyz"])
+    return fastrnn.OneToManyGenerator(3, vocab, embed=3, hidden=5, dtype=np.float64, seed=6)
+
+
+def train_one_to_many(parallel):
+    """Returns (model, history): 30 vectors -> strings, batch 7, SGD without shuffling."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((30, 3))
+    targets = ["".join(rng.choice(list("xyz"), rng.integers(1, 6))) for _ in range(30)]
+    model = make_one_to_many()
+    history = model.fit(vectors, targets, epochs=1, batch_size=7, shuffle=False,
+                        optimizer=optim.SGD(model, lr=0.3), verbose=False,
+                        distributed=parallel)
+    return model, history
+
+
+TRAINED = {"classifier": (make_classifier, train_classifier), "lm": (make_lm, train_lm),
+           "seq2seq": (make_seq2seq, train_seq2seq),
+           "one_to_many": (make_one_to_many, train_one_to_many)}
+
+
 def _save_weights(model, out_dir, name, rank):
     np.savez(os.path.join(out_dir, f"{name}-rank{rank}.npz"), **model.state_dict())
 
@@ -92,8 +132,9 @@ def main(mode: str, out_dir: str) -> int:
         np.save(os.path.join(out_dir, f"classifier-loss-rank{parallel.rank}.npy"),
                 np.array(history["step_loss"]))
         parallel.save(model, os.path.join(out_dir, "classifier.ckpt"))
-        model, _ = train_lm(DataParallel(timeout=60))
-        _save_weights(model, out_dir, "lm", parallel.rank)
+        for name in ("lm", "seq2seq", "one_to_many"):
+            model, _ = TRAINED[name][1](DataParallel(timeout=60))
+            _save_weights(model, out_dir, name, parallel.rank)
         return 0
     sig = {"kill": signal.SIGKILL, "stall": signal.SIGSTOP}[mode]
     model = make_classifier()

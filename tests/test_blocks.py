@@ -92,8 +92,18 @@ def test_linear_errors():
         Linear(2, 2, dtype=np.int32)
 
 
+def _assert_within_rounding(ours, theirs, magnitude, terms):
+    """``|ours - theirs| <= 2 terms eps magnitude`` elementwise: the forward error bound of
+    two float64 sums of ``terms`` products whose absolute values sum to ``magnitude``
+    (rtol alone fails where cancellation leaves a result near zero)."""
+    bound = 2 * terms * np.finfo(np.float64).eps * magnitude
+    np.testing.assert_array_less(np.abs(np.asarray(ours) - np.asarray(theirs)),
+                                 bound + np.finfo(np.float64).tiny)
+
+
 def test_linear_matches_torch():
     torch = pytest.importorskip("torch")
+    torch.manual_seed(0)                       # torch's own init, reproducible
     ours = Linear(6, 4, dtype=np.float64, seed=0)
     theirs = torch.nn.Linear(6, 4, dtype=torch.float64)
     ours.load_state_dict(theirs.state_dict())
@@ -102,10 +112,13 @@ def test_linear_matches_torch():
     xt = torch.tensor(x, requires_grad=True)
     yt = theirs(xt)
     yt.backward(torch.tensor(dy))
-    np.testing.assert_allclose(ours(x), yt.detach().numpy(), rtol=1e-13)
-    np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-13)
-    np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), rtol=1e-13)
-    np.testing.assert_allclose(ours.bias.grad, theirs.bias.grad.numpy(), rtol=1e-13)
+    w, b = np.abs(ours.weight.value), np.abs(ours.bias.value)
+    rows_x, rows_dy = np.abs(x).reshape(-1, 6), np.abs(dy).reshape(-1, 4)
+    _assert_within_rounding(ours(x), yt.detach().numpy(), np.abs(x) @ w.T + b, 7)
+    _assert_within_rounding(ours.backward(dy), xt.grad.numpy(), np.abs(dy) @ w, 4)
+    _assert_within_rounding(ours.weight.grad, theirs.weight.grad.numpy(),
+                            rows_dy.T @ rows_x, 6)
+    _assert_within_rounding(ours.bias.grad, theirs.bias.grad.numpy(), rows_dy.sum(0), 6)
 
 
 # -- Embedding ------------------------------------------------------------------------

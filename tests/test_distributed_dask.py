@@ -118,5 +118,9 @@ def test_bad_arguments(classifier, data):
         predict(classifier, bag, batch_size=0)
     with pytest.raises(TypeError, match="model must be a fastrnn Model"):
         predict(object(), bag)
+    unknown = da.zeros((6, 5, 4), chunks=2)
+    unknown = unknown[unknown[:, 0, 0] == 0]
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        predict(classifier, unknown)
     with pytest.raises(ValueError, match=r"lengths must have shape \(3,\)"):
         predict(classifier, da.zeros((3, 5, 4), chunks=2), np.ones(4, int))

@@ -11,7 +11,7 @@ import pytest
 
 import fastrnn
 from fastrnn.distributed import DataParallel, predict
-from fastrnn.distributed._score import model_from_bytes, score
+from fastrnn.distributed._score import bucket_order, model_from_bytes, score
 from fastrnn.io import (CheckpointError, checkpoint_bytes, load_checkpoint_bytes,
                         save_checkpoint)
 
@@ -36,18 +36,33 @@ MODELS = [
 ]
 
 
+# (rows, batch_size, partition): batches >= 16 rows; batches of 20 and a last one of 10 that
+# shares its partition with two full batches
+# (the kernels take another path below 16 rows: the remainder must stay a batch of 10)
+LAYOUTS = [(600, 64, 128), (610, 20, 140)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("make", MODELS)
-def test_score_in_partitions_equals_predict(make, dtype):
+@pytest.mark.parametrize("n, batch_size, part", LAYOUTS)
+def test_score_in_partitions_equals_predict(make, dtype, n, batch_size, part):
     model = make(dtype)
-    data = _sequences(600, 5, dtype)
+    data = _sequences(n, 5, dtype)
     methods = ["predict", "predict_proba"] if hasattr(model, "predict_proba") else ["predict"]
     for method in methods:
-        expected = getattr(model, method)(data, batch_size=64)
+        expected = getattr(model, method)(data, batch_size=batch_size)
         x, lengths = model._inputs(data, None)         # padded once: per-step T is global
-        got = np.concatenate([score(model, x[s:s + 128], lengths[s:s + 128], method,
-                                    batch_size=64) for s in range(0, 600, 128)])
+        got = np.concatenate([score(model, x[s:s + part], lengths[s:s + part], method,
+                                    batch_size=batch_size) for s in range(0, n, part)])
         assert got.dtype == expected.dtype and np.array_equal(got, expected), method
+
+
+def test_bucket_order_keeps_batch_sizes():
+    lengths = np.random.default_rng(0).integers(1, 50, 70)
+    order = bucket_order(lengths, 16)                   # batches of 16, 16, 16, 16, 6
+    assert sorted(order) == list(range(70))
+    assert set(order[:64]) == set(range(64)) and set(order[64:]) == set(range(64, 70))
+    assert all(np.all(np.diff(lengths[order[s:s + 16]]) >= 0) for s in range(0, 64, 16))
 
 
 def test_score_token_model_and_unbucketed():

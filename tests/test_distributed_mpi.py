@@ -50,14 +50,14 @@ def _weights(out, name, rank):
 
 
 @needs_mpiexec
-@pytest.mark.parametrize("name, train", [("classifier", mpi_job.train_classifier),
-                                         ("lm", mpi_job.train_lm)])
-def test_ranks_identical_and_equal_to_one_process(trained, name, train):
+@pytest.mark.parametrize("name", sorted(mpi_job.TRAINED))
+def test_ranks_identical_and_equal_to_one_process(trained, name):
+    make, train = mpi_job.TRAINED[name]
     rank0, rank1 = _weights(trained, name, 0), _weights(trained, name, 1)
     for key in rank0:
         assert np.array_equal(rank0[key], rank1[key]), key   # bit for bit across ranks
     single, _ = train(None)
-    initial = {"classifier": mpi_job.make_classifier, "lm": mpi_job.make_lm}[name]()
+    initial = make()
     for key, value in single.state_dict().items():
         assert value.dtype == np.float64
         np.testing.assert_allclose(rank0[key], value, rtol=0, atol=1e-12, err_msg=key)
@@ -107,3 +107,21 @@ def test_bad_arguments():
     x, y = mpi_job.classifier_data(8)
     with pytest.raises(TypeError, match="distributed must be False, True or a"):
         model.fit(x, y, epochs=1, verbose=False, distributed="yes")
+
+
+def test_one_rank_in_process_matches_and_stops_on_a_nan():
+    """Without mpiexec MPI runs as one rank: the same training, and a NaN loss stops it
+    before the update, as on one process."""
+    x, y = mpi_job.classifier_data(40)
+    single, parallel = mpi_job.make_classifier(), mpi_job.make_classifier()
+    single.fit(x, y, epochs=1, batch_size=8, seed=0, verbose=False)
+    parallel.fit(x, y, epochs=1, batch_size=8, seed=0, verbose=False,
+                 distributed=DataParallel(timeout=10))
+    for key, value in single.state_dict().items():
+        np.testing.assert_allclose(parallel.state_dict()[key], value, rtol=0, atol=1e-12)
+    x[0][0, 0] = np.nan
+    model = mpi_job.make_classifier()
+    history = model.fit(x, y, epochs=1, batch_size=40, verbose=False, distributed=True)
+    assert history["stop_reason"] == "diverged" and "was not applied" in history["message"]
+    for key, value in mpi_job.make_classifier().state_dict().items():
+        assert np.array_equal(model.state_dict()[key], value)

@@ -94,6 +94,23 @@ def test_flipped_byte_is_detected(saved, where):
         load_checkpoint(saved)
 
 
+@pytest.mark.parametrize("where", ["length field", "payload size", "shape"])
+def test_a_flipped_header_byte_is_corrupt_not_truncated(saved, where):
+    data = bytearray(saved.read_bytes())
+    if where == "length field":
+        indices = [17, 19, 23]                        # header_len + 256, + 2**24, + 2**56
+    else:
+        key = b'"payload_nbytes": ' if where == "payload size" else b'"shape": ['
+        indices = [data.index(key) + len(key)]        # its first digit, still a digit
+    for index in indices:
+        damaged = bytearray(data)
+        damaged[index] ^= 0x01
+        saved.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="corrupted|malformed|do not fit") as info:
+            load_checkpoint(saved)
+        assert "truncated" not in str(info.value), index
+
+
 def test_every_single_byte_flip_raises(saved):
     """Whatever byte is damaged, loading raises CheckpointError (never garbage, never
     another exception)."""

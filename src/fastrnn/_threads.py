@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import logging
 import os
 from typing import Optional
 
@@ -96,6 +97,9 @@ def get_num_threads() -> int:
 
 
 def _threads_from_environment() -> int:
+    """``FASTRNN_NUM_THREADS``, or every available core. An invalid value is reported in
+    one line on the ``fastrnn`` logger and ignored, as OpenMP does with
+    ``OMP_NUM_THREADS``; importing fastrnn never fails because of it."""
     value = os.environ.get("FASTRNN_NUM_THREADS")
     if value is None:
         return _available_cores()
@@ -104,7 +108,10 @@ def _threads_from_environment() -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"FASTRNN_NUM_THREADS must be an integer >= 1, got {value!r}")
+        logging.getLogger("fastrnn").warning(
+            "fastrnn: ignoring FASTRNN_NUM_THREADS=%r (expected an integer >= 1); using %d "
+            "threads", value, _available_cores())
+        return _available_cores()
     return n
 
 

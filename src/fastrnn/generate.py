@@ -9,11 +9,11 @@ the argmax (``greedy=True`` or ``temperature=0``). The same ``seed`` gives the s
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
-__all__ = ["generate", "sample_next"]
+__all__ = ["generate", "iter_generate", "sample_next"]
 
 
 def _check_options(length, temperature, top_k):
@@ -63,7 +63,18 @@ def generate(model, prime: Optional[str] = None, length: int = 200, temperature:
     symbol). ``temperature`` > 1 flattens, < 1 sharpens, 0 is greedy; ``top_k`` keeps the
     k most likely tokens; ``seed`` makes the draw reproducible. Returns the prime followed
     by the generated text (just the continuation with ``include_prime=False``).
+    :func:`iter_generate` yields the same text piece by piece.
     """
+    return "".join(iter_generate(model, prime, length, temperature, top_k, greedy, seed,
+                                 include_prime))
+
+
+def iter_generate(model, prime: Optional[str] = None, length: int = 200,
+                  temperature: float = 1.0, top_k: Optional[int] = None, greedy: bool = False,
+                  seed: Optional[int] = None, include_prime: bool = True) -> Iterator[str]:
+    """:func:`generate` as a stream: the prime (if ``include_prime``), then each token's
+    text as soon as it is sampled (a character, or a word with its leading space), so
+    ``"".join(iter_generate(...)) == generate(...)`` for the same arguments."""
     vocab = getattr(model, "vocab", None)
     if vocab is None:
         raise TypeError("generate needs a LanguageModel built with a Vocabulary")
@@ -73,18 +84,22 @@ def generate(model, prime: Optional[str] = None, length: int = 200, temperature:
     if not isinstance(prime, str) or not prime:
         raise ValueError(f"prime must be a non-empty string, got {prime!r}")
     ids = model._ids(prime, "prime")
-    rng = np.random.default_rng(seed)
-    out = []
+    return _stream(model, vocab, ids, prime, length, np.random.default_rng(seed),
+                   (temperature, top_k, greedy), include_prime)
+
+
+def _stream(model, vocab, ids, prime, length, rng, options, include_prime):
+    """The generator behind :func:`iter_generate` (arguments already checked)."""
+    if include_prime:
+        yield prime
     with model.inference():
         logits, state = model.forward(ids[None])
         logits = logits[:, -1]
         for i in range(length):
-            token = sample_next(logits, rng, temperature, top_k, greedy)
-            out.append(int(token[0]))
+            token = sample_next(logits, rng, *options)
+            text = vocab.decode(token[:1].astype(np.int64), skip_specials=False)
+            if not vocab.char_level:
+                text = text[0] if (i == 0 and not include_prime) else " " + text[0]
+            yield text
             if i + 1 < length:
                 logits, state = model.step(token, state)
-    text = vocab.decode(np.array(out, dtype=np.int64), skip_specials=False)
-    if not vocab.char_level:
-        text = " ".join(text)
-        prime = prime + " " if text else prime
-    return prime + text if include_prime else text

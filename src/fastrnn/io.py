@@ -260,13 +260,27 @@ def _check_preamble(path, f, size: int) -> Tuple[bytes, int]:
         raise _problem(path, f"format version {version} is not supported (this fastrnn "
                              f"reads version {FORMAT_VERSION})")
     if _PREAMBLE_END + header_len + _DIGEST > size:
-        raise _problem(path, f"truncated: the header alone needs "
-                             f"{_PREAMBLE_END + header_len + _DIGEST} bytes, the file has "
-                             f"{size}")
+        raise _problem(path, _short_file(f, header_len, size))
     if header_len > _MAX_HEADER:
         raise _problem(path, f"the header declares {header_len} bytes (at most "
                              f"{_MAX_HEADER} are read)")
     return data, header_len
+
+
+def _short_file(f, header_len: int, size: int) -> str:
+    """Why the declared header does not fit in the file: a damaged length field (a whole
+    JSON header of another length is there) or a truncated file (it is cut inside)."""
+    text = _read_exact(f, min(size - _PREAMBLE_END, _MAX_HEADER)).decode("utf-8", "replace")
+    try:
+        header, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        header = None
+    length = len(text[:end].encode("utf-8")) if isinstance(header, dict) else header_len
+    if length != header_len:
+        return (f"corrupted: the header length field says {header_len} bytes, the header "
+                f"has {length}")
+    return (f"truncated: the header alone needs {_PREAMBLE_END + header_len + _DIGEST} "
+            f"bytes, the file has {size}")
 
 
 def _decode_header(path, text: bytes) -> dict:

@@ -112,6 +112,9 @@ def _predict_array(dask, shipped, x, lengths, local, num_threads, options):
     if x.ndim not in (2, 3):
         raise ValueError(f"data must be a dask array (N, T) of token ids or (N, T, F) of "
                          f"features, got {x.ndim} dimensions")
+    if any(np.isnan(c) for c in x.chunks[0]):
+        raise ValueError("data has unknown chunk sizes along N; call "
+                         "data.compute_chunk_sizes() first")
     x = _aligned(x, options["batch_size"])
     if lengths is not None:
         lengths = da.asarray(lengths)

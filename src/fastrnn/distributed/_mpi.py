@@ -208,11 +208,14 @@ class DataParallel:
         for p, flat in zip(self._params, self._views()):
             np.divide(flat.reshape(p.shape), total, out=p.grad)
         loss = float(self._buffer[-4] / total)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss}; lower the learning "
-                                     "rate or clip gradients (clip=...)")
-        if clip is not None:
-            optim.clip_grad_norm_(model, clip)
+        grads = [p.grad for p in self._params]
+        norm = optim.clip_grad_norm_(model, clip) if clip is not None else \
+            optim._total_norm(grads, 2.0)
+        if not (math.isfinite(loss) and math.isfinite(norm)):   # the same on every rank
+            what = f"loss became {loss}" if not math.isfinite(loss) else \
+                f"gradient norm became {norm}"
+            raise FloatingPointError(f"at step {self.steps} the {what}; that step was not "
+                                     "applied (lower the learning rate, or clip gradients)")
         optimizer.step()
         return loss, int(self._buffer[-2]), bool(self._buffer[-1] > 0)
 

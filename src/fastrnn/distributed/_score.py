@@ -1,12 +1,16 @@
 """Scoring one partition on one process: length buckets through the encoder, the head in
 input-order blocks. What every Dask task of :func:`fastrnn.distributed.predict` runs.
 
-Why two orders: the recurrent kernels give each row the same bits whatever else shares
-its batch, so the encoder may run on rows sorted by length (no padding waste); the head is
-one BLAS GEMM whose per-row bits depend on the block's row count, so it runs on the same
-``batch_size`` blocks in input order as ``model.predict`` does. Together the results are
-bit for bit those of ``model.predict(x, lengths, batch_size)`` when the partition starts
-at a multiple of ``batch_size``.
+Why two orders: the recurrent kernels give a row the same bits whatever other rows share
+its batch, as long as the batch has the same number of rows (they choose their path by
+batch size: e.g. the input projection moves into the time loop from 16 rows). So the
+encoder runs on batches of exactly the sizes ``model.predict`` uses -- full batches of
+``batch_size`` rows, then the remainder -- but with the rows of the full batches sorted by
+length (little padding). The head is one BLAS GEMM whose per-row bits depend on the
+block's row count, so it runs on the same ``batch_size`` blocks in input order as
+``model.predict`` does. Together the results are bit for bit those of
+``model.predict(x, lengths, batch_size)`` when the partition starts at a multiple of
+``batch_size``.
 """
 from __future__ import annotations
 
@@ -53,12 +57,24 @@ def check_model(model, method: str) -> None:
                          f"{type(model).__name__}")
 
 
+def bucket_order(lengths, batch_size: int) -> np.ndarray:
+    """Row order whose consecutive ``batch_size`` slices are the encoder batches: the rows
+    of the full batches sorted by length, then the remainder rows (sorted among
+    themselves), so every batch keeps the size ``model.predict`` gives it."""
+    n = len(lengths)
+    full = n - n % batch_size
+    head = np.argsort(lengths[:full], kind="stable")
+    tail = full + np.argsort(lengths[full:], kind="stable")
+    return np.concatenate([head, tail])
+
+
 def _features(model, x, lengths, batch_size: int, bucket: bool) -> np.ndarray:
-    """Pooled encoder features ``(n, D)`` in input order; encoder batches of
-    ``batch_size`` rows sorted by length when ``bucket`` (each trimmed to its longest)."""
+    """Pooled encoder features ``(n, D)`` in input order; encoder batches of the sizes of
+    ``model.predict``'s, of rows sorted by length when ``bucket`` (each trimmed to its
+    longest)."""
     n = x.shape[0]
-    order = np.arange(n) if lengths is None or not bucket else np.argsort(lengths,
-                                                                          kind="stable")
+    order = np.arange(n) if lengths is None or not bucket else bucket_order(lengths,
+                                                                            batch_size)
     feats = None
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]

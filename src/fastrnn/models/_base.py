@@ -13,10 +13,8 @@ tokens, samples -- the batch held, for the throughput shown on the progress bar)
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
-import time
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
@@ -26,12 +24,15 @@ from ..grad_mode import no_grad
 from ..io import (CheckpointError, checkpoint_bytes, load_checkpoint, load_checkpoint_bytes,
                   save_checkpoint)
 from ..nn.module import Module
+from . import _training
+from ._training import History
 
 __all__ = ["Model", "History"]
 
 _OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
                "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
 _CHECKPOINT_KIND = "fastrnn.models"
+_M = TypeVar("_M", bound="Model")
 
 
 # -- small argument helpers shared by the models ----------------------------------------
@@ -78,13 +79,6 @@ def resolve_distributed(distributed):
         return None
     from ..distributed._mpi import resolve
     return resolve(distributed)
-
-
-class History(dict):
-    """What ``fit`` returns: ``loss`` (mean training loss per epoch), ``step_loss`` (every
-    optimizer step), ``val_*`` (validation metrics per epoch), ``units_per_second``
-    (training throughput per epoch), ``units`` (characters, tokens or samples trained on,
-    in total) and ``seconds`` (total)."""
 
 
 # -- the base class ---------------------------------------------------------------------
@@ -152,90 +146,33 @@ class Model(Module):
                              f"{sorted(_OPTIMIZERS)}, got {optimizer!r}")
         return _OPTIMIZERS[name.lower()](self, lr=lr)
 
-    def _train_step(self, batch, optimizer: optim.Optimizer, clip: Optional[float]):
-        optimizer.zero_grad()
-        loss, units = self._forward_backward(batch)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss}; lower the learning "
-                                     "rate or clip gradients (clip=...)")
-        if clip is not None:
-            optim.clip_grad_norm_(self, clip)
-        optimizer.step()
-        return loss, units
+    def _carried_state(self) -> tuple:
+        """Arrays the model carries from one batch to the next (saved in checkpoints)."""
+        return ()
+
+    def _set_carried_state(self, parts: tuple) -> None:
+        """Restore what :meth:`_carried_state` returned (when resuming mid-epoch)."""
 
     def _fit(self, batches: Callable[[int], Tuple[Iterable, int]], *, epochs, lr, optimizer,
              clip, time_budget, verbose, validate: Optional[Callable[[], dict]] = None,
-             distributed=None) -> History:
-        """Run epochs of ``batches(epoch) -> (iterable of batches, count)`` through
-        :meth:`_train_step`, with a tqdm bar showing loss and throughput; stops after
-        ``epochs`` or once ``time_budget`` seconds have passed (at least one step runs).
+             data_rng: Optional[np.random.Generator] = None, data_key: str = "",
+             distributed=None, **options) -> History:
+        """Run epochs of ``batches(epoch) -> (iterable of batches, count)`` through one
+        optimizer step each, with one tqdm bar for the run; stops after ``epochs``, once
+        ``time_budget`` seconds have passed, on Ctrl-C/SIGTERM, a non-finite loss, early
+        stopping or a callback. ``data_rng``: the generator that shuffles the batches;
+        ``data_key``: a fingerprint of the data and batch layout (for ``resume``);
         ``distributed``: a :class:`fastrnn.distributed.DataParallel` (attached here) whose
-        ranks each train on their shard of every batch; the bar shows on rank 0 only."""
-        if epochs is None and time_budget is None:
-            raise ValueError("give epochs, time_budget, or both")
-        if epochs is not None:
-            epochs = positive_int("epochs", epochs)
-        if time_budget is not None and not (isinstance(time_budget, numbers.Real)
-                                            and time_budget > 0):
-            raise ValueError(f"time_budget must be a positive number of seconds, "
-                             f"got {time_budget!r}")
-        if clip is not None and not (isinstance(clip, numbers.Real) and clip > 0):
-            raise ValueError(f"clip must be None or a positive max gradient norm, got {clip!r}")
-        optimizer = self._make_optimizer(optimizer, lr)
-        step = self._local_step
-        if distributed is not None:
-            step = distributed.attach(self).train_step
-            verbose = verbose and distributed.is_root
-        history = History(loss=[], step_loss=[], units_per_second=[], units=0, seconds=0.0)
-        start = time.perf_counter()
-        epoch, out_of_time = 0, False
-        while not out_of_time and (epochs is None or epoch < epochs):
-            out_of_time = self._run_epoch(batches, epoch, step, optimizer, clip, history,
-                                          start, time_budget, verbose)
-            if validate is not None:
-                for key, value in validate().items():
-                    history.setdefault(f"val_{key}", []).append(value)
-            epoch += 1
-        history["seconds"] = time.perf_counter() - start
-        self.train()
-        return history
-
-    def _local_step(self, model, batch, optimizer, clip, out_of_time) -> tuple:
-        """One step in this process: ``(loss, units, stop)``."""
-        loss, units = self._train_step(batch, optimizer, clip)
-        return loss, units, out_of_time()
-
-    def _run_epoch(self, batches, epoch, step, optimizer, clip, history, start, time_budget,
-                   verbose) -> bool:
-        """One epoch; returns True when the time budget ran out."""
-        from tqdm.auto import tqdm
-        self.train()
-        self._start_epoch()
-        iterable, count = batches(epoch)
-        losses, units_done, t0 = [], 0, time.perf_counter()
-        bar = tqdm(total=count, desc=f"epoch {epoch + 1}", unit="batch", disable=not verbose,
-                   leave=True, dynamic_ncols=True)
-        out_of_time = False
-
-        def spent() -> bool:
-            return time_budget is not None and time.perf_counter() - start >= time_budget
-
-        with bar:
-            for batch in iterable:
-                loss, units, out_of_time = step(self, batch, optimizer, clip, spent)
-                losses.append(loss)
-                units_done += units
-                rate = units_done / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"loss={np.mean(losses[-50:]):.4f} "
-                                    f"{_si(rate)} {self.units}/s", refresh=False)
-                bar.update(1)
-                if out_of_time:
-                    break
-        history["step_loss"].extend(losses)
-        history["units"] += units_done
-        history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
-        history["units_per_second"].append(units_done / max(time.perf_counter() - t0, 1e-9))
-        return out_of_time
+        ranks each train on their shard of every batch (the bar and checkpoints on rank 0);
+        ``options``: see :data:`fastrnn.models._training.OPTIONS_DOC`."""
+        unknown = sorted(set(options) - set(_training.OPTIONS))
+        if unknown:
+            raise TypeError(f"fit() got unexpected keyword arguments {unknown}; training "
+                            f"options are {sorted(_training.OPTIONS)}")
+        return _training.fit(self, batches, epochs=epochs, lr=lr, optimizer=optimizer,
+                             clip=clip, time_budget=time_budget, verbose=verbose,
+                             validate=validate, data_rng=data_rng, data_key=data_key,
+                             distributed=distributed, **options)
 
     # -- inference mode -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -264,15 +201,15 @@ class Model(Module):
         return checkpoint_bytes(self._checkpoint_config(), self.state_dict())
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> "Model":
+    def from_bytes(cls: Type[_M], data: bytes, name: str = "<bytes>") -> _M:
         """:meth:`load` from the bytes of :meth:`to_bytes` (``name`` in error messages)."""
         config, arrays, _ = load_checkpoint_bytes(data, name)
         return cls._from_checkpoint(name, config, arrays)
 
     @classmethod
-    def load(cls, path) -> "Model":
-        """Rebuild a model saved by :meth:`save`, in eval mode; its outputs match the saved
-        model's (in eval mode) bitwise.
+    def load(cls: Type[_M], path) -> _M:
+        """Rebuild a model saved by :meth:`save` (or by ``fit(checkpoint=...)``), in eval
+        mode; its outputs match the saved model's (in eval mode) bitwise.
 
         ``Model.load`` returns whatever model the file holds; ``SomeModel.load`` also checks
         that the file holds a ``SomeModel``. Raises :class:`fastrnn.io.CheckpointError` for a
@@ -282,7 +219,7 @@ class Model(Module):
         return cls._from_checkpoint(path, config, arrays)
 
     @classmethod
-    def _from_checkpoint(cls, path, config, arrays) -> "Model":
+    def _from_checkpoint(cls: Type[_M], path, config, arrays) -> _M:
         if not isinstance(config, dict) or config.get("kind") != _CHECKPOINT_KIND:
             raise CheckpointError(path, "this checkpoint does not hold a fastrnn model "
                                         "(it was not written by Model.save)")
@@ -294,16 +231,10 @@ class Model(Module):
         kwargs = {name: _decode_config(value) for name, value in config["config"].items()}
         try:
             model = found(**kwargs)
-            model.load_state_dict(arrays)
+            model.load_state_dict({k: v for k, v in arrays.items()
+                                   if not k.startswith(_training.PREFIX)})
         except (TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(path, f"the weights or config do not fit a "
                                         f"{found.__name__}: {exc}") from None
-        return model.eval()
-
-
-def _si(value: float) -> str:
-    """1234567 -> '1.23M' (for the progress bar)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
+        model.eval()
+        return model

@@ -11,7 +11,8 @@ from .._common import normalize_dtype
 from ..data import Vocabulary, batchify
 from ..losses import cross_entropy, log_softmax
 from ._base import History, Model, child_seeds, positive_int, resolve_distributed
-from ._parts import TokenDecoder
+from ._parts import TokenDecoder, pack_state, state_parts
+from ._training import fingerprint, safe_exp
 
 __all__ = ["LanguageModel"]
 
@@ -99,6 +100,12 @@ class LanguageModel(Model):
     def _start_epoch(self) -> None:
         self._carry = None
 
+    def _carried_state(self) -> tuple:
+        return () if self._carry is None else state_parts(self._carry)
+
+    def _set_carried_state(self, parts: tuple) -> None:
+        self._carry = pack_state(parts, self.config["cell"]) if parts else None
+
     def _forward_backward(self, batch):
         """``batch = (inputs (T, B), targets (T, B))``, time-major; state carried over."""
         inputs, targets = batch
@@ -124,7 +131,7 @@ class LanguageModel(Model):
     def fit(self, data, epochs: Optional[int] = 1, seq_len: int = 64, batch_size: int = 32,
             lr: float = 2e-3, optimizer=None, clip: Optional[float] = 5.0,
             time_budget: Optional[float] = None, validation_data=None,
-            verbose: bool = True, distributed=False) -> History:
+            verbose: bool = True, distributed=False, **options) -> History:
         """Stateful truncated-BPTT training on one token stream.
 
         ``data``: text (with a vocabulary) or ids ``(N,)``. Each epoch folds it into
@@ -135,6 +142,9 @@ class LanguageModel(Model):
         ``validation_data`` (a stream) adds ``val_loss``/``val_bpc`` per epoch.
         ``distributed``: True or a :class:`fastrnn.distributed.DataParallel` (under
         ``mpiexec -n N``): each rank trains on ``batch_size / N`` of the streams.
+        ``options``: ``checkpoint``, ``checkpoint_every``, ``resume``, ``patience``,
+        ``callbacks``, ``scheduler``, ``validate_every``, ``checkpoint_meta`` (see
+        :class:`fastrnn.models.Model`).
         """
         streams = batchify(self._stream(data, "data"), batch_size)
         parallel = resolve_distributed(distributed)
@@ -150,7 +160,8 @@ class LanguageModel(Model):
         return self._fit(lambda epoch: (self._windows(streams, seq_len), count),
                          epochs=epochs, lr=lr, optimizer=optimizer, clip=clip,
                          time_budget=time_budget, verbose=verbose, validate=validate,
-                         distributed=parallel)
+                         distributed=parallel, data_key=fingerprint(streams, seq_len),
+                         **options)
 
     # -- evaluation and prediction --------------------------------------------------------
     def evaluate(self, data, seq_len: int = 256, batch_size: int = 1) -> dict:
@@ -167,7 +178,7 @@ class LanguageModel(Model):
                 loss, _ = cross_entropy(logits, targets, reduction="sum")
                 total, count = total + loss, count + targets.size
         loss = total / count
-        return {"loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(loss)}
+        return {"loss": loss, "bpc": loss / math.log(2), "perplexity": safe_exp(loss)}
 
     def predict_proba(self, ids) -> np.ndarray:
         """``ids (B, T)`` (or a string, as one row) -> next-token probabilities ``(B, T, V)``."""

@@ -22,7 +22,8 @@ from ..data import BOS, EOS, PAD, Vocabulary, as_vocabulary, minibatches, pad_se
 from ..grad_mode import is_grad_enabled
 from ..losses import cross_entropy
 from ..nn.layers import Linear
-from ._base import History, Model, child_seeds, positive_int
+from ._training import fingerprint
+from ._base import History, Model, child_seeds, positive_int, resolve_distributed
 from ._parts import Encoder, TokenDecoder, pack_state, state_parts
 
 __all__ = ["Seq2Seq", "OneToManyGenerator"]
@@ -87,6 +88,21 @@ class _DecoderModel(Model):
         source_batch, (inputs, _, lengths) = batch
         return self.decoder(inputs, self._condition(source_batch), lengths)[0]
 
+    def _batch_rows(self, batch) -> int:
+        return batch[1][0].shape[1]
+
+    def _shard_batch(self, batch, rows: slice):
+        """Rows of a batch (sources and teacher-forced targets), trimmed to their lengths."""
+        source_batch, (inputs, outputs, lengths) = batch
+        lb = lengths[rows]
+        T = int(lb.max())
+        teacher = (np.ascontiguousarray(inputs[:T, rows]),
+                   np.ascontiguousarray(outputs[:T, rows]), lb)
+        return self._source_shard(source_batch, rows), teacher
+
+    def _source_shard(self, source_batch, rows: slice):
+        raise NotImplementedError
+
     def _forward_backward(self, batch):
         logits = self._decode_logits(batch)
         outputs = batch[1][1]
@@ -117,14 +133,19 @@ class _DecoderModel(Model):
     def fit(self, sources, targets, epochs: Optional[int] = 10, batch_size: int = 32,
             lr: float = 1e-2, optimizer=None, clip: Optional[float] = 5.0,
             validation_data=None, shuffle: bool = True, seed: Optional[int] = None,
-            time_budget: Optional[float] = None, verbose: bool = True) -> History:
+            time_budget: Optional[float] = None, verbose: bool = True,
+            distributed=False, **options) -> History:
         """Teacher-forced minibatch training on ``(sources, targets)``; ``targets`` a list of
         strings or symbol lists. ``validation_data=(sources, targets)`` adds ``val_*``
-        metrics per epoch. Other options as in :meth:`LanguageModel.fit`."""
+        metrics per epoch. Other options as in :meth:`LanguageModel.fit` and
+        :meth:`SequenceClassifier.fit` (``distributed``)."""
         sources = self._sources(sources)
         n = self._n(sources)
         targets = self._targets(targets, n)
         batch_size = positive_int("batch_size", batch_size)
+        parallel = resolve_distributed(distributed)
+        if parallel is not None and shuffle:
+            seed = parallel.shared_seed(seed)
         rng = np.random.default_rng(seed) if shuffle else None
 
         def batches(epoch):
@@ -136,7 +157,10 @@ class _DecoderModel(Model):
         if validation_data is not None:
             validate = lambda: self.evaluate(*validation_data)  # noqa: E731
         return self._fit(batches, epochs=epochs, lr=lr, optimizer=optimizer, clip=clip,
-                         time_budget=time_budget, verbose=verbose, validate=validate)
+                         time_budget=time_budget, verbose=verbose, validate=validate,
+                         distributed=parallel, data_rng=rng,
+                         data_key=fingerprint(n, batch_size, shuffle, *targets,
+                                              *_arrays(sources)), **options)
 
     @staticmethod
     def _n(sources) -> int:
@@ -219,6 +243,11 @@ class Seq2Seq(_DecoderModel):
         ids, lengths = sources[0][idx], sources[1][idx]
         return np.ascontiguousarray(ids[:, :lengths.max()].T), lengths
 
+    def _source_shard(self, source_batch, rows: slice):
+        ids, lengths = source_batch                              # (S, B), (B,)
+        lb = lengths[rows]
+        return np.ascontiguousarray(ids[:int(lb.max()), rows]), lb
+
     def _condition(self, source_batch):
         ids, lengths = source_batch
         return self.encoder(ids, None, lengths)[1]
@@ -263,6 +292,9 @@ class OneToManyGenerator(_DecoderModel):
     def _source_rows(self, sources, idx):
         return sources[idx]
 
+    def _source_shard(self, source_batch, rows: slice):
+        return source_batch[rows]                                # (B, I)
+
     def _condition(self, v):
         """``v (B, I)`` -> initial state ``(L, B, H)`` (LSTM: with zero cell state)."""
         B = v.shape[0]
@@ -276,3 +308,9 @@ class OneToManyGenerator(_DecoderModel):
         self.init.backward(np.ascontiguousarray(dh0.transpose(1, 0, 2)).reshape(
             dh0.shape[1], -1))
         self._h0 = None
+
+
+def _arrays(sources) -> list:
+    """The arrays in a source batch (an array, a tuple of arrays, or a list of them)."""
+    items = sources if isinstance(sources, (tuple, list)) else (sources,)
+    return [np.asarray(a) for a in items if isinstance(a, np.ndarray)]

@@ -25,6 +25,7 @@ from ..grad_mode import is_grad_enabled
 from ..losses import cross_entropy, log_softmax, mse
 from ..nn.layers import Dropout, Linear
 from ._base import History, Model, child_seeds, choice, positive_int, resolve_distributed
+from ._training import fingerprint
 from ._parts import Encoder, pack_state, state_parts
 
 __all__ = ["SequenceClassifier", "SequenceRegressor"]
@@ -232,7 +233,7 @@ class _SequenceModel(Model):
             lr: float = 1e-2, optimizer=None, clip: Optional[float] = 5.0,
             validation_data=None, shuffle: bool = True, seed: Optional[int] = None,
             time_budget: Optional[float] = None, verbose: bool = True,
-            distributed=False) -> History:
+            distributed=False, **options) -> History:
         """Minibatch training. ``validation_data``: ``(x, y)`` or ``(x, y, lengths)``, whose
         metrics are added per epoch as ``val_*``. Other options as in
         :meth:`LanguageModel.fit`; ``seed`` fixes the shuffling (with ``distributed``, every
@@ -251,7 +252,8 @@ class _SequenceModel(Model):
         return self._fit(lambda epoch: (self._batches(x, y, lengths, batch_size, rng), count),
                          epochs=epochs, lr=lr, optimizer=optimizer, clip=clip,
                          time_budget=time_budget, verbose=verbose, validate=validate,
-                         distributed=parallel)
+                         distributed=parallel, data_rng=rng,
+                         data_key=fingerprint(x, y, lengths, batch_size, shuffle), **options)
 
     def _outputs(self, x, lengths, batch_size):
         """Eval-mode head outputs for all rows, batch-first, and the (N, T) valid mask."""

@@ -43,8 +43,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import _core, ops, reference
-from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_nonlinearity,
-                       check_positive_int, split_precision)
+from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_memory,
+                       check_nonlinearity, check_positive_int, split_precision)
 from ..grad_mode import is_grad_enabled
 from . import _packed
 from ._packs import cached_packs, cached_stepper
@@ -258,6 +258,12 @@ class _RecurrentBase(Module):
     def _create_parameters(self) -> None:
         """Register parameters in torch's order, so state_dict() keys come out identical."""
         G, H = self._gates, self.hidden_size
+        D, L = self.num_directions, self.num_layers
+        # Checked before anything is made (num_layers=2**31 would otherwise grow until the
+        # machine runs out): the parameters, and the float64 values that initialise them.
+        count = D * G * H * ((self.input_size + H + 2) + (L - 1) * (D * H + H + 2))
+        check_memory(f"{type(self).__name__}({self.input_size}, {H}, num_layers={L}) "
+                     f"parameters", count * (self.dtype.itemsize + 8))
         kinds = _WEIGHT_KINDS if self.bias else _WEIGHT_KINDS[:2]
         self._param_names = [[[f"{kind}_l{layer}{'_reverse' if direction else ''}"
                                for kind in kinds] for direction in range(self.num_directions)]
