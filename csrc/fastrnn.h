@@ -10,6 +10,9 @@
  *  - Optional pointers may be NULL: initial states (zeros), biases (none), lengths
  *    (every sequence has length T), upstream gradients (zero), `saved` (inference:
  *    nothing is kept for backward), bias gradients (not computed).
+ *  - h_mask (B, H), recurrent (variational) dropout: where the recurrent product reads
+ *    h_{t-1} it reads h_{t-1} * h_mask, at every step (the state itself is unmasked).
+ *    NULL: no dropout. Backward takes the same mask.
  *  - lengths (B), 1 <= lengths[b] <= T: at steps t >= lengths[b] row b keeps its
  *    state and writes a zero output (PyTorch packed-sequence semantics).
  *  - Backward overwrites dx and the initial-state gradients, and ACCUMULATES (+=)
@@ -32,6 +35,14 @@
 #define FR_RNN_SAVED_PER_UNIT 0  /* backward needs only y */
 #define FR_LSTM_SAVED_PER_UNIT 6 /* gates i, f, g, o after activation; c_t; tanh(c_t) */
 #define FR_GRU_SAVED_PER_UNIT 4  /* gates r, z, n after activation; W_hn h + b_hn, or r*h */
+/* layer-normalised LSTM: gates (4), c, tanh(n), x_hat (4), h_hat (4), c_hat; per row the
+ * rstd of x (4), h (4), c (1): T*B*(15H + 9) reals */
+#define FR_LSTM_LN_SAVED_PER_UNIT 15
+#define FR_LSTM_LN_SAVED_PER_ROW 9
+/* layer-normalised GRU: gates (3), hn, x_hat (3), h_hat (3); per row the rstd of x (3),
+ * h (3): T*B*(10H + 6) reals */
+#define FR_GRU_LN_SAVED_PER_UNIT 10
+#define FR_GRU_LN_SAVED_PER_ROW 6
 
 /* Packs. Every per-step recurrent product runs on w_hh packed into the microkernel's panel
  * layout (gemm/panel.h). A kernel packs it itself on each call unless `pack` (the last
@@ -91,6 +102,7 @@ typedef struct {
                              const real *b_ih,    /* (H) or NULL */                        \
                              const real *b_hh,    /* (H) or NULL */                        \
                              const int64_t *lengths, /* (B) or NULL */                     \
+                             const real *h_mask, /* (B, H) or NULL */                      \
                              int relu, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack); \
     int fr_rnn_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
                               real *dh0,          /* (B, H) overwritten */                 \
@@ -105,10 +117,15 @@ typedef struct {
                               const real *h0,     /* (B, H) or NULL */                     \
                               const real *w_ih,   /* (H, I) */                             \
                               const real *w_hh,   /* (H, H) */                             \
-                              const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,  \
+                              const int64_t *lengths,                                      \
+                              const real *h_mask, /* (B, H) or NULL */                     \
+                              int relu, ptrdiff_t T, ptrdiff_t B,                          \
                               ptrdiff_t I, ptrdiff_t H, const void *pack);                                   \
     /* LSTM: i, f, g, o = sigma, sigma, tanh, sigma of x w_ih^T + b_ih + h w_hh^T + b_hh;  \
-     * c_t = f c_{t-1} + i g; h_t = o tanh(c_t) */                                         \
+     * c_t = f c_{t-1} + i g; h_t = o tanh(c_t). Peepholes w_p (ONNX's P): a_i, a_f +=     \
+     * p_i c_{t-1}, p_f c_{t-1}; a_o += p_o c_t. Projection w_hr (PyTorch's proj_size):    \
+     * h_t = (o tanh(c_t)) w_hr^T of P units; y, h0, h_n, dh0, dy are then (., P) and      \
+     * w_hh, dw_hh (4H, P). */                                                             \
     int fr_lstm_forward_##sfx(real *y,            /* (T, B, H) */                          \
                               real *h_n,          /* (B, H) */                             \
                               real *c_n,          /* (B, H) */                             \
@@ -120,8 +137,12 @@ typedef struct {
                               const real *w_hh,   /* (4H, H) */                            \
                               const real *b_ih,   /* (4H) or NULL */                       \
                               const real *b_hh,   /* (4H) or NULL */                       \
-                              const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,            \
-                              ptrdiff_t I, ptrdiff_t H, const void *pack);                                   \
+                              const real *w_p,    /* (3H) peepholes p_i p_o p_f, or NULL */\
+                              const real *w_hr,   /* (P, H) projection, or NULL (P = H) */ \
+                              const int64_t *lengths,                                      \
+                              const real *h_mask, /* (B, P) or NULL */                     \
+                              ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,          \
+                              ptrdiff_t P, const void *pack);                              \
     int fr_lstm_backward_##sfx(real *dx,          /* (T, B, I) overwritten */              \
                                real *dh0,         /* (B, H) overwritten */                 \
                                real *dc0,         /* (B, H) overwritten */                 \
@@ -129,6 +150,8 @@ typedef struct {
                                real *dw_hh,       /* (4H, H) accumulated */                \
                                real *db_ih,       /* (4H) accumulated, or NULL */          \
                                real *db_hh,       /* (4H) accumulated, or NULL */          \
+                               real *dw_p,        /* (3H) accumulated, or NULL */          \
+                               real *dw_hr,       /* (P, H) accumulated, or NULL */        \
                                const real *dy,    /* (T, B, H) or NULL */                  \
                                const real *dh_n,  /* (B, H) or NULL */                     \
                                const real *dc_n,  /* (B, H) or NULL */                     \
@@ -139,8 +162,29 @@ typedef struct {
                                const real *c0,    /* (B, H) or NULL */                     \
                                const real *w_ih,  /* (4H, I) */                            \
                                const real *w_hh,  /* (4H, H) */                            \
-                               const int64_t *lengths, ptrdiff_t T, ptrdiff_t B,           \
-                               ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
+                               const real *w_p,   /* (3H) or NULL (as forward) */          \
+                               const real *w_hr,  /* (P, H) or NULL (as forward) */        \
+                               const int64_t *lengths,                                     \
+                               const real *h_mask, /* (B, P) or NULL */                    \
+                               ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,         \
+                               ptrdiff_t P, const void *pack);                             \
+    /* Layer-normalised LSTM (lstm_ln.c): a = g_ih LN(x w_ih^T) + g_hh LN(h w_hh^T) + b_ih +\
+     * b_hh per gate block; h_t = o tanh(g_c LN(c_t) + b_c); ln (10H) = [g_ih g_hh g_c b_c].\
+     * Arguments as fr_lstm_*, the packs aside; dln (10H) accumulated. */                  \
+    int fr_lstm_ln_forward_##sfx(real *y, real *h_n, real *c_n, real *saved, const real *x,\
+                                 const real *h0, const real *c0, const real *w_ih,         \
+                                 const real *w_hh, const real *b_ih, const real *b_hh,     \
+                                 const real *ln, const int64_t *lengths,                   \
+                                 const real *h_mask, ptrdiff_t T, ptrdiff_t B,             \
+                                 ptrdiff_t I, ptrdiff_t H);                                \
+    int fr_lstm_ln_backward_##sfx(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,\
+                                  real *db_ih, real *db_hh, real *dln, const real *dy,     \
+                                  const real *dh_n, const real *dc_n, const real *saved,   \
+                                  const real *y, const real *x, const real *h0,            \
+                                  const real *c0, const real *w_ih, const real *w_hh,      \
+                                  const real *ln, const int64_t *lengths,                  \
+                                  const real *h_mask, ptrdiff_t T, ptrdiff_t B,            \
+                                  ptrdiff_t I, ptrdiff_t H);                               \
     /* GRU: r, z = sigma(x W^T + b_i + h U^T + b_h); reset_after (PyTorch, cuDNN):         \
      * n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn)); otherwise (Keras reset_after=False, \
      * ONNX linear_before_reset=0): n = tanh(x W_n^T + b_in + (r h) U_n^T + b_hn);        \
@@ -154,7 +198,9 @@ typedef struct {
                              const real *w_hh,    /* (3H, H) */                            \
                              const real *b_ih,    /* (3H) or NULL */                       \
                              const real *b_hh,    /* (3H) or NULL */                       \
-                             const int64_t *lengths, int reset_after, ptrdiff_t T,         \
+                             const int64_t *lengths,                                       \
+                             const real *h_mask, /* (B, H) or NULL */                      \
+                             int reset_after, ptrdiff_t T,                                 \
                              ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                       \
     int fr_gru_backward_##sfx(real *dx,           /* (T, B, I) overwritten */              \
                               real *dh0,          /* (B, H) overwritten */                 \
@@ -170,8 +216,24 @@ typedef struct {
                               const real *h0,     /* (B, H) or NULL */                     \
                               const real *w_ih,   /* (3H, I) */                            \
                               const real *w_hh,   /* (3H, H) */                            \
-                              const int64_t *lengths, int reset_after, ptrdiff_t T,        \
+                              const int64_t *lengths,                                      \
+                              const real *h_mask, /* (B, H) or NULL */                     \
+                              int reset_after, ptrdiff_t T,                                \
                               ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack);                                  \
+    /* Layer-normalised GRU (gru_ln.c; reset after): [xr xz xn] = g_ih LN(x w_ih^T) + b_ih,\
+     * [hr hz hn] = g_hh LN(h w_hh^T) + b_hh, then the GRU; ln (6H) = [g_ih g_hh]. */      \
+    int fr_gru_ln_forward_##sfx(real *y, real *h_n, real *saved, const real *x,            \
+                                const real *h0, const real *w_ih, const real *w_hh,        \
+                                const real *b_ih, const real *b_hh, const real *ln,        \
+                                const int64_t *lengths, const real *h_mask, ptrdiff_t T,   \
+                                ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);                    \
+    int fr_gru_ln_backward_##sfx(real *dx, real *dh0, real *dw_ih, real *dw_hh,            \
+                                 real *db_ih, real *db_hh, real *dln, const real *dy,      \
+                                 const real *dh_n, const real *saved, const real *y,       \
+                                 const real *x, const real *h0, const real *w_ih,          \
+                                 const real *w_hh, const real *ln,                         \
+                                 const int64_t *lengths, const real *h_mask, ptrdiff_t T,  \
+                                 ptrdiff_t B, ptrdiff_t I, ptrdiff_t H);                   \
     /* Packed recurrent weights (see "Packs" above): bytes of the pack of w_hh for         \
      * (cell, backward, H), and the pack itself written to dst (64-byte aligned, that many  \
      * bytes). Returns 0, or FR_ERR_NOMEM when dst is too small or misaligned. */            \
@@ -221,6 +283,14 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_rnn_backward_f32 FR_DISPATCH(fr_rnn_backward_f32)
 #define fr_lstm_forward_f32 FR_DISPATCH(fr_lstm_forward_f32)
 #define fr_lstm_backward_f32 FR_DISPATCH(fr_lstm_backward_f32)
+#define fr_lstm_ln_forward_f32 FR_DISPATCH(fr_lstm_ln_forward_f32)
+#define fr_lstm_ln_backward_f32 FR_DISPATCH(fr_lstm_ln_backward_f32)
+#define fr_lstm_ln_forward_f64 FR_DISPATCH(fr_lstm_ln_forward_f64)
+#define fr_lstm_ln_backward_f64 FR_DISPATCH(fr_lstm_ln_backward_f64)
+#define fr_gru_ln_forward_f32 FR_DISPATCH(fr_gru_ln_forward_f32)
+#define fr_gru_ln_backward_f32 FR_DISPATCH(fr_gru_ln_backward_f32)
+#define fr_gru_ln_forward_f64 FR_DISPATCH(fr_gru_ln_forward_f64)
+#define fr_gru_ln_backward_f64 FR_DISPATCH(fr_gru_ln_backward_f64)
 #define fr_gru_forward_f32 FR_DISPATCH(fr_gru_forward_f32)
 #define fr_gru_backward_f32 FR_DISPATCH(fr_gru_backward_f32)
 #define fr_rnn_forward_f64 FR_DISPATCH(fr_rnn_forward_f64)

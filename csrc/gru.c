@@ -12,6 +12,10 @@
  * Training forward saves the activated gates r, z, n (B, 3H) and one more (B, H) per
  * step: hn (reset_after) or r * h_{t-1} (reset before). Compiled once per dtype and
  * instruction set (see real.h).
+ *
+ * Recurrent dropout (h_mask (B, H); NULL: none, seq.h): the products read
+ * hm = h_{t-1} * h_mask in place of h_{t-1} (reset before: r * hm), while the update
+ * h_t = (1 - z) n + z h_{t-1} keeps the state itself.
  */
 #include "act.h"
 #include "seq.h"
@@ -38,9 +42,18 @@ typedef struct {
     real *gates_t;        /* (B, 3H): [xr xz xn] (with b_ih) on entry, [r z n] on exit */
     real *extra_t;        /* (B, H): hn + b_hn (reset_after) or r h_{t-1} (reset before) */
     const real *b_hh;     /* (3H), zeros when the layer has no bias */
+    real *hm_next;        /* (B, H) h_t * mask, the next products' operand */
+    const real *hm_prev;  /* (B, H) h_{t-1} * mask (what the products read), or h_prev */
+    const real *mask;     /* (B, H) recurrent dropout mask, or NULL */
     const int64_t *lengths;
     ptrdiff_t t, H;
 } gru_step;
+
+/* The masked state of `units` units of row b for the next step's products. */
+static inline void gru_store_masked(const gru_step *s, ptrdiff_t at, ptrdiff_t units) {
+    if (s->mask)
+        FR_FN(mask_units)(s->hm_next + at, s->h_next + at, s->mask + at, units);
+}
 
 /* reset_after, `units` units of one row: acc holds [hr hz hn] (gate stride gs). */
 static FR_ALWAYS_INLINE void gru_units_after(const real *restrict acc, ptrdiff_t gs,
@@ -72,10 +85,11 @@ static void gru_epilogue_after(void *ctx, const real *acc, ptrdiff_t acc_ld, ptr
         if (!fr_step_valid(s->lengths, s->t, b)) {
             memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
-            continue;
-        }
-        gru_units_after(acc + i * acc_ld, gs, s->gates_t + b * 3 * H + unit0, s->extra_t + at,
-                        s->b_hh + unit0, s->h_prev + at, s->h_next + at, s->y_t + at, units, H);
+        } else
+            gru_units_after(acc + i * acc_ld, gs, s->gates_t + b * 3 * H + unit0,
+                            s->extra_t + at, s->b_hh + unit0, s->h_prev + at, s->h_next + at,
+                            s->y_t + at, units, H);
+        gru_store_masked(s, at, units);
     }
 }
 
@@ -89,7 +103,7 @@ static void gru_epilogue_reset(void *ctx, const real *acc, ptrdiff_t acc_ld, ptr
         ptrdiff_t b = row0 + i, at = b * H + unit0;
         real *restrict g = s->gates_t + b * 3 * H + unit0, *restrict rh = s->extra_t + at;
         const real *restrict a = acc + i * acc_ld, *restrict bh = s->b_hh + unit0;
-        const real *restrict h = s->h_prev + at;
+        const real *restrict h = s->hm_prev + at; /* r * (h_{t-1} [* mask]) */
         for (ptrdiff_t j = 0; j < units; j++) {
             real r = fr_sigmoid(g[j] + a[j] + bh[j]);
             g[j] = r;
@@ -109,6 +123,7 @@ static void gru_epilogue_new(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdi
         if (!fr_step_valid(s->lengths, s->t, b)) {
             memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
+            gru_store_masked(s, at, units);
             continue;
         }
         real *restrict g = s->gates_t + b * 3 * H + unit0, *restrict y = s->y_t + at;
@@ -120,12 +135,15 @@ static void gru_epilogue_new(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdi
             g[2 * H + j] = n;
             h_next[j] = y[j] = ((real)1 - z) * n + z * h[j];
         }
+        gru_store_masked(s, at, units);
     }
 }
 
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
     real *y, *hbuf;         /* (T, B, H); h_{t-1}, h_t alternating (2, B, H) */
+    real *hmbuf;            /* (2, B, H) as hbuf, times mask; NULL without a mask */
+    const real *mask;       /* (B, H) or NULL */
     real *gates;            /* (T, B, 3H), or (B, 3H) reused when gates_step == 0 */
     real *extra;            /* (T, B, H) saved, or a (B, H) workspace when extra_step == 0 */
     real *scratch;          /* (B, 3H) for a direct product */
@@ -142,17 +160,23 @@ static void gru_forward_part(const void *ctx, fr_part part) {
     const gru_forward_loop *a = ctx;
     const ptrdiff_t B = a->B, H = a->H, BH = B * H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
-        gru_step s = {a->y + t * BH,        a->hbuf + ((t + 1) & 1) * BH,
-                      a->hbuf + (t & 1) * BH, a->gates + t * a->gates_step,
-                      a->extra + t * a->extra_step, a->b_hh, a->lengths, t, H};
+        const real *h_prev = a->hbuf + (t & 1) * BH;
+        const real *operand = a->mask ? a->hmbuf + (t & 1) * BH : h_prev;
+        gru_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, h_prev,
+                      a->gates + t * a->gates_step, a->extra + t * a->extra_step, a->b_hh,
+                      a->mask ? a->hmbuf + ((t + 1) & 1) * BH : NULL, operand, a->mask,
+                      a->lengths, t, H};
         FR_FN(input_step)(a->in, s.gates_t, t, &part, a->scratch);
         if (a->reset_after) {
-            FR_FN(recurrent_apply)(&a->rec[0], s.h_prev, H, &part, gru_epilogue_after, &s, a->scratch);
+            FR_FN(recurrent_apply)(&a->rec[0], operand, H, &part, gru_epilogue_after, &s,
+                                   a->scratch);
         } else {
             fr_part_sync(&part); /* the r, z blocks do not match the input's blocks */
-            FR_FN(recurrent_apply)(&a->rec[0], s.h_prev, H, &part, gru_epilogue_reset, &s, a->scratch);
+            FR_FN(recurrent_apply)(&a->rec[0], operand, H, &part, gru_epilogue_reset, &s,
+                                   a->scratch);
             fr_part_sync(&part); /* the n product reads r h_{t-1} of every unit */
-            FR_FN(recurrent_apply)(&a->rec[1], s.extra_t, H, &part, gru_epilogue_new, &s, a->scratch);
+            FR_FN(recurrent_apply)(&a->rec[1], s.extra_t, H, &part, gru_epilogue_new, &s,
+                                   a->scratch);
         }
         fr_part_sync(&part);
     }
@@ -160,8 +184,9 @@ static void gru_forward_part(const void *ctx, fr_part part) {
 
 int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const real *h0,
                        const real *w_ih, const real *w_hh, const real *b_ih,
-                       const real *b_hh, const int64_t *lengths, int reset_after,
-                       ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
+                       const real *b_hh, const int64_t *lengths, const real *h_mask,
+                       int reset_after, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,
+                       const void *pack) {
     const ptrdiff_t G = 3 * H;
     ptrdiff_t gates_step = saved || !FR_FN(input_per_step)(B) ? B * G : 0;
     real *gates = saved ? saved : FR_FN(alloc)(gates_step ? T * B * G : B * G);
@@ -169,10 +194,11 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
     real *hbuf = FR_FN(alloc)(2 * B * H);                   /* (2, B, H) */
     real *scratch = FR_FN(alloc)(B * G);                    /* (B, 3H) */
     real *bias = FR_FN(alloc_zeroed)(G);                    /* (3H) b_hh or zeros */
+    real *hmbuf = h_mask ? FR_FN(alloc)(2 * B * H) : NULL;  /* (2, B, H) */
     fr_recurrent rec[2];
     fr_input in = {0};
     int status = FR_ERR_NOMEM;
-    if (!gates || (!saved && !extra) || !hbuf || !scratch || !bias ||
+    if (!gates || (!saved && !extra) || !hbuf || !scratch || !bias || (h_mask && !hmbuf) ||
         FR_FN(recurrent_setup_cell)(rec, gru_cell(reset_after), 0, w_hh, H, T, B, pack) !=
             FR_OK)
         goto done;
@@ -186,7 +212,9 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
         memcpy(bias, b_hh, (size_t)G * sizeof(real));
     gru_saved s = gru_saved_views(gates, T, B, H);
     FR_FN(init_state)(hbuf, h0, B * H);
-    gru_forward_loop loop = {y,          hbuf,       gates, saved ? s.extra : extra,
+    if (h_mask)
+        FR_FN(mask_state)(hmbuf, h0, h_mask, B * H);
+    gru_forward_loop loop = {y,          hbuf,       hmbuf, h_mask, gates, saved ? s.extra : extra,
                              scratch,    gates_step, saved ? B * H : 0,
                              &in,        rec,        bias,  lengths,
                              reset_after, T,         B,     H};
@@ -201,6 +229,7 @@ done:
         free(gates);
     free(extra);
     free(hbuf);
+    free(hmbuf);
     free(scratch);
     free(bias);
     return status;
@@ -241,6 +270,8 @@ static inline void gru_cell_backward_after(real *restrict dG, real *restrict dGh
 typedef struct {
     const real *dy, *h_prev, *gates, *extra;
     ptrdiff_t dy_stride, h_prev_stride;
+    const real *mask; /* (B, H) recurrent dropout mask, or NULL */
+    real *tmp;        /* (B, H) workspace of the masked products */
 } gru_step_inputs;
 
 /* reset_after, one step: dG_t (B, 3H) written; dGh (B, 3H) is a workspace for this
@@ -262,7 +293,8 @@ static void gru_step_backward_after(real *dG_t, real *dGh, real *dGhn_t, real *d
                                 in.gates + b * G, in.extra + b * H,
                                 in.h_prev + b * in.h_prev_stride, H);
     }
-    FR_FN(recurrent_product)(&rec[0], dh, H, dGh_t, G, B, 1); /* dh += dGh w_hh */
+    /* dh += (dGh w_hh) [* mask] */
+    FR_FN(recurrent_product_masked)(&rec[0], dh, dGh_t, G, B, in.mask, in.tmp);
     for (ptrdiff_t b = 0; b < B; b++)
         memcpy(dGhn_t + b * H, dGh_t + b * G + 2 * H, (size_t)H * sizeof(real));
 }
@@ -289,12 +321,15 @@ static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_i
         real *dGr = dG_t + b * G, *dh_row = dh + b * H;
         const real *r = in.gates + b * G, *drh_row = drh + b * H;
         const real *h_prev = in.h_prev + b * in.h_prev_stride;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            dGr[j] = drh_row[j] * h_prev[j] * fr_dsigmoid_from_output(r[j]);
-            dh_row[j] += drh_row[j] * r[j];
+        const real *m = in.mask ? in.mask + b * H : NULL;
+        for (ptrdiff_t j = 0; j < H; j++) { /* r * hm, hm = h_prev [* m] */
+            real m_j = m ? m[j] : (real)1;
+            dGr[j] = drh_row[j] * h_prev[j] * m_j * fr_dsigmoid_from_output(r[j]);
+            dh_row[j] += drh_row[j] * r[j] * m_j;
         }
     }
-    FR_FN(recurrent_product)(&rec[0], dh, H, dG_t, G, B, 1); /* [dGr dGz] w_hh[r,z] */
+    /* dh += ([dGr dGz] w_hh[r,z]) [* mask] */
+    FR_FN(recurrent_product_masked)(&rec[0], dh, dG_t, G, B, in.mask, in.tmp);
 }
 
 /* What the backward time loop reads and writes, for any block of rows. */
@@ -303,6 +338,8 @@ typedef struct {
     real *dGhn;      /* reset_after: (T, B, H) n block of dL/d[hr hz hn]; else NULL */
     real *work;      /* reset_after: dGh (B, 3H); reset before: drh (B, H) */
     const real *dy, *y, *h0, *zeros, *gates, *extra;
+    const real *mask;   /* (B, H) recurrent dropout mask, or NULL */
+    real *tmp;          /* (B, H) workspace of the masked products, or NULL */
     const fr_recurrent *rec;
     const int64_t *lengths;
     int reset_after;
@@ -323,6 +360,8 @@ static void gru_backward_rows(const void *ctx, fr_rows r) {
             a->extra + row * H,
             a->dy ? H : 0,
             (t > 0 || a->h0) ? H : 0,
+            a->mask ? a->mask + r.b0 * H : NULL,
+            a->tmp ? a->tmp + r.b0 * H : NULL,
         };
         if (a->reset_after)
             gru_step_backward_after(a->dG + row * G, a->work + r.b0 * G, a->dGhn + row * H, dh,
@@ -336,31 +375,37 @@ static void gru_backward_rows(const void *ctx, fr_rows r) {
 int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
                         real *db_hh, const real *dy, const real *dh_n, const real *saved,
                         const real *y, const real *x, const real *h0, const real *w_ih,
-                        const real *w_hh, const int64_t *lengths, int reset_after,
-                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
+                        const real *w_hh, const int64_t *lengths, const real *h_mask,
+                        int reset_after, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,
+                        const void *pack) {
     const ptrdiff_t G = 3 * H;
     real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
+    real *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL;    /* (B, H) */
+    real *hm = h_mask ? FR_FN(alloc)(T * B * H) : NULL; /* (T, B, H) masked h_{t-1} */
     real *dGhn = reset_after ? FR_FN(alloc)(T * B * H) : NULL; /* (T, B, H) */
     real *work = FR_FN(alloc)(B * (reset_after ? G : H));      /* per step, see the loop */
     real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
     fr_recurrent rec[2];
     int status = FR_ERR_NOMEM;
-    if (!dG || (reset_after && !dGhn) || !work || !zeros ||
+    if (!dG || (reset_after && !dGhn) || !work || !zeros || (h_mask && (!tmp || !hm)) ||
         FR_FN(recurrent_setup_cell)(rec, gru_cell(reset_after), 1, w_hh, H, T, B, pack) !=
             FR_OK)
         goto done;
     gru_saved s = gru_saved_views((real *)saved, T, B, H);
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
-    gru_backward_loop loop = {dG, dh0,     dGhn,    work, dy,      y,           h0, zeros,
-                              s.gates, s.extra, rec, lengths, reset_after, T,  B, H};
+    gru_backward_loop loop = {dG,      dh0,     dGhn,   work, dy,  y,       h0,          zeros,
+                              s.gates, s.extra, h_mask, tmp,  rec, lengths, reset_after, T,
+                              B,       H};
     fr_for_row_blocks(B, 1, gru_backward_rows, &loop);
     FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
+    const real *h_first, *h_rest; /* what the products read: h_{t-1} [* mask] */
+    FR_FN(product_inputs)(&h_first, &h_rest, hm, h0, y, h_mask, T, B, H);
     /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
-    FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h0, y, T, B, H, 2 * H);
+    FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h_first, h_rest, T, B, H, 2 * H);
     if (reset_after) /* n: dL/dhn = dGn * r, fed by h_{t-1} */
-        FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dGhn, H, h0, y, T,
-                            B, H, H);
+        FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dGhn, H, h_first,
+                            h_rest, T, B, H, H);
     else /* n: dL/d(pre-n) = dGn, fed by r * h_{t-1} (saved for every step) */
         FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dG + 2 * H, G,
                             s.extra, s.extra + B * H, T, B, H, H);
@@ -369,6 +414,8 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     status = FR_OK;
 done:
     free(dG);
+    free(tmp);
+    free(hm);
     free(dGhn);
     free(work);
     free(zeros);

@@ -5,6 +5,14 @@
  *   c_t = f * c_{t-1} + i * g
  *   h_t = o * tanh(c_t),  y_t = h_t
  *
+ * Peepholes (w_p (3H) = [p_i p_o p_f], ONNX's order; NULL: none) add the cell state to the
+ * gates' pre-activations:  a_i += p_i * c_{t-1},  a_f += p_f * c_{t-1},  a_o += p_o * c_t.
+ * Recurrent dropout (h_mask (B, H); NULL: none) reads h_{t-1} * h_mask in the recurrent
+ * product (seq.h).
+ * Projection (PyTorch's proj_size; w_hr (P, H), NULL: none, P = H): h_t = m_t w_hr^T with
+ * m_t = o * tanh(c_t), so h, y and w_hh's columns have P units and c has H: a second
+ * product per step, after the cell's epilogue.
+ *
  * Training forward saves, per step, the activated gates (B, 4H), c_t and tanh(c_t)
  * (B, H each); backward takes every derivative from those saved outputs.
  * Compiled once per dtype (see real.h).
@@ -27,22 +35,27 @@ static lstm_saved lstm_saved_views(real *saved, ptrdiff_t T, ptrdiff_t B, ptrdif
  * to the first unit) what is added to it (the row of the input projection with both biases,
  * or the biases alone when the projection is inside the product). c (the carried cell
  * state) is updated; h_next and y get h_t; when `save`, gates (4H, offset like pre, a buffer
- * of its own) gets the activated gates and c_save, tanh_c_save get c_t and tanh(c_t).
- * `save` is a constant where this is inlined, and no two pointers alias, so each variant
- * vectorizes (an in-place pre/gates kept the saving variant scalar: half the speed). */
+ * of its own) gets the activated gates and c_save, tanh_c_save get c_t and tanh(c_t). With
+ * `peep`, p (3H, offset to the first unit) holds p_i, p_o, p_f. `save` and `peep` are
+ * constants where this is inlined, and no two pointers alias, so each variant vectorizes
+ * (an in-place pre/gates kept the saving variant scalar: half the speed). */
 static FR_ALWAYS_INLINE void lstm_units_forward(const real *restrict acc, ptrdiff_t gate_stride,
                                                 const real *restrict pre,
                                                 real *restrict gates,
                                                 real *restrict c, real *restrict h_next,
                                                 real *restrict y, real *restrict c_save,
-                                                real *restrict tanh_c_save, ptrdiff_t units,
-                                                ptrdiff_t H, const int save) {
+                                                real *restrict tanh_c_save,
+                                                const real *restrict p, ptrdiff_t units,
+                                                ptrdiff_t H, const int save, const int peep) {
     const real *restrict ai = acc, *restrict af = acc + gate_stride;
     const real *restrict ag = acc + 2 * gate_stride, *restrict ao = acc + 3 * gate_stride;
     for (ptrdiff_t j = 0; j < units; j++) {
-        real i = fr_sigmoid(ai[j] + pre[j]), f = fr_sigmoid(af[j] + pre[H + j]);
-        real g = fr_tanh(ag[j] + pre[2 * H + j]), o = fr_sigmoid(ao[j] + pre[3 * H + j]);
-        real c_new = f * c[j] + i * g;
+        real c_prev = c[j];
+        real i = fr_sigmoid(ai[j] + pre[j] + (peep ? p[j] * c_prev : 0));
+        real f = fr_sigmoid(af[j] + pre[H + j] + (peep ? p[2 * H + j] * c_prev : 0));
+        real g = fr_tanh(ag[j] + pre[2 * H + j]);
+        real c_new = f * c_prev + i * g;
+        real o = fr_sigmoid(ao[j] + pre[3 * H + j] + (peep ? p[H + j] * c_new : 0));
         real tc = fr_tanh(c_new);
         c[j] = c_new;
         h_next[j] = y[j] = o * tc;
@@ -66,126 +79,248 @@ typedef struct {
     real *gates_t;          /* (B, 4H) saved activated gates, or NULL (inference) */
     real *c_t, *tanh_c_t;   /* (B, H) saved c_t and tanh(c_t), or NULL (inference) */
     const fr_input *in;     /* what each row adds to the product (input_addend) */
+    const real *w_p;        /* (3H) peepholes p_i, p_o, p_f, or NULL */
+    real *hm_next;          /* (B, H) h_t * mask, the next product's operand */
+    const real *mask;       /* (B, H) recurrent dropout mask, or NULL */
+    int out_proj;           /* 1: h_next gets m_t (B, H) and a projection finishes h_t */
     const int64_t *lengths;
     ptrdiff_t t, H;
 } lstm_step;
 
-/* Rows past their length keep their state (h and c) and output zeros. */
+/* lstm_units_forward with its constant flags picked once per row block. */
+static void lstm_units_dispatch(const lstm_step *s, const real *acc, ptrdiff_t gate_stride,
+                                const real *pre, real *gates, ptrdiff_t at, ptrdiff_t unit0,
+                                ptrdiff_t units) {
+    const ptrdiff_t H = s->H;
+    real *c = s->c + at, *h = s->h_next + at, *y = s->y_t + at;
+    real *c_t = gates ? s->c_t + at : NULL, *tc = gates ? s->tanh_c_t + at : NULL;
+    const real *p = s->w_p ? s->w_p + unit0 : NULL;
+    if (c_t && p)
+        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, c_t, tc, p, units, H, 1, 1);
+    else if (c_t)
+        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, c_t, tc, NULL, units, H, 1,
+                           0);
+    else if (p)
+        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, NULL, NULL, p, units, H, 0,
+                           1);
+    else
+        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, NULL, NULL, NULL, units, H,
+                           0, 0);
+}
+
+/* Rows past their length keep their state (h and c) and output zeros. With a projection
+ * (s->out_proj) the step's h is finished by lstm_proj_epilogue: this one only writes m_t =
+ * o * tanh(c_t) to h_next (B, H) for the valid rows. */
 static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
                           ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
     const lstm_step *s = ctx;
     const ptrdiff_t H = s->H;
     for (ptrdiff_t i = 0; i < rows; i++) {
         ptrdiff_t b = row0 + i, at = b * H + unit0;
-        if (!fr_step_valid(s->lengths, s->t, b)) {
+        if (fr_step_valid(s->lengths, s->t, b))
+            lstm_units_dispatch(s, acc + i * acc_ld, gate_stride,
+                                FR_FN(input_addend)(s->in, s->proj_t, b) + unit0,
+                                s->gates_t ? s->gates_t + b * 4 * H + unit0 : NULL, at, unit0,
+                                units);
+        else if (!s->out_proj) {
             memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
-            continue;
         }
-        const real *pre = FR_FN(input_addend)(s->in, s->proj_t, b) + unit0;
-        if (s->gates_t)
-            lstm_units_forward(acc + i * acc_ld, gate_stride, pre,
-                               s->gates_t + b * 4 * H + unit0, s->c + at, s->h_next + at,
-                               s->y_t + at, s->c_t + at, s->tanh_c_t + at, units, H, 1);
-        else
-            lstm_units_forward(acc + i * acc_ld, gate_stride, pre, NULL, s->c + at,
-                               s->h_next + at, s->y_t + at, NULL, NULL, units, H, 0);
+        if (s->mask && !s->out_proj)
+            FR_FN(mask_units)(s->hm_next + at, s->h_next + at, s->mask + at, units);
+    }
+}
+
+/* With a projection (PyTorch's proj_size), the step's second product:
+ *   h_t (B, P) = m_t (B, H) w_hr^T,   m_t = o * tanh(c_t)
+ * acc holds it for the units [unit0, unit0 + units) of P; h_next and y_t get it, rows past
+ * their length keep h (h_prev) and output zeros; hm_next = h_t * mask under dropout. */
+typedef struct {
+    real *y_t, *h_next;     /* (B, P) written */
+    const real *h_prev;     /* (B, P) */
+    real *hm_next;          /* (B, P) or NULL */
+    const real *mask;       /* (B, P) or NULL */
+    const int64_t *lengths;
+    ptrdiff_t t, P;
+} lstm_proj_step;
+
+static void lstm_proj_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld,
+                               ptrdiff_t gate_stride, ptrdiff_t row0, ptrdiff_t rows,
+                               ptrdiff_t unit0, ptrdiff_t units) {
+    const lstm_proj_step *s = ctx;
+    (void)gate_stride; /* one block: G = 1 */
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        ptrdiff_t b = row0 + i, at = b * s->P + unit0;
+        if (fr_step_valid(s->lengths, s->t, b)) {
+            const real *restrict a = acc + i * acc_ld;
+            real *restrict h = s->h_next + at, *restrict y = s->y_t + at;
+            for (ptrdiff_t j = 0; j < units; j++)
+                h[j] = y[j] = a[j];
+        } else {
+            memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
+            memset(s->y_t + at, 0, (size_t)units * sizeof(real));
+        }
+        if (s->mask)
+            FR_FN(mask_units)(s->hm_next + at, s->h_next + at, s->mask + at, units);
     }
 }
 
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
-    real *y, *hbuf, *c;     /* (T, B, H); h_{t-1}, h_t alternating in (2, B, H); (B, H) */
+    real *y, *hbuf, *c;     /* (T, B, P); h_{t-1}, h_t alternating in (2, B, P); (B, H) */
+    real *hmbuf;            /* (2, B, P) as hbuf, times mask; NULL without a mask */
+    const real *mask;       /* (B, P) or NULL */
     real *proj;             /* (T, B, 4H) or (B, 4H) reused (proj_step 0), or NULL (fused) */
     ptrdiff_t proj_step;    /* B * 4H, or 0 */
     real *gates;            /* (T, B, 4H) saved gates, or NULL (inference) */
     real *c_save, *tc_save; /* (T, B, H) each, or NULL (inference) */
     real *scratch;          /* (B, 4H) for a direct product */
+    const real *w_p;        /* (3H) or NULL */
+    real *m, *m_copy;       /* (B, H) each: m_t, and a second output the cell writes; proj */
     const fr_input *in;
-    const fr_recurrent *rec;
+    const fr_recurrent *rec, *out; /* h w_hh^T; m w_hr^T (NULL without a projection) */
     const int64_t *lengths;
-    ptrdiff_t T, B, H;
+    ptrdiff_t T, B, H, P;   /* P = H without a projection */
 } lstm_forward_loop;
 
 static void lstm_forward_part(const void *ctx, fr_part part) {
     const lstm_forward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H, BH = B * H;
+    const ptrdiff_t B = a->B, H = a->H, BP = B * a->P;
     for (ptrdiff_t t = 0; t < a->T; t++) {
+        real *h_next = a->hbuf + ((t + 1) & 1) * BP, *h_prev = a->hbuf + (t & 1) * BP;
+        real *hm_next = a->mask ? a->hmbuf + ((t + 1) & 1) * BP : NULL;
         real *proj_t = a->proj ? a->proj + t * a->proj_step : NULL;
-        lstm_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
+        lstm_step s = {a->out ? a->m_copy : a->y + t * BP, a->out ? a->m : h_next, h_prev,
                        a->c, proj_t, a->gates ? a->gates + t * B * 4 * H : NULL,
-                       a->c_save ? a->c_save + t * BH : NULL,
-                       a->tc_save ? a->tc_save + t * BH : NULL, a->in, a->lengths, t, H};
-        FR_FN(step_product)(a->in, a->rec, proj_t, t, s.h_prev, H, &part, lstm_epilogue, &s,
+                       a->c_save ? a->c_save + t * B * H : NULL,
+                       a->tc_save ? a->tc_save + t * B * H : NULL, a->in, a->w_p, hm_next,
+                       a->mask, a->out != NULL, a->lengths, t, H};
+        const real *operand = a->mask ? a->hmbuf + (t & 1) * BP : h_prev;
+        FR_FN(step_product)(a->in, a->rec, proj_t, t, operand, a->P, &part, lstm_epilogue, &s,
                             a->scratch);
+        if (a->out) {
+            fr_part_sync(&part); /* the projection reads m_t of every unit */
+            lstm_proj_step ps = {a->y + t * BP, h_next, h_prev, hm_next, a->mask,
+                                 a->lengths, t, a->P};
+            FR_FN(recurrent_apply)(a->out, a->m, H, &part, lstm_proj_epilogue, &ps,
+                                   a->scratch);
+        }
         fr_part_sync(&part);
     }
 }
 
+/* The products of the forward (backward = 0) or backward time loop: rec[0] over w_hh, and
+ * with a projection (w_hr (P, H) not NULL) *proj over w_hr. Packs serve only P = H. */
+static int lstm_products(fr_recurrent rec[2], fr_recurrent *proj, int backward,
+                         const real *w_hh, const real *w_hr, ptrdiff_t T, ptrdiff_t B,
+                         ptrdiff_t H, ptrdiff_t P, const void *pack) {
+    proj->owned = 0;
+    proj->rows = NULL;
+    proj->panel.data = NULL;
+    if (!w_hr)
+        return FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, backward, w_hh, H, T, B, pack);
+    /* forward: (B, P) . w_hh^T (P, 4H) gate-interleaved, then (B, H) . w_hr^T (H, P);
+     * backward: (B, 4H) . w_hh (4H, P), and (B, P) . w_hr (P, H) */
+    fr_recurrent_spec gates = {0, backward ? 4 * H : P, backward ? 1 : 4, !backward};
+    fr_recurrent_spec out = {0, backward ? P : H, 1, !backward};
+    rec[1].owned = 0;
+    rec[1].rows = NULL;
+    rec[1].panel.data = NULL;
+    if (FR_FN(recurrent_setup)(&rec[0], w_hh, gates, backward ? P : H, T, B, NULL,
+                               FR_PANEL_F32) != FR_OK)
+        return FR_ERR_NOMEM;
+    if (FR_FN(recurrent_setup)(proj, w_hr, out, backward ? H : P, T, B, NULL, FR_PANEL_F32) !=
+        FR_OK) {
+        FR_FN(recurrent_free)(&rec[0]);
+        return FR_ERR_NOMEM;
+    }
+    return FR_OK;
+}
+
 int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *x,
                         const real *h0, const real *c0, const real *w_ih, const real *w_hh,
-                        const real *b_ih, const real *b_hh, const int64_t *lengths,
-                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
+                        const real *b_ih, const real *b_hh, const real *w_p,
+                        const real *w_hr, const int64_t *lengths, const real *h_mask,
+                        ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                        const void *pack) {
     const ptrdiff_t G = 4 * H;
-    real *hbuf = FR_FN(alloc)(2 * B * H); /* (2, B, H) */
+    real *hbuf = FR_FN(alloc)(2 * B * P); /* (2, B, P) */
     real *scratch = FR_FN(alloc)(B * G);  /* (B, 4H) */
+    real *hmbuf = h_mask ? FR_FN(alloc)(2 * B * P) : NULL; /* (2, B, P) */
+    real *m = w_hr ? FR_FN(alloc)(2 * B * H) : NULL;       /* (2, B, H): m_t, its copy */
     real *proj = NULL;                    /* the input projection, unless fused */
     ptrdiff_t proj_step = FR_FN(input_per_step)(B) ? 0 : B * G;
-    fr_recurrent rec[2];
+    fr_recurrent rec[2], out;
     fr_input in = {0};
     int status = FR_ERR_NOMEM;
-    if (!hbuf || !scratch ||
-        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 0, w_hh, H, T, B, pack) != FR_OK)
+    if (!hbuf || !scratch || (h_mask && !hmbuf) || (w_hr && !m) ||
+        lstm_products(rec, &out, 0, w_hh, w_hr, T, B, H, P, pack) != FR_OK)
         goto done;
-    if (!FR_FN(input_fusable)(rec, T, B)) {
+    if (!FR_FN(input_fusable)(rec, T, B))
         proj = FR_FN(alloc)(proj_step ? T * B * G : B * G);
-        if (!proj) {
-            FR_FN(recurrent_free)(rec);
-            goto done;
-        }
-    }
-    if (FR_FN(input_prepare)(&in, proj, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec, pack) !=
-        FR_OK) {
+    if ((!proj && !FR_FN(input_fusable)(rec, T, B)) ||
+        FR_FN(input_prepare)(&in, proj, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec,
+                              pack) != FR_OK) {
         FR_FN(recurrent_free)(rec);
+        FR_FN(recurrent_free)(&out);
         goto done;
     }
     lstm_saved s = {NULL, NULL, NULL}; /* inference saves nothing */
     if (saved)
         s = lstm_saved_views(saved, T, B, H);
-    FR_FN(init_state)(hbuf, h0, B * H);
+    FR_FN(init_state)(hbuf, h0, B * P);
     FR_FN(init_state)(c_n, c0, B * H);
-    lstm_forward_loop loop = {y,    hbuf,    c_n,   proj, proj_step, s.gates, s.c, s.tanh_c,
-                              scratch, &in, rec, lengths, T, B, H};
-    fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * G, lstm_forward_part, &loop);
-    memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
+    if (h_mask)
+        FR_FN(mask_state)(hmbuf, h0, h_mask, B * P);
+    lstm_forward_loop loop = {y,       hbuf,      c_n,     hmbuf,   h_mask,
+                              proj,    proj_step, s.gates, s.c,     s.tanh_c,
+                              scratch, w_p,       m,       m ? m + B * H : NULL,
+                              &in,     rec,       w_hr ? &out : NULL,
+                              lengths, T,         B,       H,       P};
+    double flops = 2.0 * B * P * G + (w_hr ? 2.0 * B * H * P : 0);
+    fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), flops, lstm_forward_part, &loop);
+    memcpy(h_n, hbuf + (T & 1) * B * P, (size_t)(B * P) * sizeof(real));
     FR_FN(recurrent_free)(rec);
+    FR_FN(recurrent_free)(&out);
     status = FR_OK;
 done:
     FR_FN(input_free)(&in);
     free(proj);
     free(hbuf);
+    free(hmbuf);
+    free(m);
     free(scratch);
     return status;
 }
 
 /* One row backward (restrict: the loop vectorizes). dh, dc (H) hold dL/dh_t, dL/dc_t
  * carried from step t+1; on exit dc holds dL/dc_{t-1} and dh is 0, ready for the
- * recurrent GEMM to add dG w_hh. dG (4H) = dL/d[a_i a_f a_g a_o]; c_prev (H) is c_{t-1}. */
-static inline void lstm_cell_backward(real *restrict dG, real *restrict dh, real *restrict dc,
-                                      const real *restrict dy, const real *restrict gates,
-                                      const real *restrict tanh_c,
-                                      const real *restrict c_prev, ptrdiff_t H) {
+ * recurrent GEMM to add dG w_hh. dG (4H) = dL/d[a_i a_f a_g a_o]; c_prev (H) is c_{t-1}.
+ * With `peep` (a constant where inlined), p (3H) = [p_i p_o p_f] also carry dc through
+ * a_o += p_o c_t and a_i, a_f += p_{i,f} c_{t-1}. */
+static FR_ALWAYS_INLINE void lstm_cell_backward(real *restrict dG, real *restrict dh,
+                                                real *restrict dc, const real *restrict dy,
+                                                const real *restrict gates,
+                                                const real *restrict tanh_c,
+                                                const real *restrict c_prev,
+                                                const real *restrict p, ptrdiff_t H,
+                                                const int peep) {
     const real *restrict gi = gates, *restrict gf = gates + H;
     const real *restrict gg = gates + 2 * H, *restrict go = gates + 3 * H;
     for (ptrdiff_t j = 0; j < H; j++) {
         real dh_j = dy[j] + dh[j];
-        /* h = o tanh(c);  c = f c_prev + i g */
-        real dc_j = dc[j] + dh_j * go[j] * fr_dtanh_from_output(tanh_c[j]);
-        dG[3 * H + j] = dh_j * tanh_c[j] * fr_dsigmoid_from_output(go[j]);
-        dG[j] = dc_j * gg[j] * fr_dsigmoid_from_output(gi[j]);
-        dG[H + j] = dc_j * c_prev[j] * fr_dsigmoid_from_output(gf[j]);
+        /* h = o tanh(c);  o = sigma(a_o [+ p_o c]);  c = f c_prev + i g */
+        real da_o = dh_j * tanh_c[j] * fr_dsigmoid_from_output(go[j]);
+        real dc_j = dc[j] + dh_j * go[j] * fr_dtanh_from_output(tanh_c[j]) +
+                    (peep ? da_o * p[H + j] : 0);
+        real da_i = dc_j * gg[j] * fr_dsigmoid_from_output(gi[j]);
+        real da_f = dc_j * c_prev[j] * fr_dsigmoid_from_output(gf[j]);
+        dG[3 * H + j] = da_o;
+        dG[j] = da_i;
+        dG[H + j] = da_f;
         dG[2 * H + j] = dc_j * gi[j] * fr_dtanh_from_output(gg[j]);
-        dc[j] = dc_j * gf[j];
+        /* c = f c_prev + ...;  a_i, a_f [+= p_i c_prev, p_f c_prev] */
+        dc[j] = dc_j * gf[j] + (peep ? da_i * p[j] + da_f * p[2 * H + j] : 0);
         dh[j] = 0;
     }
 }
@@ -195,84 +330,185 @@ static inline void lstm_cell_backward(real *restrict dG, real *restrict dh, real
  * may be a zero row with stride 0 (no upstream gradient, zero initial cell state). */
 static void lstm_step_backward(real *dG_t, real *dh, real *dc, const real *dy_t,
                                ptrdiff_t dy_stride, const real *gates_t, const real *tanh_c_t,
-                               const real *c_prev, ptrdiff_t c_prev_stride,
+                               const real *c_prev, ptrdiff_t c_prev_stride, const real *w_p,
                                const int64_t *lengths, ptrdiff_t t, ptrdiff_t B, ptrdiff_t H) {
     for (ptrdiff_t b = 0; b < B; b++) {
         if (!fr_step_valid(lengths, t, b)) {
             memset(dG_t + b * 4 * H, 0, (size_t)(4 * H) * sizeof(real));
             continue;
         }
-        lstm_cell_backward(dG_t + b * 4 * H, dh + b * H, dc + b * H, dy_t + b * dy_stride,
-                           gates_t + b * 4 * H, tanh_c_t + b * H, c_prev + b * c_prev_stride,
-                           H);
+        real *dG = dG_t + b * 4 * H, *dh_b = dh + b * H, *dc_b = dc + b * H;
+        const real *dy = dy_t + b * dy_stride, *g = gates_t + b * 4 * H, *tc = tanh_c_t + b * H;
+        const real *cp = c_prev + b * c_prev_stride;
+        if (w_p)
+            lstm_cell_backward(dG, dh_b, dc_b, dy, g, tc, cp, w_p, H, 1);
+        else
+            lstm_cell_backward(dG, dh_b, dc_b, dy, g, tc, cp, NULL, H, 0);
     }
+}
+
+/* After the time loop, the peephole gradients (accumulated, rows past their length skipped:
+ * their dG is 0 and their saved c unset):
+ *   dp_i += sum_{t,b} dG_i c_{t-1},  dp_f += sum dG_f c_{t-1},  dp_o += sum dG_o c_t
+ * dw_p (3H) = [dp_i dp_o dp_f]; dG (T, B, 4H); c (T, B, H) saved c_t; c0 (B, H) or NULL. */
+static void lstm_peephole_grads(real *dw_p, const real *dG, const real *c, const real *c0,
+                                const int64_t *lengths, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t b = 0; b < B; b++) {
+            if (!fr_step_valid(lengths, t, b))
+                continue;
+            const real *d = dG + (t * B + b) * 4 * H, *c_t = c + (t * B + b) * H;
+            const real *c_prev = t > 0 ? c + ((t - 1) * B + b) * H : c0 ? c0 + b * H : NULL;
+            for (ptrdiff_t j = 0; j < H; j++) {
+                dw_p[H + j] += d[3 * H + j] * c_t[j];
+                if (c_prev) {
+                    dw_p[j] += d[j] * c_prev[j];
+                    dw_p[2 * H + j] += d[H + j] * c_prev[j];
+                }
+            }
+        }
+}
+
+/* With a projection, the start of one backward step: dhs_t (B, P) = dL/dh_t = dy_t + the
+ * carried dh for the valid rows (then dh = 0, ready for dG w_hh), 0 for rows past their
+ * length (which keep dh). dy_t may be a zero row with stride 0. */
+static void lstm_proj_step_backward(real *dhs_t, real *dh, const real *dy_t,
+                                    ptrdiff_t dy_stride, const int64_t *lengths, ptrdiff_t t,
+                                    ptrdiff_t B, ptrdiff_t P) {
+    for (ptrdiff_t b = 0; b < B; b++) {
+        real *restrict d = dhs_t + b * P, *restrict carried = dh + b * P;
+        const real *restrict up = dy_t + b * dy_stride;
+        if (!fr_step_valid(lengths, t, b)) {
+            memset(d, 0, (size_t)P * sizeof(real));
+            continue;
+        }
+        for (ptrdiff_t j = 0; j < P; j++) {
+            d[j] = up[j] + carried[j];
+            carried[j] = 0;
+        }
+    }
+}
+
+/* After the time loop, the projection's gradient:
+ *   dw_hr (P, H) += sum_{t,b} dhs[t, b]^T m_t[b],   m_t = o * tanh(c_t)
+ * m rebuilt from the saved gates (0 past a length, whose dhs is 0 and saved values unset).
+ * Returns 0 or FR_ERR_NOMEM. */
+static int lstm_projection_grads(real *dw_hr, const real *dhs, const real *gates,
+                                 const real *tanh_c, const int64_t *lengths, ptrdiff_t T,
+                                 ptrdiff_t B, ptrdiff_t H, ptrdiff_t P) {
+    real *m = FR_FN(alloc)(T * B * H); /* (T*B, H) */
+    if (!m)
+        return FR_ERR_NOMEM;
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t b = 0; b < B; b++) {
+            real *restrict m_tb = m + (t * B + b) * H;
+            const real *restrict o = gates + (t * B + b) * 4 * H + 3 * H;
+            const real *restrict tc = tanh_c + (t * B + b) * H;
+            for (ptrdiff_t j = 0; j < H; j++)
+                m_tb[j] = fr_step_valid(lengths, t, b) ? o[j] * tc[j] : 0;
+        }
+    FR_FN(gemm)(1, 0, P, H, T * B, 1, dhs, P, m, H, 1, dw_hr, H);
+    free(m);
+    return FR_OK;
 }
 
 /* What the backward time loop reads and writes, for any block of rows. */
 typedef struct {
-    real *dG, *dh, *dc;                /* (T, B, 4H), carried (B, H), (B, H) */
-    const real *dy, *gates, *tanh_c;   /* (T, B, H) or NULL, (T, B, 4H), (T, B, H) */
-    const real *c, *c0, *zeros;        /* saved c (T, B, H), c0 (B, H) or NULL, (H) zeros */
-    const fr_recurrent *rec;
+    real *dG, *dh, *dc;                /* (T, B, 4H), carried (B, P), (B, H) */
+    const real *dy, *gates, *tanh_c;   /* (T, B, P) or NULL, (T, B, 4H), (T, B, H) */
+    const real *c, *c0, *zeros;        /* saved c (T, B, H), c0 (B, H) or NULL, zeros */
+    const real *w_p;                   /* (3H) or NULL */
+    const real *mask;                  /* (B, P) recurrent dropout mask, or NULL */
+    real *tmp;                         /* (B, P) workspace of the masked product */
+    real *dhs, *dm, *zero_h;           /* proj: (T, B, P) dL/dh_t, (B, H) dL/dm_t, (B, H) 0 */
+    const fr_recurrent *rec, *proj;    /* dG w_hh; dh w_hr (NULL without a projection) */
     const fr_input_grad *dx;           /* dx_t = dG_t w_ih, step by step */
     const int64_t *lengths;
-    ptrdiff_t T, B, H;
+    ptrdiff_t T, B, H, P;
 } lstm_backward_loop;
 
 static void lstm_backward_rows(const void *ctx, fr_rows r) {
     const lstm_backward_loop *a = ctx;
-    const ptrdiff_t B = a->B, H = a->H, G = 4 * H;
-    real *dh = a->dh + r.b0 * H, *dc = a->dc + r.b0 * H;
+    const ptrdiff_t B = a->B, H = a->H, P = a->P, G = 4 * H;
+    real *dh = a->dh + r.b0 * P, *dc = a->dc + r.b0 * H;
     const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
     for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
-        real *dG_t = a->dG + (t * B + r.b0) * G;
-        const real *c_prev = t > 0  ? a->c + ((t - 1) * B + r.b0) * H
+        ptrdiff_t row = t * B + r.b0; /* first row of this block at step t */
+        real *dG_t = a->dG + row * G;
+        const real *c_prev = t > 0  ? a->c + (row - B) * H
                              : a->c0 ? a->c0 + r.b0 * H
                                      : a->zeros;
-        lstm_step_backward(dG_t, dh, dc, a->dy ? a->dy + (t * B + r.b0) * H : a->zeros,
-                           a->dy ? H : 0, a->gates + (t * B + r.b0) * G,
-                           a->tanh_c + (t * B + r.b0) * H, c_prev, (t > 0 || a->c0) ? H : 0,
-                           lengths, t, r.rows, H);
-        FR_FN(recurrent_product)(a->rec, dh, H, dG_t, G, r.rows, 1); /* dh += dG_t w_hh */
-        FR_FN(input_grad_step)(a->dx, dG_t, t, r.b0, r.rows);         /* dx_t = dG_t w_ih */
+        const real *dy_t = a->dy ? a->dy + row * P : a->zeros;
+        ptrdiff_t c_stride = (t > 0 || a->c0) ? H : 0;
+        if (a->proj) { /* h_t = m_t w_hr^T: dL/dm_t = dL/dh_t w_hr, then the cell as usual */
+            real *dhs_t = a->dhs + row * P, *dm = a->dm + r.b0 * H;
+            lstm_proj_step_backward(dhs_t, dh, dy_t, a->dy ? P : 0, lengths, t, r.rows, P);
+            FR_FN(recurrent_product)(a->proj, dm, H, dhs_t, P, r.rows, 0);
+            lstm_step_backward(dG_t, a->zero_h + r.b0 * H, dc, dm, H, a->gates + row * G,
+                               a->tanh_c + row * H, c_prev, c_stride, a->w_p, lengths, t,
+                               r.rows, H);
+        } else
+            lstm_step_backward(dG_t, dh, dc, dy_t, a->dy ? H : 0, a->gates + row * G,
+                               a->tanh_c + row * H, c_prev, c_stride, a->w_p, lengths, t,
+                               r.rows, H);
+        /* dh += (dG_t w_hh) [* mask] */
+        FR_FN(recurrent_product_masked)(a->rec, dh, dG_t, G, r.rows,
+                                        a->mask ? a->mask + r.b0 * P : NULL, a->tmp + r.b0 * P);
+        FR_FN(input_grad_step)(a->dx, dG_t, t, r.b0, r.rows); /* dx_t = dG_t w_ih */
     }
 }
 
 int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,
-                         real *db_ih, real *db_hh, const real *dy, const real *dh_n,
-                         const real *dc_n, const real *saved, const real *y, const real *x,
-                         const real *h0, const real *c0, const real *w_ih, const real *w_hh,
-                         const int64_t *lengths, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
-                         ptrdiff_t H, const void *pack) {
+                         real *db_ih, real *db_hh, real *dw_p, real *dw_hr, const real *dy,
+                         const real *dh_n, const real *dc_n, const real *saved, const real *y,
+                         const real *x, const real *h0, const real *c0, const real *w_ih,
+                         const real *w_hh, const real *w_p, const real *w_hr,
+                         const int64_t *lengths, const real *h_mask, ptrdiff_t T, ptrdiff_t B,
+                         ptrdiff_t I, ptrdiff_t H, ptrdiff_t P, const void *pack) {
     const ptrdiff_t G = 4 * H;
     real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
-    real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy or c0 row */
-    fr_recurrent rec[2];
+    real *zeros = FR_FN(alloc_zeroed)(H > P ? H : P); /* stands in for a NULL dy or c0 row */
+    real *tmp = h_mask ? FR_FN(alloc)(B * P) : NULL;    /* (B, P) */
+    real *dhs = w_hr ? FR_FN(alloc)(T * B * P) : NULL;  /* (T, B, P) */
+    real *dm = w_hr ? FR_FN(alloc)(B * H) : NULL;       /* (B, H) */
+    real *zero_h = w_hr ? FR_FN(alloc_zeroed)(B * H) : NULL;
+    fr_recurrent rec[2], proj;
     fr_input_grad dx_steps;
-    if (!dG || !zeros ||
-        FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, 1, w_hh, H, T, B, pack) != FR_OK) {
-        free(dG);
-        free(zeros);
-        return FR_ERR_NOMEM;
-    }
+    int status = FR_ERR_NOMEM;
+    if (!dG || !zeros || (h_mask && !tmp) || (w_hr && (!dhs || !dm || !zero_h)) ||
+        lstm_products(rec, &proj, 1, w_hh, w_hr, T, B, H, P, pack) != FR_OK)
+        goto done;
     if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, G) != FR_OK) {
         FR_FN(recurrent_free)(rec);
-        free(dG);
-        free(zeros);
-        return FR_ERR_NOMEM;
+        FR_FN(recurrent_free)(&proj);
+        goto done;
     }
     lstm_saved s = lstm_saved_views((real *)saved, T, B, H);
-    /* dh0, dc0 (B, H) carry dL/dh_t, dL/dc_t back through time and end as dL/dh0, dL/dc0 */
-    FR_FN(init_state)(dh0, dh_n, B * H);
+    /* dh0 (B, P), dc0 (B, H) carry dL/dh_t, dL/dc_t back through time and end as dL/dh0,
+     * dL/dc0 */
+    FR_FN(init_state)(dh0, dh_n, B * P);
     FR_FN(init_state)(dc0, dc_n, B * H);
-    lstm_backward_loop loop = {dG, dh0,   dc0, dy,      s.gates, s.tanh_c, s.c,
-                               c0, zeros, rec, &dx_steps, lengths, T, B, H};
+    lstm_backward_loop loop = {dG,  dh0,    dc0,     dy,     s.gates,
+                               s.tanh_c, s.c, c0,    zeros,  w_p,
+                               h_mask, tmp, dhs,     dm,     zero_h,
+                               rec, w_hr ? &proj : NULL, &dx_steps, lengths,
+                               T,   B,      H,       P};
     fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
     FR_FN(recurrent_free)(rec);
+    FR_FN(recurrent_free)(&proj);
     FR_FN(input_grad_free)(&dx_steps);
-    int status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T,
-                                     B, I, H, G);
+    if (w_p && dw_p)
+        lstm_peephole_grads(dw_p, dG, s.c, c0, lengths, T, B, H);
+    status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, h_mask, w_ih,
+                                 T, B, I, P, G);
+    if (status == FR_OK && w_hr && dw_hr)
+        status = lstm_projection_grads(dw_hr, dhs, s.gates, s.tanh_c, lengths, T, B, H, P);
+done:
     free(dG);
     free(zeros);
+    free(tmp);
+    free(dhs);
+    free(dm);
+    free(zero_h);
     return status;
 }

@@ -4,7 +4,8 @@
  *   h_t = act(a_t),  y_t = h_t                           act = tanh or relu
  *
  * Compiled once per dtype (see real.h). Backward needs only y: the activation's
- * derivative comes from its output (1 - y^2 for tanh, [y > 0] for relu).
+ * derivative comes from its output (1 - y^2 for tanh, [y > 0] for relu). Recurrent
+ * dropout (h_mask (B, H); NULL: none) reads h_{t-1} * h_mask in the product (seq.h).
  */
 #include "act.h"
 #include "seq.h"
@@ -17,6 +18,8 @@ typedef struct {
     real *y_t, *h_next;
     const real *h_prev;
     const fr_input *in;     /* what each row adds to the product (input_addend) */
+    real *hm_next;          /* (B, H) h_t * mask, the next product's operand */
+    const real *mask;       /* (B, H) recurrent dropout mask, or NULL */
     const int64_t *lengths;
     ptrdiff_t t, H;
     int relu;
@@ -46,12 +49,16 @@ static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t
             memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
         }
+        if (s->mask)
+            FR_FN(mask_units)(s->hm_next + at, s->h_next + at, s->mask + at, units);
     }
 }
 
 /* What the forward time loop reads and writes, for any part of it (threads.h). */
 typedef struct {
     real *y, *hbuf, *scratch; /* (T, B, H); h_{t-1}, h_t alternating (2, B, H); (B, H) */
+    real *hmbuf;              /* (2, B, H) as hbuf, times mask; NULL without a mask */
+    const real *mask;         /* (B, H) or NULL */
     const fr_input *in;
     const fr_recurrent *rec;
     const int64_t *lengths;
@@ -64,8 +71,10 @@ static void rnn_forward_part(const void *ctx, fr_part part) {
     const ptrdiff_t BH = a->B * a->H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
         rnn_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
-                      a->in, a->lengths, t, a->H, a->relu};
-        FR_FN(step_product)(a->in, a->rec, s.y_t, t, s.h_prev, a->H, &part, rnn_epilogue, &s,
+                      a->in, a->mask ? a->hmbuf + ((t + 1) & 1) * BH : NULL, a->mask,
+                      a->lengths, t, a->H, a->relu};
+        const real *operand = a->mask ? a->hmbuf + (t & 1) * BH : s.h_prev;
+        FR_FN(step_product)(a->in, a->rec, s.y_t, t, operand, a->H, &part, rnn_epilogue, &s,
                             a->scratch);
         fr_part_sync(&part);
     }
@@ -73,14 +82,15 @@ static void rnn_forward_part(const void *ctx, fr_part part) {
 
 int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const real *w_ih,
                        const real *w_hh, const real *b_ih, const real *b_hh,
-                       const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
-                       ptrdiff_t I, ptrdiff_t H, const void *pack) {
+                       const int64_t *lengths, const real *h_mask, int relu, ptrdiff_t T,
+                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     /* The pre-activations of step t are built in y[t] and activated in place. */
     real *hbuf = FR_FN(alloc)(2 * B * H), *scratch = FR_FN(alloc)(B * H);
+    real *hmbuf = h_mask ? FR_FN(alloc)(2 * B * H) : NULL; /* (2, B, H) */
     fr_recurrent rec[2];
     fr_input in = {0};
     int status = FR_ERR_NOMEM;
-    if (!hbuf || !scratch ||
+    if (!hbuf || !scratch || (h_mask && !hmbuf) ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
     if (FR_FN(input_prepare)(&in, y, x, w_ih, b_ih, b_hh, T, B, I, 1, H, rec, pack) !=
@@ -89,7 +99,9 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
         goto done;
     }
     FR_FN(init_state)(hbuf, h0, B * H);
-    rnn_forward_loop loop = {y, hbuf, scratch, &in, rec, lengths, relu, T, B, H};
+    if (h_mask)
+        FR_FN(mask_state)(hmbuf, h0, h_mask, B * H);
+    rnn_forward_loop loop = {y, hbuf, scratch, hmbuf, h_mask, &in, rec, lengths, relu, T, B, H};
     fr_run_time_loop(B, FR_FN(recurrent_blocks)(rec), 2.0 * B * H * H, rnn_forward_part, &loop);
     memcpy(h_n, hbuf + (T & 1) * B * H, (size_t)(B * H) * sizeof(real));
     FR_FN(recurrent_free)(rec);
@@ -97,6 +109,7 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
 done:
     FR_FN(input_free)(&in);
     free(hbuf);
+    free(hmbuf);
     free(scratch);
     return status;
 }
@@ -133,8 +146,10 @@ static void rnn_step_backward(real *dG_t, real *dh, const real *dy_t, ptrdiff_t 
 typedef struct {
     real *dG, *dh;                /* (T, B, H), carried (B, H) */
     const real *dy, *y, *zeros;   /* (T, B, H) or NULL, (T, B, H), (H) zeros */
+    const real *mask;             /* (B, H) recurrent dropout mask, or NULL */
+    real *tmp;                    /* (B, H) workspace of the masked product */
     const fr_recurrent *rec;
-    const fr_input_grad *dx;           /* dx_t = dG_t w_ih, step by step */
+    const fr_input_grad *dx;      /* dx_t = dG_t w_ih, step by step */
     const int64_t *lengths;
     int relu;
     ptrdiff_t T, B, H;
@@ -150,41 +165,48 @@ static void rnn_backward_rows(const void *ctx, fr_rows r) {
         rnn_step_backward(dG_t, dh, a->dy ? a->dy + (t * B + r.b0) * H : a->zeros,
                           a->dy ? H : 0, a->y + (t * B + r.b0) * H, lengths, a->relu, t,
                           r.rows, H);
-        FR_FN(recurrent_product)(a->rec, dh, H, dG_t, H, r.rows, 1); /* dh += dG_t w_hh */
-        FR_FN(input_grad_step)(a->dx, dG_t, t, r.b0, r.rows);         /* dx_t = dG_t w_ih */
+        /* dh += (dG_t w_hh) [* mask] */
+        FR_FN(recurrent_product_masked)(a->rec, dh, dG_t, H, r.rows,
+                                        a->mask ? a->mask + r.b0 * H : NULL, a->tmp + r.b0 * H);
+        FR_FN(input_grad_step)(a->dx, dG_t, t, r.b0, r.rows); /* dx_t = dG_t w_ih */
     }
 }
 
 int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
                         real *db_hh, const real *dy, const real *dh_n, const real *y,
                         const real *x, const real *h0, const real *w_ih, const real *w_hh,
-                        const int64_t *lengths, int relu, ptrdiff_t T, ptrdiff_t B,
-                        ptrdiff_t I, ptrdiff_t H, const void *pack) {
+                        const int64_t *lengths, const real *h_mask, int relu, ptrdiff_t T,
+                        ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
     real *dG = FR_FN(alloc)(T * B * H); /* (T, B, H) dL/da_t */
     real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
+    real *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL; /* (B, H) */
     fr_recurrent rec[2];
     fr_input_grad dx_steps;
-    if (!dG || !zeros ||
+    if (!dG || !zeros || (h_mask && !tmp) ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 1, w_hh, H, T, B, pack) != FR_OK) {
         free(dG);
         free(zeros);
+        free(tmp);
         return FR_ERR_NOMEM;
     }
     if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, H) != FR_OK) {
         FR_FN(recurrent_free)(rec);
         free(dG);
         free(zeros);
+        free(tmp);
         return FR_ERR_NOMEM;
     }
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
-    rnn_backward_loop loop = {dG, dh0, dy, y, zeros, rec, &dx_steps, lengths, relu, T, B, H};
+    rnn_backward_loop loop = {dG,  dh0, dy,        y,       zeros, h_mask, tmp,
+                              rec, &dx_steps, lengths, relu,  T,      B,   H};
     fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);
     FR_FN(recurrent_free)(rec);
     FR_FN(input_grad_free)(&dx_steps);
-    int status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, w_ih, T,
-                                     B, I, H, H);
+    int status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, h_mask,
+                                     w_ih, T, B, I, H, H);
     free(dG);
     free(zeros);
+    free(tmp);
     return status;
 }

@@ -104,20 +104,38 @@ static inline void FR_FN(hidden_grads)(real *dw_hh, real *db_hh, const real *dG,
     FR_FN(add_column_sums)(db_hh, dG, T * B, n, ld);
 }
 
+/* Recurrent (variational) dropout: one mask (B, H) per sequence multiplies h_{t-1} where
+ * the recurrent product reads it, every step alike; the state itself is not masked.
+ * hm (n) = h (n) * mask (n), the masked state of one row's units. */
+static inline void FR_FN(mask_units)(real *restrict hm, const real *restrict h,
+                                     const real *restrict mask, ptrdiff_t n) {
+    for (ptrdiff_t j = 0; j < n; j++)
+        hm[j] = h[j] * mask[j];
+}
+
+/* The masked copy (B, H) of a whole state: hm = h * mask, or 0 when h is NULL (zeros). */
+static inline void FR_FN(mask_state)(real *hm, const real *h, const real *mask, ptrdiff_t n) {
+    if (h)
+        FR_FN(mask_units)(hm, h, mask, n);
+    else
+        memset(hm, 0, (size_t)n * sizeof(real));
+}
+
 /* After the time loop, the weight gradients of a cell whose recurrent pre-activations
  * share their gradient dG with the input side (RNN, LSTM) as one GEMM per block of rows:
  *   [dw_ih | dw_hh] (N, I+H) += dG^T (N, T*B) . [x | h_prev] (T*B, I+H)
- * with h_prev at step t = h_first (t = 0; NULL = zeros) or y[t-1]; db_ih and db_hh (NULL:
- * skipped) both get the column sums of dG; dx (T*B, I) = dG . w_ih unless dx is NULL (the
- * time loop computed it step by step: input_grad_step). [x | h_prev] is built
- * FR_GRAD_ROWS rows at a time, so the extra memory stays small. Returns 0 or FR_ERR_NOMEM. */
+ * with h_prev at step t = h_first (t = 0; NULL = zeros) or y[t-1], times mask (B, H) under
+ * recurrent dropout (NULL: none); db_ih and db_hh (NULL: skipped) both get the column sums
+ * of dG; dx (T*B, I) = dG . w_ih unless dx is NULL (the time loop computed it step by step:
+ * input_grad_step). [x | h_prev] is built FR_GRAD_ROWS rows at a time, so the extra memory
+ * stays small. Returns 0 or FR_ERR_NOMEM. */
 #define FR_GRAD_ROWS 2048
 
 static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *db_ih,
                                       real *db_hh, const real *dG, const real *x,
-                                      const real *h_first, const real *y, const real *w_ih,
-                                      ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,
-                                      ptrdiff_t N) {
+                                      const real *h_first, const real *y, const real *mask,
+                                      const real *w_ih, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
+                                      ptrdiff_t H, ptrdiff_t N) {
     const ptrdiff_t rows = T * B, K = I + H;
     const ptrdiff_t chunk = rows < FR_GRAD_ROWS ? rows : FR_GRAD_ROWS;
     real *xh = FR_FN(alloc)(chunk * K); /* (chunk, I+H) */
@@ -138,6 +156,8 @@ static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *
                 memcpy(xh + r * K + I, h_first + row * H, (size_t)H * sizeof(real));
             else
                 memset(xh + r * K + I, 0, (size_t)H * sizeof(real));
+            for (ptrdiff_t j = 0; mask && j < H; j++) /* h_prev * mask, in place */
+                xh[r * K + I + j] *= mask[(row % B) * H + j];
         }
         FR_FN(gemm)(1, 0, N, K, n, 1, dG + r0 * N, N, xh, K, r0 > 0, dw, K);
     }
@@ -459,6 +479,39 @@ static inline void FR_FN(input_grad_step)(const fr_input_grad *g, const real *dG
 }
 
 static inline void FR_FN(input_grad_free)(fr_input_grad *g) { FR_FN(recurrent_free)(&g->rec); }
+
+/* The states the recurrent products of a forward read, for the weight gradients after the
+ * backward loop: h_first (B, H) fed step 0 and h_rest ((T-1)*B, H) steps 1..T-1; h0 (NULL:
+ * zeros) and y as they are without a mask, else their masked copies in hm (T, B, H). */
+static inline void FR_FN(product_inputs)(const real **h_first, const real **h_rest, real *hm,
+                                         const real *h0, const real *y, const real *mask,
+                                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    *h_first = h0;
+    *h_rest = y;
+    if (!mask)
+        return;
+    FR_FN(mask_state)(hm, h0, mask, B * H);
+    for (ptrdiff_t t = 1; t < T; t++)
+        FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, mask, B * H);
+    *h_first = hm;
+    *h_rest = hm + B * H;
+}
+
+/* Backward of a product that read masked rows (recurrent dropout):
+ *   C (B, N) += (A (B, K) . op(W)) * mask      mask (B, N), through tmp (B, N)
+ * and without a mask (NULL) C += A . op(W). C, mask and tmp have leading dimension N. */
+static inline void FR_FN(recurrent_product_masked)(const fr_recurrent *r, real *C,
+                                                   const real *A, ptrdiff_t lda, ptrdiff_t B,
+                                                   const real *mask, real *tmp) {
+    const ptrdiff_t N = r->G * r->H;
+    if (!mask) {
+        FR_FN(recurrent_product)(r, C, N, A, lda, B, 1);
+        return;
+    }
+    FR_FN(recurrent_product)(r, tmp, N, A, lda, B, 0);
+    for (ptrdiff_t i = 0; i < B * N; i++)
+        C[i] += tmp[i] * mask[i];
+}
 
 /* The input side of a forward time loop: P_t (B, G*H) = x_t (B, I) . w_ih^T + bias.
  *

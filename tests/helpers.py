@@ -28,3 +28,27 @@ def load_script(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_close(name, got, want, dtype, tolerance: dict) -> None:
+    """``got`` equals ``want`` (None or an array of ``dtype`` and the same shape) within
+    ``tolerance[dtype]``, relative to ``max(|want|, 1)``."""
+    if want is None:
+        assert got is None, f"{name}: expected None"
+        return
+    assert got.dtype == want.dtype == dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    scale = max(float(np.abs(want).max()), 1.0)
+    error = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert error <= tolerance[dtype], f"{name}: relative error {error:.3g}"
+
+
+def assert_runs_close(got, want, dtype, tolerance: dict) -> None:
+    """Two ``(forward outputs, grads named tuple)`` runs agree output by output and field by
+    field (assert_close), and their grads are of the same type."""
+    (got_out, got_grads), (want_out, want_grads) = got, want
+    for i, (a, b) in enumerate(zip(got_out, want_out)):
+        assert_close(f"output {i}", a, b, dtype, tolerance)
+    assert type(got_grads) is type(want_grads), (type(got_grads), type(want_grads))
+    for name, a, b in zip(want_grads._fields, got_grads, want_grads):
+        assert_close(name, a, b, dtype, tolerance)

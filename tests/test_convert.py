@@ -277,6 +277,16 @@ def test_zero_peepholes_are_accepted():
         np.testing.assert_array_equal(value, b.state_dict()[key])
 
 
+def test_nonzero_peepholes_build_a_peephole_lstm():
+    rng = np.random.default_rng(5)
+    W, R, B_ = onnx_weights(rng, "LSTM", 2)
+    P = rng.standard_normal((2, 3 * H))
+    module = from_onnx("LSTM", W, R, B_, P=P, direction="bidirectional", dtype=np.float64)
+    assert module.peepholes
+    np.testing.assert_array_equal(module.weight_p_l0.value, P[0])
+    np.testing.assert_array_equal(module.weight_p_l0_reverse.value, P[1])
+
+
 # -- round trips -------------------------------------------------------------------------------
 MODULES = [(recurrent.RNN, {}), (recurrent.RNN, {"nonlinearity": "relu"}),
            (recurrent.LSTM, {}), (recurrent.GRU, {}), (recurrent.GRU, {"reset_after": False})]
@@ -393,8 +403,10 @@ def _onnx(op="LSTM", D=1):
 
 @pytest.mark.parametrize("call, match", [
     (lambda: from_onnx("Scan", *_onnx()), "op_type must be one of"),
-    (lambda: from_onnx("LSTM", *_onnx(), P=np.ones((1, 3 * H))),
-     r"peepholes are not supported: got a nonzero P of shape \(1, 18\)"),
+    (lambda: from_onnx("LSTM", *_onnx(), P=np.ones((1, 3 * H + 1))),
+     r"P must have shape \(1, 18\), got \(1, 19\)"),
+    (lambda: from_onnx("GRU", *_onnx("GRU"), P=np.ones((1, 3 * H))),
+     r"P \(peepholes\) is an LSTM input, got one for GRU"),
     (lambda: from_onnx("LSTM", *_onnx(), clip=3.0), "clip=3.0"),
     (lambda: from_onnx("LSTM", *_onnx(), input_forget=1), "input_forget=1"),
     (lambda: from_onnx("LSTM", *_onnx(), direction="reverse"),

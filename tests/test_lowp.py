@@ -235,6 +235,9 @@ def test_bad_precision_arguments(rng, backend):
                            training=False, precision="bfloat16")
     with pytest.raises(ValueError, match="needs w_ih"):
         ops.pack_weights("rnn", w[1], precision="bfloat16")
+    with pytest.raises(ValueError, match="does not support recurrent_mask"):
+        module.rnn_forward(x, None, *w, training=False, precision="int8",
+                           recurrent_mask=np.ones((1, 4), np.float32))
 
 
 # -- layers ----------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ def test_peephole_lstm_exports_p_and_loads_back(bidirectional):
     rng = np.random.default_rng(0)
     for name, p in module.named_parameters():
         if name.startswith("weight_p"):
-            p.value[...] = rng.uniform(-.5, .5, p.shape)
+            p[...] = rng.uniform(-.5, .5, p.shape)
     module.eval()
     model = fastrnn.onnx.export(module, lengths=True)
     assert sum(len(n.input) == 8 and n.input[7] != "" for n in model.graph.node) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import helpers
 from fastrnn import ops, reference
 
 CELLS = {  # name: (kernel prefix, gates, forward options)
@@ -68,14 +69,7 @@ def run(module, cell, case, training=True):
 
 
 def assert_close(name, got, want, dtype):
-    if want is None:
-        assert got is None, f"{name}: expected None"
-        return
-    assert got.dtype == want.dtype == dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    scale = max(float(np.abs(want).max()), 1.0)
-    error = float(np.abs(got.astype(np.float64) - want).max()) / scale
-    assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.3g}"
+    helpers.assert_close(name, got, want, dtype, TOLERANCE)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

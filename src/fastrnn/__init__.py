@@ -19,7 +19,9 @@
 from ._threads import get_num_threads, set_num_threads  # first: it prepares OpenMP
 
 from . import convert, data, generate, io, losses, models, nn, ops, optim, reference  # noqa: I001
-from ._common import GRUGrads, LSTMGrads, RNNGrads
+from ._common import (GRUGrads, LayerNormGRUGrads, LayerNormLSTMGrads, LSTMGrads,
+                      PeepholeLSTMGrads,
+                      ProjectedLSTMGrads, RNNGrads)
 from .grad_mode import (enable_grad, inference_mode, is_grad_enabled, is_inference_mode_enabled,
                         no_grad, set_grad_enabled)
 from .io import CheckpointError, load_checkpoint, save_checkpoint
@@ -34,7 +36,9 @@ __all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert", "models
            "generate", "LanguageModel", "SequenceClassifier", "SequenceRegressor", "Seq2Seq",
            "OneToManyGenerator", "onnx",
            "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
-           "RNNGrads", "LSTMGrads", "GRUGrads", "set_num_threads", "get_num_threads",
+           "RNNGrads", "LSTMGrads", "PeepholeLSTMGrads", "ProjectedLSTMGrads", "LayerNormLSTMGrads",
+           "GRUGrads", "LayerNormGRUGrads",
+           "set_num_threads", "get_num_threads",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__",
            "no_grad", "enable_grad", "inference_mode", "set_grad_enabled", "is_grad_enabled",
            "is_inference_mode_enabled", "quantize_dynamic"]

@@ -50,6 +50,26 @@ class LSTMGrads(NamedTuple):
     db_hh: Optional[np.ndarray]  # (4H,)
 
 
+# LSTMGrads of the variants: the same fields, then the variant's own (shapes as commented).
+PeepholeLSTMGrads = NamedTuple("PeepholeLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),
+    ("dw_p", np.ndarray),              # (3H,) [p_i, p_o, p_f]
+])
+PeepholeLSTMGrads.__doc__ = "LSTMGrads of a peephole LSTM, with the peepholes' gradient last."
+ProjectedLSTMGrads = NamedTuple("ProjectedLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),  # dh0 (B, P), dw_hh (4H, P) with a projection
+    ("dw_hr", np.ndarray),             # (P, H)
+    ("dw_p", Optional[np.ndarray]),    # (3H,) with peepholes, else None
+])
+ProjectedLSTMGrads.__doc__ = ("LSTMGrads of an LSTM with a projection (w_hr), then the "
+                              "projection's and (with peepholes, else None) the peepholes' "
+                              "gradients.")
+
+
+# Layer norm: eps inside the square root, as torch.nn.LayerNorm's default.
+LAYER_NORM_EPS = 1e-5
+
+
 class GRUGrads(NamedTuple):
     dx: np.ndarray               # (T, B, I)
     dh0: np.ndarray              # (B, H)
@@ -58,6 +78,19 @@ class GRUGrads(NamedTuple):
     db_ih: Optional[np.ndarray]  # (3H,)
     db_hh: Optional[np.ndarray]  # (3H,)
 
+
+LayerNormLSTMGrads = NamedTuple("LayerNormLSTMGrads", [
+    *LSTMGrads.__annotations__.items(),
+    ("dlayer_norm", np.ndarray),       # (10H,) [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
+])
+LayerNormLSTMGrads.__doc__ = ("LSTMGrads of a layer-normalised LSTM, with the gradient of "
+                              "its layer-norm parameters (10H,) last.")
+LayerNormGRUGrads = NamedTuple("LayerNormGRUGrads", [
+    *GRUGrads.__annotations__.items(),
+    ("dlayer_norm", np.ndarray),       # (6H,) [g_ih (3H), g_hh (3H)]
+])
+LayerNormGRUGrads.__doc__ = ("GRUGrads of a layer-normalised GRU, with the gradient of its "
+                             "layer-norm gains (6H,) last.")
 
 @dataclass
 class Inputs:
@@ -76,10 +109,16 @@ class Inputs:
     I: int
     H: int
     G: int
+    w_hr: Optional[np.ndarray] = None   # (P, H): LSTM projection (proj_size), or None
 
     @property
     def dtype(self) -> np.dtype:
         return self.x.dtype
+
+    @property
+    def P(self) -> int:
+        """Size of h (and y): the projection's P, else H."""
+        return self.H if self.w_hr is None else self.w_hr.shape[0]
 
 
 @dataclass
@@ -175,10 +214,11 @@ def split_precision(value, name: str = "dtype"):
     return normalize_dtype(value, name), "float32"
 
 
-def check_precision(precision, packs, dtype: np.dtype, training: bool) -> str:
+def check_precision(precision, packs, dtype: np.dtype, training: bool,
+                    variants: Optional[dict] = None) -> str:
     """The precision of a forward: ``precision`` ('float32', 'bfloat16' or 'int8'), or that
-    of the ``packs`` when it is None. The reduced ones need float32 arrays and
-    ``training=False``."""
+    of the ``packs`` when it is None. The reduced ones need float32 arrays,
+    ``training=False`` and none of ``variants`` (name: argument, None when not used)."""
     if precision is None:
         precision = getattr(packs, "precision", "float32") if packs is not None else "float32"
     if precision not in PRECISIONS:
@@ -189,6 +229,10 @@ def check_precision(precision, packs, dtype: np.dtype, training: bool) -> str:
         if training:
             raise ValueError(f"precision={precision!r} runs inference only: pass "
                              "training=False")
+        for name, value in (variants or {}).items():
+            if value is not None:
+                raise ValueError(f"precision={precision!r} does not support {name} yet; "
+                                 f"pass {name}=None or precision='float32'")
     return precision
 
 
@@ -283,30 +327,75 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, itemsize: int) -> None:
     check_memory(f"T={T}, B={B}, I={I}, H={H}", elements * itemsize)
 
 
-def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths) -> Inputs:
+def _check_projection(w_hr, w_hh, dtype):
+    """LSTM with a projection: w_hr (P, H) and w_hh (4H, P); returns (w_hr, w_hh, H)."""
+    w_hr = as_ndarray("w_hr", w_hr, dtype)
+    if w_hr.ndim != 2 or min(w_hr.shape) < 1:
+        raise ValueError(f"w_hr must have shape (P, H), got {_shape_str(w_hr.shape)}")
+    P, H = w_hr.shape
+    check_shape("w_hh", w_hh, (4 * H, P))
+    return np.ascontiguousarray(w_hr), w_hh, H
+
+
+def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths,
+                  w_hr=None) -> Inputs:
     """Validate forward arguments for ``cell`` ('rnn', 'lstm' or 'gru').
 
     ``states`` is ``(h0,)`` or ``(h0, c0)``, each entry an array (B, H) or None (zeros).
+    ``w_hr (P, H)`` (LSTM only) is a projection: then w_hh is (4H, P) and h0 (B, P).
     """
     G = GATES[cell]
     x = as_ndarray("x", x)
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {_shape_str(x.shape)}")
     w_hh = as_ndarray("w_hh", w_hh, x.dtype)
-    if w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != G * w_hh.shape[1]:
+    if w_hr is not None:
+        w_hr, w_hh, H = _check_projection(w_hr, w_hh, x.dtype)
+    elif w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != G * w_hh.shape[1]:
         raise ValueError(
             f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_shape_str(w_hh.shape)}")
+    else:
+        H = w_hh.shape[1]
     T, B, I = x.shape
-    H = w_hh.shape[1]
+    P = H if w_hr is None else w_hr.shape[0]
     _check_sizes(T, B, I, H, G, x.dtype.itemsize)   # before any copy of a huge view
     x, w_hh = np.ascontiguousarray(x), np.ascontiguousarray(w_hh)
     w_ih = _checked("w_ih", w_ih, x.dtype, (G * H, I))
     biases = [None if bias is None else _checked(name, bias, x.dtype, (G * H,))
               for name, bias in (("b_ih", b_ih), ("b_hh", b_hh))]
-    checked_states = [None if state is None else _checked(name, state, x.dtype, (B, H))
-                      for name, state in zip(("h0", "c0"), states)]
+    checked_states = [None if state is None else _checked(name, state, x.dtype, (B, size))
+                      for name, state, size in zip(("h0", "c0"), states, (P, H))]
     return Inputs(cell, x, tuple(checked_states), w_ih, w_hh, biases[0], biases[1],
-                  _check_lengths(lengths, T, B), T, B, I, H, G)
+                  _check_lengths(lengths, T, B), T, B, I, H, G, w_hr)
+
+
+def check_peepholes(w_p, inputs: Inputs) -> Optional[np.ndarray]:
+    """LSTM peepholes ``w_p (3H,)`` = [p_i, p_o, p_f] (ONNX's order) of the forward's
+    dtype, or None (no peepholes)."""
+    if w_p is None:
+        return None
+    return _checked("peepholes", w_p, inputs.dtype, (3 * inputs.H,))
+
+
+def check_layer_norm(ln, inputs: Inputs) -> Optional[np.ndarray]:
+    """A layer-normalised cell's norm parameters of the forward's dtype, or None (no layer
+    norm): LSTM ``(10H,)`` = [g_ih (4H), g_hh (4H), g_c (H), b_c (H)], GRU ``(6H,)`` =
+    [g_ih (3H), g_hh (3H)]."""
+    if ln is None:
+        return None
+    if inputs.w_hr is not None:
+        raise ValueError("layer_norm cannot be combined with a projection (w_hr) yet")
+    size = {"lstm": 10, "gru": 6}[inputs.cell] * inputs.H
+    return _checked("layer_norm", ln, inputs.dtype, (size,))
+
+
+def check_recurrent_mask(mask, inputs: Inputs) -> Optional[np.ndarray]:
+    """A recurrent dropout mask ``(B, P)`` (P = H but with an LSTM projection) of the
+    forward's dtype (each entry 0 or 1/(1-p) for inverted dropout; any values are
+    accepted), or None (no dropout)."""
+    if mask is None:
+        return None
+    return _checked("recurrent_mask", mask, inputs.dtype, (inputs.B, inputs.P))
 
 
 def check_backward(cache, upstream: dict, backend: str, cell: str) -> dict:
@@ -324,8 +413,8 @@ def check_backward(cache, upstream: dict, backend: str, cell: str) -> dict:
         raise TypeError(
             f"cache comes from the {cache.backend!r} backend, but this is {backend!r}")
     inputs = cache.inputs
-    expected = {"dy": (inputs.T, inputs.B, inputs.H),
-                "dh_n": (inputs.B, inputs.H), "dc_n": (inputs.B, inputs.H)}
+    expected = {"dy": (inputs.T, inputs.B, inputs.P),
+                "dh_n": (inputs.B, inputs.P), "dc_n": (inputs.B, inputs.H)}
     checked = {}
     for name, value in upstream.items():
         checked[name] = (None if value is None

@@ -33,57 +33,117 @@ cdef extern from "fastrnn.h" nogil:
     int fr_pack_f64(void *dst, size_t nbytes, const double *w_hh, int cell, int backward,
                     Py_ssize_t H)
     int fr_rnn_forward_f32(float*, float*, const float*, const float*, const float*,
-                           const float*, const float*, const float*, const int64_t*, int,
+                           const float*, const float*, const float*, const int64_t*,
+                           const float*, int,
                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_forward_f64(double*, double*, const double*, const double*, const double*,
-                           const double*, const double*, const double*, const int64_t*, int,
+                           const double*, const double*, const double*, const int64_t*,
+                           const double*, int,
                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
                             const float*, const float*, const float*, const float*,
-                            const float*, const float*, const int64_t*, int,
+                            const float*, const float*, const int64_t*, const float*, int,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_rnn_backward_f64(double*, double*, double*, double*, double*, double*,
                             const double*, const double*, const double*, const double*,
-                            const double*, const double*, const double*, const int64_t*, int,
+                            const double*, const double*, const double*, const int64_t*,
+                            const double*, int,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_lstm_forward_f32(float*, float*, float*, float*, const float*, const float*,
                             const float*, const float*, const float*, const float*,
-                            const float*, const int64_t*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                            const float*, const float*, const float*, const int64_t*,
+                            const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const void*)
     int fr_lstm_forward_f64(double*, double*, double*, double*, const double*, const double*,
                             const double*, const double*, const double*, const double*,
-                            const double*, const int64_t*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
-    int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*,
+                            const double*, const double*, const double*, const int64_t*,
+                            const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, const void*)
+    int fr_lstm_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
+                             float*, const float*, const float*, const float*, const float*,
                              const float*, const float*, const float*, const float*,
                              const float*, const float*, const float*, const float*,
-                             const float*, const float*, const int64_t*,
-                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                             const int64_t*, const float*,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             const void*)
     int fr_lstm_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                             double*, double*, const double*, const double*, const double*,
                              const double*, const double*, const double*, const double*,
                              const double*, const double*, const double*, const double*,
-                             const double*, const double*, const int64_t*,
-                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                             const double*, const int64_t*, const double*,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             const void*)
     int fr_gru_forward_f32(float*, float*, float*, const float*, const float*, const float*,
-                           const float*, const float*, const float*, const int64_t*, int,
+                           const float*, const float*, const float*, const int64_t*,
+                           const float*, int,
                            Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_forward_f64(double*, double*, double*, const double*, const double*,
                            const double*, const double*, const double*, const double*,
-                           const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                           const int64_t*, const double*, int, Py_ssize_t, Py_ssize_t,
+                           Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_backward_f32(float*, float*, float*, float*, float*, float*, const float*,
                             const float*, const float*, const float*, const float*,
-                            const float*, const float*, const float*, const int64_t*, int,
+                            const float*, const float*, const float*, const int64_t*,
+                            const float*, int,
                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
     int fr_gru_backward_f64(double*, double*, double*, double*, double*, double*,
                             const double*, const double*, const double*, const double*,
                             const double*, const double*, const double*, const double*,
-                            const int64_t*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const void*)
+                            const int64_t*, const double*, int, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t, Py_ssize_t, const void*)
+
+cdef extern from "fastrnn.h" nogil:
+    int FR_LSTM_LN_SAVED_PER_UNIT
+    int FR_LSTM_LN_SAVED_PER_ROW
+    int FR_GRU_LN_SAVED_PER_UNIT
+    int FR_GRU_LN_SAVED_PER_ROW
+    int fr_gru_ln_forward_f32(float*, float*, float*, const float*, const float*, const float*,
+                              const float*, const float*, const float*, const float*,
+                              const int64_t*, const float*, Py_ssize_t, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t)
+    int fr_gru_ln_forward_f64(double*, double*, double*, const double*, const double*,
+                              const double*, const double*, const double*, const double*,
+                              const double*, const int64_t*, const double*, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_ln_backward_f32(float*, float*, float*, float*, float*, float*, float*,
+                               const float*, const float*, const float*, const float*,
+                               const float*, const float*, const float*, const float*,
+                               const float*, const int64_t*, const float*, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_gru_ln_backward_f64(double*, double*, double*, double*, double*, double*, double*,
+                               const double*, const double*, const double*, const double*,
+                               const double*, const double*, const double*, const double*,
+                               const double*, const int64_t*, const double*, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_ln_forward_f32(float*, float*, float*, float*, const float*, const float*,
+                               const float*, const float*, const float*, const float*,
+                               const float*, const float*, const int64_t*, const float*,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_ln_forward_f64(double*, double*, double*, double*, const double*,
+                               const double*, const double*, const double*, const double*,
+                               const double*, const double*, const double*, const int64_t*,
+                               const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_ln_backward_f32(float*, float*, float*, float*, float*, float*, float*, float*,
+                                const float*, const float*, const float*, const float*,
+                                const float*, const float*, const float*, const float*,
+                                const float*, const float*, const float*, const int64_t*,
+                                const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int fr_lstm_ln_backward_f64(double*, double*, double*, double*, double*, double*,
+                                double*, double*, const double*, const double*,
+                                const double*, const double*, const double*, const double*,
+                                const double*, const double*, const double*, const double*,
+                                const double*, const int64_t*, const double*, Py_ssize_t,
+                                Py_ssize_t, Py_ssize_t, Py_ssize_t)
 
 fr_set_blas(sgemm, dgemm)
 
 RNN_SAVED_PER_UNIT = FR_RNN_SAVED_PER_UNIT
 LSTM_SAVED_PER_UNIT = FR_LSTM_SAVED_PER_UNIT
 GRU_SAVED_PER_UNIT = FR_GRU_SAVED_PER_UNIT
+LSTM_LN_SAVED_PER_UNIT = FR_LSTM_LN_SAVED_PER_UNIT
+LSTM_LN_SAVED_PER_ROW = FR_LSTM_LN_SAVED_PER_ROW
+GRU_LN_SAVED_PER_UNIT = FR_GRU_LN_SAVED_PER_UNIT
+GRU_LN_SAVED_PER_ROW = FR_GRU_LN_SAVED_PER_ROW
 
 
 cdef inline floating* mut(floating[::1] a) noexcept nogil:
@@ -120,15 +180,18 @@ def rnn_forward(floating[::1] y, floating[::1] h_n, const floating[::1] x,
                 const floating[::1] b_ih, const floating[::1] b_hh,
                 const int64_t[::1] lengths, bint relu,
                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                const unsigned char[::1] pack=None):
+                const unsigned char[::1] pack=None,
+                const floating[::1] h_mask=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_rnn_forward_f32(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
-                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H, pk(pack))
+                                        ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask), relu, T,
+                                        B, I, H, pk(pack))
         else:
             status = fr_rnn_forward_f64(mut(y), mut(h_n), ro(x), ro(h0), ro(w_ih), ro(w_hh),
-                                        ro(b_ih), ro(b_hh), lens(lengths), relu, T, B, I, H, pk(pack))
+                                        ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask), relu, T,
+                                        B, I, H, pk(pack))
     check(status)
 
 
@@ -138,17 +201,20 @@ def rnn_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
                  const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
                  const floating[::1] w_hh, const int64_t[::1] lengths, bint relu,
                  Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                 const unsigned char[::1] pack=None):
+                 const unsigned char[::1] pack=None,
+                 const floating[::1] h_mask=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_rnn_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
-                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H, pk(pack))
+                                         ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask), relu,
+                                         T, B, I, H, pk(pack))
         else:
             status = fr_rnn_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(y), ro(x), ro(h0),
-                                         ro(w_ih), ro(w_hh), lens(lengths), relu, T, B, I, H, pk(pack))
+                                         ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask), relu,
+                                         T, B, I, H, pk(pack))
     check(status)
 
 
@@ -158,17 +224,23 @@ def lstm_forward(floating[::1] y, floating[::1] h_n, floating[::1] c_n, floating
                  const floating[::1] b_ih, const floating[::1] b_hh,
                  const int64_t[::1] lengths,
                  Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                 const unsigned char[::1] pack=None):
+                 const unsigned char[::1] pack=None, const floating[::1] w_p=None,
+                 const floating[::1] h_mask=None, const floating[::1] w_hr=None,
+                 Py_ssize_t P=0):
+    if P == 0:
+        P = H
     cdef int status
     with nogil:
         if floating is float:
             status = fr_lstm_forward_f32(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x), ro(h0),
                                          ro(c0), ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh),
-                                         lens(lengths), T, B, I, H, pk(pack))
+                                         ro(w_p), ro(w_hr), lens(lengths), ro(h_mask), T, B,
+                                         I, H, P, pk(pack))
         else:
             status = fr_lstm_forward_f64(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x), ro(h0),
                                          ro(c0), ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh),
-                                         lens(lengths), T, B, I, H, pk(pack))
+                                         ro(w_p), ro(w_hr), lens(lengths), ro(h_mask), T, B,
+                                         I, H, P, pk(pack))
     check(status)
 
 
@@ -180,19 +252,121 @@ def lstm_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dc0,
                   const floating[::1] w_ih, const floating[::1] w_hh,
                   const int64_t[::1] lengths,
                   Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                  const unsigned char[::1] pack=None):
+                  const unsigned char[::1] pack=None, floating[::1] dw_p=None,
+                  const floating[::1] w_p=None,
+                  const floating[::1] h_mask=None, floating[::1] dw_hr=None,
+                  const floating[::1] w_hr=None, Py_ssize_t P=0):
+    if P == 0:
+        P = H
     cdef int status
     with nogil:
         if floating is float:
             status = fr_lstm_backward_f32(mut(dx), mut(dh0), mut(dc0), mut(dw_ih), mut(dw_hh),
-                                          mut(db_ih), mut(db_hh), ro(dy), ro(dh_n), ro(dc_n),
-                                          ro(saved), ro(y), ro(x), ro(h0), ro(c0), ro(w_ih),
-                                          ro(w_hh), lens(lengths), T, B, I, H, pk(pack))
+                                          mut(db_ih), mut(db_hh), mut(dw_p), mut(dw_hr),
+                                          ro(dy), ro(dh_n), ro(dc_n), ro(saved), ro(y), ro(x),
+                                          ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(w_p),
+                                          ro(w_hr), lens(lengths), ro(h_mask), T, B, I, H, P,
+                                          pk(pack))
         else:
             status = fr_lstm_backward_f64(mut(dx), mut(dh0), mut(dc0), mut(dw_ih), mut(dw_hh),
-                                          mut(db_ih), mut(db_hh), ro(dy), ro(dh_n), ro(dc_n),
-                                          ro(saved), ro(y), ro(x), ro(h0), ro(c0), ro(w_ih),
-                                          ro(w_hh), lens(lengths), T, B, I, H, pk(pack))
+                                          mut(db_ih), mut(db_hh), mut(dw_p), mut(dw_hr),
+                                          ro(dy), ro(dh_n), ro(dc_n), ro(saved), ro(y), ro(x),
+                                          ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(w_p),
+                                          ro(w_hr), lens(lengths), ro(h_mask), T, B, I, H, P,
+                                          pk(pack))
+    check(status)
+
+
+def lstm_ln_forward(floating[::1] y, floating[::1] h_n, floating[::1] c_n,
+                    floating[::1] saved, const floating[::1] x, const floating[::1] h0,
+                    const floating[::1] c0, const floating[::1] w_ih, const floating[::1] w_hh,
+                    const floating[::1] b_ih, const floating[::1] b_hh,
+                    const floating[::1] ln, const int64_t[::1] lengths,
+                    const floating[::1] h_mask, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                    Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_lstm_ln_forward_f32(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x),
+                                            ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(b_ih),
+                                            ro(b_hh), ro(ln), lens(lengths), ro(h_mask), T, B,
+                                            I, H)
+        else:
+            status = fr_lstm_ln_forward_f64(mut(y), mut(h_n), mut(c_n), mut(saved), ro(x),
+                                            ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(b_ih),
+                                            ro(b_hh), ro(ln), lens(lengths), ro(h_mask), T, B,
+                                            I, H)
+    check(status)
+
+
+def lstm_ln_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dc0,
+                     floating[::1] dw_ih, floating[::1] dw_hh, floating[::1] db_ih,
+                     floating[::1] db_hh, floating[::1] dln, const floating[::1] dy,
+                     const floating[::1] dh_n, const floating[::1] dc_n,
+                     const floating[::1] saved, const floating[::1] y, const floating[::1] x,
+                     const floating[::1] h0, const floating[::1] c0,
+                     const floating[::1] w_ih, const floating[::1] w_hh,
+                     const floating[::1] ln, const int64_t[::1] lengths,
+                     const floating[::1] h_mask, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                     Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_lstm_ln_backward_f32(mut(dx), mut(dh0), mut(dc0), mut(dw_ih),
+                                             mut(dw_hh), mut(db_ih), mut(db_hh), mut(dln),
+                                             ro(dy), ro(dh_n), ro(dc_n), ro(saved), ro(y),
+                                             ro(x), ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(ln),
+                                             lens(lengths), ro(h_mask), T, B, I, H)
+        else:
+            status = fr_lstm_ln_backward_f64(mut(dx), mut(dh0), mut(dc0), mut(dw_ih),
+                                             mut(dw_hh), mut(db_ih), mut(db_hh), mut(dln),
+                                             ro(dy), ro(dh_n), ro(dc_n), ro(saved), ro(y),
+                                             ro(x), ro(h0), ro(c0), ro(w_ih), ro(w_hh), ro(ln),
+                                             lens(lengths), ro(h_mask), T, B, I, H)
+    check(status)
+
+
+def gru_ln_forward(floating[::1] y, floating[::1] h_n, floating[::1] saved,
+                   const floating[::1] x, const floating[::1] h0, const floating[::1] w_ih,
+                   const floating[::1] w_hh, const floating[::1] b_ih,
+                   const floating[::1] b_hh, const floating[::1] ln,
+                   const int64_t[::1] lengths, const floating[::1] h_mask, Py_ssize_t T,
+                   Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_ln_forward_f32(mut(y), mut(h_n), mut(saved), ro(x), ro(h0),
+                                           ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh), ro(ln),
+                                           lens(lengths), ro(h_mask), T, B, I, H)
+        else:
+            status = fr_gru_ln_forward_f64(mut(y), mut(h_n), mut(saved), ro(x), ro(h0),
+                                           ro(w_ih), ro(w_hh), ro(b_ih), ro(b_hh), ro(ln),
+                                           lens(lengths), ro(h_mask), T, B, I, H)
+    check(status)
+
+
+def gru_ln_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
+                    floating[::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
+                    floating[::1] dln, const floating[::1] dy, const floating[::1] dh_n,
+                    const floating[::1] saved, const floating[::1] y, const floating[::1] x,
+                    const floating[::1] h0, const floating[::1] w_ih,
+                    const floating[::1] w_hh, const floating[::1] ln,
+                    const int64_t[::1] lengths, const floating[::1] h_mask, Py_ssize_t T,
+                    Py_ssize_t B, Py_ssize_t I, Py_ssize_t H):
+    cdef int status
+    with nogil:
+        if floating is float:
+            status = fr_gru_ln_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh),
+                                            mut(db_ih), mut(db_hh), mut(dln), ro(dy),
+                                            ro(dh_n), ro(saved), ro(y), ro(x), ro(h0),
+                                            ro(w_ih), ro(w_hh), ro(ln), lens(lengths),
+                                            ro(h_mask), T, B, I, H)
+        else:
+            status = fr_gru_ln_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh),
+                                            mut(db_ih), mut(db_hh), mut(dln), ro(dy),
+                                            ro(dh_n), ro(saved), ro(y), ro(x), ro(h0),
+                                            ro(w_ih), ro(w_hh), ro(ln), lens(lengths),
+                                            ro(h_mask), T, B, I, H)
     check(status)
 
 
@@ -201,16 +375,17 @@ def gru_forward(floating[::1] y, floating[::1] h_n, floating[::1] saved,
                 const floating[::1] w_hh, const floating[::1] b_ih, const floating[::1] b_hh,
                 const int64_t[::1] lengths, bint reset_after,
                 Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                const unsigned char[::1] pack=None):
+                const unsigned char[::1] pack=None,
+                const floating[::1] h_mask=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_gru_forward_f32(mut(y), mut(h_n), mut(saved), ro(x), ro(h0), ro(w_ih),
-                                        ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths),
+                                        ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask),
                                         reset_after, T, B, I, H, pk(pack))
         else:
             status = fr_gru_forward_f64(mut(y), mut(h_n), mut(saved), ro(x), ro(h0), ro(w_ih),
-                                        ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths),
+                                        ro(w_hh), ro(b_ih), ro(b_hh), lens(lengths), ro(h_mask),
                                         reset_after, T, B, I, H, pk(pack))
     check(status)
 
@@ -222,18 +397,19 @@ def gru_backward(floating[::1] dx, floating[::1] dh0, floating[::1] dw_ih,
                  const floating[::1] w_ih, const floating[::1] w_hh,
                  const int64_t[::1] lengths, bint reset_after,
                  Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                 const unsigned char[::1] pack=None):
+                 const unsigned char[::1] pack=None,
+                 const floating[::1] h_mask=None):
     cdef int status
     with nogil:
         if floating is float:
             status = fr_gru_backward_f32(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(saved), ro(y), ro(x),
-                                         ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
+                                         ro(h0), ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask),
                                          reset_after, T, B, I, H, pk(pack))
         else:
             status = fr_gru_backward_f64(mut(dx), mut(dh0), mut(dw_ih), mut(dw_hh), mut(db_ih),
                                          mut(db_hh), ro(dy), ro(dh_n), ro(saved), ro(y), ro(x),
-                                         ro(h0), ro(w_ih), ro(w_hh), lens(lengths),
+                                         ro(h0), ro(w_ih), ro(w_hh), lens(lengths), ro(h_mask),
                                          reset_after, T, B, I, H, pk(pack))
     check(status)
 
@@ -400,10 +576,12 @@ def rnn_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
     with nogil:
         if floating is float:
             status = fr_rnn_forward_f32(&y[0, 0], &h_n[0, 0], ro2(x), ro2(h), ro2(w_ih),
-                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H, pk(pack))
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, NULL, relu, 1, B, I, H,
+                                        pk(pack))
         else:
             status = fr_rnn_forward_f64(&y[0, 0], &h_n[0, 0], ro2(x), ro2(h), ro2(w_ih),
-                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, relu, 1, B, I, H, pk(pack))
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, NULL, relu, 1, B, I, H,
+                                        pk(pack))
     check(status)
 
 
@@ -418,11 +596,11 @@ def lstm_step(floating[:, ::1] y, floating[:, ::1] h_n, floating[:, ::1] c_n,
         if floating is float:
             status = fr_lstm_forward_f32(&y[0, 0], &h_n[0, 0], &c_n[0, 0], NULL, ro2(x), ro2(h),
                                          ro2(c), ro2(w_ih), ro2(w_hh), ro(b_ih), ro(b_hh), NULL,
-                                         1, B, I, H, pk(pack))
+                                         NULL, NULL, NULL, 1, B, I, H, H, pk(pack))
         else:
             status = fr_lstm_forward_f64(&y[0, 0], &h_n[0, 0], &c_n[0, 0], NULL, ro2(x), ro2(h),
                                          ro2(c), ro2(w_ih), ro2(w_hh), ro(b_ih), ro(b_hh), NULL,
-                                         1, B, I, H, pk(pack))
+                                         NULL, NULL, NULL, 1, B, I, H, H, pk(pack))
     check(status)
 
 
@@ -435,11 +613,11 @@ def gru_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
     with nogil:
         if floating is float:
             status = fr_gru_forward_f32(&y[0, 0], &h_n[0, 0], NULL, ro2(x), ro2(h), ro2(w_ih),
-                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, NULL, reset_after,
                                         1, B, I, H, pk(pack))
         else:
             status = fr_gru_forward_f64(&y[0, 0], &h_n[0, 0], NULL, ro2(x), ro2(h), ro2(w_ih),
-                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, reset_after,
+                                        ro2(w_hh), ro(b_ih), ro(b_hh), NULL, NULL, reset_after,
                                         1, B, I, H, pk(pack))
     check(status)
 
@@ -477,6 +655,7 @@ ctypedef struct StepWeights:
     const void *b_ih
     const void *b_hh
     const void *pack
+    const void *w_p     # LSTM peepholes (3H) or NULL
 
 
 cdef inline const void* data_or_null(a):
@@ -492,7 +671,7 @@ cdef class Stepper:
     states), allocates the new states and runs every layer's C step with the GIL released.
     ``kind``: 'rnn', 'rnn_relu', 'lstm', 'gru', 'gru_reset_before'.
     """
-    cdef object layers      # per layer: (w_ih, w_hh, b_ih, b_hh, pack), owned for the pointers
+    cdef object layers      # per layer: (w_ih, w_hh, b_ih, b_hh, pack[, w_p]), owned (pointers)
     cdef StepWeights *weights
     cdef object dtype
     cdef object convert     # convert(name, value): an ndarray of dtype, or a clear error
@@ -516,10 +695,12 @@ cdef class Stepper:
         self.weights = <StepWeights*>PyMem_Malloc(max(self.n_layers, 1) * sizeof(StepWeights))
         if self.weights == NULL:
             raise MemoryError("Stepper: no memory for the layer table")
-        for k, (w_ih, w_hh, b_ih, b_hh, pack) in enumerate(self.layers):
+        for k, layer in enumerate(self.layers):
+            w_ih, w_hh, b_ih, b_hh, pack = layer[:5]
             self.weights[k] = StepWeights(data_or_null(w_ih), data_or_null(w_hh),
                                           data_or_null(b_ih), data_or_null(b_hh),
-                                          data_or_null(pack))
+                                          data_or_null(pack),
+                                          data_or_null(layer[5] if len(layer) > 5 else None))
 
     def __dealloc__(self):
         PyMem_Free(self.weights)
@@ -633,19 +814,21 @@ cdef inline int step_layer(int kind, floating *h_new, const floating *x, const f
     cdef const floating *b_hh = <const floating*>w.b_hh
     if floating is float:
         if kind <= 1:
-            return fr_rnn_forward_f32(h_new, h_new, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+            return fr_rnn_forward_f32(h_new, h_new, x, h, w_ih, w_hh, b_ih, b_hh, NULL, NULL,
                                       kind == 1, 1, B, I, H, w.pack)
         if kind == 2:
             return fr_lstm_forward_f32(h_new, h_new, c_new, NULL, x, h, c, w_ih, w_hh, b_ih,
-                                       b_hh, NULL, 1, B, I, H, w.pack)
-        return fr_gru_forward_f32(h_new, h_new, NULL, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+                                       b_hh, <const floating*>w.w_p, NULL, NULL, NULL, 1,
+                                       B, I, H, H, w.pack)
+        return fr_gru_forward_f32(h_new, h_new, NULL, x, h, w_ih, w_hh, b_ih, b_hh, NULL, NULL,
                                   kind == 3, 1, B, I, H, w.pack)
     else:
         if kind <= 1:
-            return fr_rnn_forward_f64(h_new, h_new, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+            return fr_rnn_forward_f64(h_new, h_new, x, h, w_ih, w_hh, b_ih, b_hh, NULL, NULL,
                                       kind == 1, 1, B, I, H, w.pack)
         if kind == 2:
             return fr_lstm_forward_f64(h_new, h_new, c_new, NULL, x, h, c, w_ih, w_hh, b_ih,
-                                       b_hh, NULL, 1, B, I, H, w.pack)
-        return fr_gru_forward_f64(h_new, h_new, NULL, x, h, w_ih, w_hh, b_ih, b_hh, NULL,
+                                       b_hh, <const floating*>w.w_p, NULL, NULL, NULL, 1,
+                                       B, I, H, H, w.pack)
+        return fr_gru_forward_f64(h_new, h_new, NULL, x, h, w_ih, w_hh, b_ih, b_hh, NULL, NULL,
                                   kind == 3, 1, B, I, H, w.pack)

@@ -95,8 +95,12 @@ def _suffix(layer: int, reverse: bool) -> str:
     return f"_l{layer}" + ("_reverse" if reverse else "")
 
 
-def _build(kind: str, directions: List[Direction], *, dtype, batch_first=False, **options):
-    """A one-layer fastrnn RNN/LSTM/GRU (bidirectional for two directions), weights loaded."""
+def _build(kind: str, directions: List[Direction], *, dtype, batch_first=False,
+           peepholes=None, **options):
+    """A one-layer fastrnn RNN/LSTM/GRU (bidirectional for two directions), weights loaded;
+    ``peepholes (D, 3H)`` (ONNX's P, order p_i, p_o, p_f) builds ``LSTM(peepholes=True)``."""
+    if peepholes is not None:
+        options["peepholes"] = True
     cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[kind]
     hidden_size, input_size = directions[0].w_hh.shape[1], directions[0].w_ih.shape[1]
     has_bias = directions[0].b_ih is not None
@@ -108,6 +112,8 @@ def _build(kind: str, directions: List[Direction], *, dtype, batch_first=False, 
         for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), direction):
             if value is not None:
                 state[f"{name}{_suffix(0, d == 1)}"] = value
+        if peepholes is not None:
+            state[f"weight_p{_suffix(0, d == 1)}"] = peepholes[d]
     module.load_state_dict(state)
     return module
 
@@ -257,10 +263,9 @@ def to_keras(module) -> list:
 
 # -- ONNX ------------------------------------------------------------------------------------
 def _check_onnx_unsupported(kind, linear_before_reset, P, clip, input_forget) -> None:
-    """Raise for ONNX features that fastrnn does not compute (zero peepholes are fine)."""
-    if P is not None and np.any(_to_numpy(P)):
-        raise ValueError(f"LSTM peepholes are not supported: got a nonzero P of shape "
-                         f"{_to_numpy(P).shape}")
+    """Raise for ONNX features that fastrnn does not compute."""
+    if P is not None and kind != "lstm":
+        raise ValueError(f"P (peepholes) is an LSTM input, got one for {kind.upper()}")
     if clip is not None:
         raise ValueError(f"cell clipping is not supported: got clip={clip!r}")
     if input_forget:
@@ -323,9 +328,10 @@ def from_onnx(op_type: str, W, R, B=None, *, linear_before_reset: int = 0,
     GRU ``linear_before_reset=1`` is PyTorch's GRU (``reset_after=True``), 0 (ONNX's
     default) is ``GRU(reset_after=False)``. ``activations``: None (the defaults) or ONNX's
     list per direction; RNN takes ``Tanh`` or ``Relu``. ``layout=1`` (batch-major X) gives
-    ``batch_first=True``. Not supported, with an error naming what was received: the
-    'reverse' direction alone, nonzero peepholes ``P``, ``clip``, ``input_forget=1``, other
-    activations.
+    ``batch_first=True``. ``P (D, 3H)`` (LSTM peepholes, order p_i, p_o, p_f): a nonzero one
+    gives ``LSTM(peepholes=True)`` with ``weight_p_l0[_reverse]`` = P, an all-zero one the
+    plain LSTM. Not supported, with an error naming what was received: the 'reverse'
+    direction alone, ``clip``, ``input_forget=1``, other activations.
 
     Returns a one-layer ``fastrnn.nn.recurrent.RNN/LSTM/GRU`` of ``dtype``.
     """
@@ -347,6 +353,11 @@ def from_onnx(op_type: str, W, R, B=None, *, linear_before_reset: int = 0,
     options = _onnx_options(kind, activations, D)
     if kind == "gru":
         options["reset_after"] = bool(linear_before_reset)
+    if P is not None:
+        P = _array("P", P, 2)
+        _check_shape("P", P, (D, 3 * H))
+        if np.any(P):
+            options["peepholes"] = P
     directions = [_onnx_direction(kind, W[d], R[d], None if B is None else B[d])
                   for d in range(D)]
     return _build(kind, directions, dtype=dtype, batch_first=bool(layout), **options)

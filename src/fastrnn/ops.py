@@ -6,7 +6,8 @@ states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)`
 ``b_ih, b_hh (G*H,)`` with G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n).
 
 ``packs`` (from :func:`pack_weights`) lets a caller that runs the same ``w_hh`` many times
-pack it once; the NumPy reference accepts and ignores it.
+pack it once; the NumPy reference accepts and ignores it. ``recurrent_mask (B, H)``
+(recurrent dropout, every forward) makes each recurrent product read ``h_{t-1} * mask``.
 
 ``precision="bfloat16"`` (inference, ``training=False``, float32 arrays) runs both products
 of every step on bfloat16 operands: ``w_ih`` and ``w_hh`` rounded to bf16 (nearest even)
@@ -34,9 +35,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._common import (Cache, GRUGrads, Inputs, LSTMGrads, RNNGrads, as_ndarray,
-                      check_backward, check_forward, check_memory, check_nonlinearity,
-                      check_precision)
+from ._common import (Cache, GRUGrads, Inputs, LayerNormGRUGrads, LayerNormLSTMGrads, LSTMGrads,
+                      PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, as_ndarray,
+                      check_backward, check_forward, check_layer_norm, check_memory,
+                      check_nonlinearity, check_peepholes, check_precision,
+                      check_recurrent_mask)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "gemm", "Packs", "pack_weights"]
@@ -126,10 +129,11 @@ def _pack_int8(name, w_ih, w_hh, quantized):
     return Packs(pack, None, "int8", ((q_ih, s_ih), (q_hh, s_hh)))
 
 
-def _precision_packs(cell, inputs: Inputs, packs, precision, training, reset_after=True):
+def _precision_packs(cell, inputs: Inputs, packs, precision, training, reset_after=True,
+                     variants=None):
     """The packs a forward runs on: ``packs``, or for a reduced precision without a pack
     of it a fresh one (checked: float32, inference)."""
-    precision = check_precision(precision, packs, inputs.dtype, training)
+    precision = check_precision(precision, packs, inputs.dtype, training, variants)
     if getattr(packs, "precision", "float32") == precision:
         return packs
     if precision == "float32":
@@ -155,10 +159,11 @@ def _sizes(inputs: Inputs):
 
 
 def _forward_outputs(inputs: Inputs, n_states: int, saved_per_unit: int, training: bool):
-    """Fresh y (T, B, H), final states (B, H) each, and the saved block (or None)."""
+    """Fresh y (T, B, P), final states (B, P) and (LSTM) (B, H), and the saved block (or
+    None); P = H but for an LSTM with a projection."""
     T, B, _, H = _sizes(inputs)
-    y = np.empty((T, B, H), inputs.dtype)
-    states = [np.empty((B, H), inputs.dtype) for _ in range(n_states)]
+    y = np.empty((T, B, inputs.P), inputs.dtype)
+    states = [np.empty((B, size), inputs.dtype) for size in (inputs.P, H)[:n_states]]
     saved = (np.empty(T * B * H * saved_per_unit, inputs.dtype)
              if training and saved_per_unit else None)
     return y, states, saved
@@ -176,26 +181,30 @@ def _parameter_grads(inputs: Inputs):
 
 
 def _state_grads(inputs: Inputs, n_states: int):
-    """dx (T, B, I) and one (B, H) gradient per initial state; the kernel overwrites them."""
+    """dx (T, B, I) and one gradient per initial state (like h0, c0); the kernel overwrites
+    them."""
     T, B, I, H = _sizes(inputs)
-    return np.empty((T, B, I), inputs.dtype), [np.empty((B, H), inputs.dtype)
-                                              for _ in range(n_states)]
+    return np.empty((T, B, I), inputs.dtype), [np.empty((B, size), inputs.dtype)
+                                              for size in (inputs.P, H)[:n_states]]
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True, packs=None, precision=None):
+                lengths=None, training=True, packs=None, recurrent_mask=None, precision=None):
     """Vanilla RNN over a sequence: ``h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh)``.
 
     Returns ``(y (T, B, H), h_n (B, H), cache)``; ``act`` is tanh or relu.
     """
     relu = check_nonlinearity(nonlinearity) == "relu"
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    packs = _precision_packs("rnn", inputs, packs, precision, training)
+    packs = _precision_packs("rnn", inputs, packs, precision, training,
+                             variants={"recurrent_mask": recurrent_mask})
+    mask = check_recurrent_mask(recurrent_mask, inputs)
     y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
     if inputs.B:  # B = 0: nothing to compute (the C kernels overrun their buffers on it)
         _core.rnn_forward(*_flat(y, h_n, inputs.x, inputs.states[0], *_weights(inputs)),
-                          inputs.lengths, relu, *_sizes(inputs), _pack(packs, False))
-    options = {"relu": relu, "packs": packs}
+                          inputs.lengths, relu, *_sizes(inputs), _pack(packs, False),
+                          h_mask=_flat(mask)[0])
+    options = {"relu": relu, "packs": packs, "recurrent_mask": mask}
     cache = Cache(inputs, y, {}, options, _BACKEND) if training else None
     return y, h_n, cache
 
@@ -210,44 +219,107 @@ def rnn_backward(dy, dh_n, cache) -> RNNGrads:
         _core.rnn_backward(*_flat(dx, dh0, *params, upstream["dy"], upstream["dh_n"], cache.y,
                                   inputs.x, inputs.states[0], inputs.w_ih, inputs.w_hh),
                            inputs.lengths, cache.options["relu"], *_sizes(inputs),
-                           _pack(cache.options["packs"], True))
+                           _pack(cache.options["packs"], True),
+                           h_mask=_flat(cache.options["recurrent_mask"])[0])
     return RNNGrads(dx, dh0, *params)
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True, packs=None, precision=None):
+                 training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None,
+                 layer_norm=None, precision=None):
     """LSTM over a sequence (gates i, f, g, o; ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``).
 
+    ``peepholes (3H,)`` = [p_i, p_o, p_f] (ONNX's P) or None: ``a_i += p_i c_{t-1}``,
+    ``a_f += p_f c_{t-1}``, ``a_o += p_o c_t``. ``w_hr (P, H)`` or None: PyTorch's
+    projection (``proj_size``), ``h_t = (o tanh(c_t)) w_hr^T``; then ``w_hh`` is (4H, P),
+    ``h0``, ``h_n`` (B, P) and ``y`` (T, B, P). ``packs`` do not serve a projection.
+    ``layer_norm (10H,)`` = [g_ih, g_hh, g_c, b_c] or None: the layer-normalised LSTM of
+    :func:`fastrnn.reference.lstm_forward` (csrc/lstm_ln.c; not with peepholes or w_hr).
     Returns ``(y (T, B, H), h_n (B, H), c_n (B, H), cache)``.
     """
-    inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
-    packs = _precision_packs("lstm", inputs, packs, precision, training)
+    inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    packs = _precision_packs("lstm", inputs, packs, precision, training,
+                             variants={"peepholes": peepholes, "recurrent_mask": recurrent_mask,
+                                       "w_hr": w_hr, "layer_norm": layer_norm})
+    if inputs.w_hr is not None:
+        packs = None   # packs hold w_hh (4H, H) panels; a projection's are made per call
+    w_p = check_peepholes(peepholes, inputs)
+    mask = check_recurrent_mask(recurrent_mask, inputs)
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if w_p is not None:
+            raise ValueError("layer_norm cannot be combined with peepholes yet")
+        return _lstm_ln_forward(inputs, mask, ln, training)
     y, (h_n, c_n), saved = _forward_outputs(inputs, 2, _core.LSTM_SAVED_PER_UNIT, training)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.lstm_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states,
                                   *_weights(inputs)),
-                           inputs.lengths, *_sizes(inputs), _pack(packs, False))
-    cache = Cache(inputs, y, {"saved": saved}, {"packs": packs}, _BACKEND) if training else None
+                           inputs.lengths, *_sizes(inputs), _pack(packs, False), w_p,
+                           _flat(mask)[0], *_flat(inputs.w_hr), inputs.P)
+    options = {"packs": packs, "peepholes": w_p, "recurrent_mask": mask}
+    cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
     return y, h_n, c_n, cache
 
 
 def lstm_backward(dy, dh_n, dc_n, cache) -> LSTMGrads:
     """BPTT for :func:`lstm_forward`: gradients of x, h0, c0 and the weights."""
     upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}, _BACKEND, "lstm")
+    if cache.options.get("layer_norm") is not None:
+        return _lstm_ln_backward(upstream, cache)
     inputs = cache.inputs
+    w_p = cache.options["peepholes"]
     dx, (dh0, dc0) = _state_grads(inputs, 2)
     params = _parameter_grads(inputs)
+    dw_p = None if w_p is None else np.zeros_like(w_p)
+    dw_hr = None if inputs.w_hr is None else np.zeros_like(inputs.w_hr)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.lstm_backward(*_flat(dx, dh0, dc0, *params, upstream["dy"], upstream["dh_n"],
                                    upstream["dc_n"], cache.saved["saved"], cache.y, inputs.x,
                                    *inputs.states, inputs.w_ih, inputs.w_hh),
                             inputs.lengths, *_sizes(inputs),
-                            _pack(cache.options["packs"], True))
-    return LSTMGrads(dx, dh0, dc0, *params)
+                            _pack(cache.options["packs"], True), dw_p, w_p,
+                            _flat(cache.options["recurrent_mask"])[0],
+                            *_flat(dw_hr, inputs.w_hr), inputs.P)
+    if dw_hr is not None:
+        return ProjectedLSTMGrads(dx, dh0, dc0, *params, dw_hr, dw_p)
+    if w_p is None:
+        return LSTMGrads(dx, dh0, dc0, *params)
+    return PeepholeLSTMGrads(dx, dh0, dc0, *params, dw_p)
+
+
+def _lstm_ln_forward(inputs: Inputs, mask, ln, training):
+    """The layer-normalised LSTM's kernel (csrc/lstm_ln.c) for :func:`lstm_forward`."""
+    T, B, _, H = _sizes(inputs)
+    y, (h_n, c_n), _ = _forward_outputs(inputs, 2, 0, False)
+    saved = (np.empty(T * B * (_core.LSTM_LN_SAVED_PER_UNIT * H + _core.LSTM_LN_SAVED_PER_ROW),
+                      inputs.dtype) if training else None)
+    if B:  # an empty batch (B = 0): nothing to compute
+        _core.lstm_ln_forward(*_flat(y, h_n, c_n, saved, inputs.x, *inputs.states,
+                                     *_weights(inputs), ln),
+                              inputs.lengths, _flat(mask)[0], *_sizes(inputs))
+    options = {"packs": None, "peepholes": None, "recurrent_mask": mask, "layer_norm": ln}
+    cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
+    return y, h_n, c_n, cache
+
+
+def _lstm_ln_backward(upstream, cache) -> LayerNormLSTMGrads:
+    inputs, ln = cache.inputs, cache.options["layer_norm"]
+    dx, (dh0, dc0) = _state_grads(inputs, 2)
+    params = _parameter_grads(inputs)
+    dln = np.zeros_like(ln)
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.lstm_ln_backward(*_flat(dx, dh0, dc0, *params, dln, upstream["dy"],
+                                      upstream["dh_n"], upstream["dc_n"], cache.saved["saved"],
+                                      cache.y, inputs.x, *inputs.states, inputs.w_ih,
+                                      inputs.w_hh, ln),
+                               inputs.lengths, _flat(cache.options["recurrent_mask"])[0],
+                               *_sizes(inputs))
+    return LayerNormLSTMGrads(dx, dh0, dc0, *params, dln)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None, precision=None):
+                training=True, packs=None, recurrent_mask=None, layer_norm=None,
+                precision=None):
     """GRU over a sequence (gates r, z, n; ``h_t = (1 - z) n + z h_{t-1}``).
 
     ``reset_after=True`` (PyTorch): ``n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn))``;
@@ -256,13 +328,20 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     Returns ``(y (T, B, H), h_n (B, H), cache)``.
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    packs = _precision_packs("gru", inputs, packs, precision, training, reset_after)
+    packs = _precision_packs("gru", inputs, packs, precision, training, reset_after,
+                             {"recurrent_mask": recurrent_mask, "layer_norm": layer_norm})
+    mask = check_recurrent_mask(recurrent_mask, inputs)
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if not reset_after:
+            raise ValueError("layer_norm needs reset_after=True (the GRU of PyTorch)")
+        return _gru_ln_forward(inputs, mask, ln, training)
     y, (h_n,), saved = _forward_outputs(inputs, 1, _core.GRU_SAVED_PER_UNIT, training)
     if inputs.B:  # an empty batch (B = 0): nothing to compute
         _core.gru_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0], *_weights(inputs)),
                           inputs.lengths, bool(reset_after), *_sizes(inputs),
-                          _pack(packs, False))
-    options = {"reset_after": bool(reset_after), "packs": packs}
+                          _pack(packs, False), h_mask=_flat(mask)[0])
+    options = {"reset_after": bool(reset_after), "packs": packs, "recurrent_mask": mask}
     cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
     return y, h_n, cache
 
@@ -270,6 +349,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
 def gru_backward(dy, dh_n, cache) -> GRUGrads:
     """BPTT for :func:`gru_forward`: gradients of x, h0 and the weights."""
     upstream = check_backward(cache, {"dy": dy, "dh_n": dh_n}, _BACKEND, "gru")
+    if cache.options.get("layer_norm") is not None:
+        return _gru_ln_backward(upstream, cache)
     inputs = cache.inputs
     dx, (dh0,) = _state_grads(inputs, 1)
     params = _parameter_grads(inputs)
@@ -278,8 +359,38 @@ def gru_backward(dy, dh_n, cache) -> GRUGrads:
                                   cache.saved["saved"], cache.y, inputs.x, inputs.states[0],
                                   inputs.w_ih, inputs.w_hh),
                            inputs.lengths, cache.options["reset_after"], *_sizes(inputs),
-                           _pack(cache.options["packs"], True))
+                           _pack(cache.options["packs"], True),
+                           h_mask=_flat(cache.options["recurrent_mask"])[0])
     return GRUGrads(dx, dh0, *params)
+
+
+def _gru_ln_forward(inputs: Inputs, mask, ln, training):
+    """The layer-normalised GRU's kernel (csrc/gru_ln.c) for :func:`gru_forward`."""
+    T, B, _, H = _sizes(inputs)
+    y, (h_n,), _ = _forward_outputs(inputs, 1, 0, False)
+    saved = (np.empty(T * B * (_core.GRU_LN_SAVED_PER_UNIT * H + _core.GRU_LN_SAVED_PER_ROW),
+                      inputs.dtype) if training else None)
+    if B:  # an empty batch (B = 0): nothing to compute
+        _core.gru_ln_forward(*_flat(y, h_n, saved, inputs.x, inputs.states[0],
+                                    *_weights(inputs), ln),
+                             inputs.lengths, _flat(mask)[0], *_sizes(inputs))
+    options = {"reset_after": True, "packs": None, "recurrent_mask": mask, "layer_norm": ln}
+    cache = Cache(inputs, y, {"saved": saved}, options, _BACKEND) if training else None
+    return y, h_n, cache
+
+
+def _gru_ln_backward(upstream, cache) -> LayerNormGRUGrads:
+    inputs, ln = cache.inputs, cache.options["layer_norm"]
+    dx, (dh0,) = _state_grads(inputs, 1)
+    params = _parameter_grads(inputs)
+    dln = np.zeros_like(ln)
+    if inputs.B:  # an empty batch (B = 0): nothing to compute
+        _core.gru_ln_backward(*_flat(dx, dh0, *params, dln, upstream["dy"], upstream["dh_n"],
+                                     cache.saved["saved"], cache.y, inputs.x,
+                                     inputs.states[0], inputs.w_ih, inputs.w_hh, ln),
+                              inputs.lengths, _flat(cache.options["recurrent_mask"])[0],
+                              *_sizes(inputs))
+    return LayerNormGRUGrads(dx, dh0, *params, dln)
 
 
 # -- streaming: one inference step, for trusted callers -------------------------------------

@@ -38,6 +38,9 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
   ``training=False`` returns ``None`` and keeps no per-step intermediates.
 * Backward takes activation derivatives from saved outputs (``s*(1-s)``, ``1-y*y``) and never
   recomputes an exponential. Upstream gradients that are None count as zeros.
+* ``recurrent_mask (B, H)`` or None: recurrent (variational) dropout. Where a recurrent
+  product reads ``h_{t-1}`` it reads ``h_{t-1} * recurrent_mask``, the same mask at every
+  step; the state itself (what GRU's update and the lengths carry) is not masked.
 """
 from __future__ import annotations
 
@@ -45,8 +48,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._common import (Cache, GRUGrads, LSTMGrads, RNNGrads, check_backward, check_forward,
-                      check_nonlinearity, check_precision)
+from ._common import (LAYER_NORM_EPS, Cache, GRUGrads, LayerNormGRUGrads, LayerNormLSTMGrads,
+                      LSTMGrads,
+                      PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, check_backward,
+                      check_layer_norm,
+                      check_forward, check_nonlinearity, check_peepholes, check_precision,
+                      check_recurrent_mask)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "bf16_round", "quantize_rows"]
@@ -96,10 +103,10 @@ def _split_rows(w, at):
     return (None, None) if w is None else (w[:at], w[at:])
 
 
-def _initial_state(state, inputs):
-    """The given state (B, H), or zeros when it is None."""
+def _initial_state(state, inputs, size=None):
+    """The given state (B, size), or zeros when it is None; size defaults to H."""
     if state is None:
-        return np.zeros((inputs.B, inputs.H), inputs.dtype)
+        return np.zeros((inputs.B, size or inputs.H), inputs.dtype)
     return state
 
 
@@ -196,6 +203,12 @@ def _input_projection(inputs):
     return a
 
 
+def _masked(h, mask):
+    """What a recurrent product reads: h (any leading axes, H) times the dropout mask
+    (B, H), or h itself without one."""
+    return h if mask is None else h * mask
+
+
 def _hidden_projection(h, w, b):
     """h wᵀ + b for one step: (B, H) -> (B, rows of w)."""
     a = h @ w.T
@@ -205,8 +218,8 @@ def _hidden_projection(h, w, b):
 
 
 def _state_history(h0, inputs):
-    """Buffer (T+1, B, H) of states: [0] is the initial state, [t+1] the state after step t."""
-    hs = np.empty((inputs.T + 1, inputs.B, inputs.H), inputs.dtype)
+    """Buffer (T+1, B, ·) of states like h0: [0] is h0, [t+1] the state after step t."""
+    hs = np.empty((inputs.T + 1, *h0.shape), inputs.dtype)
     hs[0] = h0
     return hs
 
@@ -215,10 +228,11 @@ def _upstream(cache, cell, **grads):
     """Validated upstream gradients, None replaced by zeros: dy (T, B, H), dh_n/dc_n (B, H)."""
     checked = check_backward(cache, grads, backend=BACKEND, cell=cell)
     inputs = cache.inputs
+    shapes = {"dy": (inputs.T, inputs.B, inputs.P), "dh_n": (inputs.B, inputs.P),
+              "dc_n": (inputs.B, inputs.H)}
     for name, value in checked.items():
         if value is None:
-            shape = (inputs.T, inputs.B, inputs.H) if name == "dy" else (inputs.B, inputs.H)
-            checked[name] = np.zeros(shape, inputs.dtype)
+            checked[name] = np.zeros(shapes[name], inputs.dtype)
     return checked
 
 
@@ -250,7 +264,7 @@ def _make_cache(inputs, y, saved, **options):
 # ---------------------------------------------------------------------------------------------
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True, packs=None, precision=None):
+                lengths=None, training=True, packs=None, recurrent_mask=None, precision=None):
     """Elman RNN over a whole sequence.
 
     Equations (act = tanh or relu)::
@@ -264,7 +278,9 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     nonlinearity = check_nonlinearity(nonlinearity)
     act, _ = _ACTIVATIONS[nonlinearity]
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training), packs)
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training,
+                                                    {"recurrent_mask": recurrent_mask}), packs)
+    m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, H)
     h = _initial_state(inputs.states[0], inputs)           # (B, H)
@@ -272,13 +288,14 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     y = np.empty((inputs.T, inputs.B, inputs.H), inputs.dtype)
 
     for t in range(inputs.T):
-        h_new = act(ax[t] + _hidden_projection(rnd(h), inputs.w_hh, inputs.b_hh))  # (B, H)
+        h_new = act(ax[t] + _hidden_projection(rnd(_masked(h, m)), inputs.w_hh, inputs.b_hh))
         y[t] = np.where(valid[t], h_new, 0)                # zero past the end
         h = np.where(valid[t], h_new, h)                   # unchanged past the end
         if training:
             hs[t + 1] = h
 
-    cache = _make_cache(inputs, y, {"h": hs}, nonlinearity=nonlinearity) if training else None
+    cache = (_make_cache(inputs, y, {"h": hs}, nonlinearity=nonlinearity, recurrent_mask=m)
+             if training else None)
     return y, h, cache
 
 
@@ -291,6 +308,7 @@ def rnn_backward(dy, dh_n, cache):
     """
     up = _upstream(cache, "rnn", dy=dy, dh_n=dh_n)
     inputs, hs = cache.inputs, cache.saved["h"]            # hs (T+1, B, H)
+    m = cache.options["recurrent_mask"]
     _, dact = _ACTIVATIONS[cache.options["nonlinearity"]]
     valid = _valid_steps(inputs)                           # (T, B, 1)
     da = np.empty((inputs.T, inputs.B, inputs.H), inputs.dtype)  # dL/da_t, zero past the end
@@ -299,16 +317,36 @@ def rnn_backward(dy, dh_n, cache):
     for t in reversed(range(inputs.T)):
         dh = dh + np.where(valid[t], up["dy"][t], 0)       # y_t = h_t
         da[t] = np.where(valid[t], dh, 0) * dact(hs[t + 1])  # h_t = act(a_t)
-        dh = np.where(valid[t], da[t] @ inputs.w_hh, dh)   # a_t = ... + h_{t-1} w_hhᵀ
+        dh = np.where(valid[t], _masked(da[t] @ inputs.w_hh, m), dh)  # ... + (h_{t-1} m) w_hhᵀ
 
     dx, dw_ih, db_ih = _input_grads(inputs, da)
-    dw_hh = _sum_outer(da, hs[:-1])                        # (H, H)
+    dw_hh = _sum_outer(da, _masked(hs[:-1], m))            # (H, H)
     return RNNGrads(dx, dh, dw_ih, dw_hh, db_ih, _bias_grad(da, inputs.b_hh))
 
 
 # ---------------------------------------------------------------------------------------------
 # LSTM (PyTorch):  gates i, f, g, o;  c_t = f*c_{t-1} + i*g;  h_t = o*tanh(c_t)
 # ---------------------------------------------------------------------------------------------
+
+def _layer_norm(a, blocks):
+    """Layer norm of each of ``blocks`` blocks of the last axis: (â, rstd) with
+    â = (a - mean) * rstd, rstd = 1 / sqrt(var + eps); a (..., n*H) -> (..., n*H),
+    (..., n, 1)."""
+    a = a.reshape(*a.shape[:-1], blocks, -1)
+    centred = a - a.mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + LAYER_NORM_EPS)
+    return (centred * rstd).reshape(*a.shape[:-2], -1), rstd
+
+
+def _layer_norm_backward(dhat, hat, rstd):
+    """Undo â = LN(a) per block: da = rstd (dâ - mean(dâ) - â mean(dâ â))."""
+    blocks = rstd.shape[-2]
+    dhat = dhat.reshape(*dhat.shape[:-1], blocks, -1)
+    hat = hat.reshape(*hat.shape[:-1], blocks, -1)
+    da = rstd * (dhat - dhat.mean(axis=-1, keepdims=True)
+                 - hat * (dhat * hat).mean(axis=-1, keepdims=True))
+    return da.reshape(*da.shape[:-2], -1)
+
 
 def _lstm_gates(a):
     """Gate activations of a (B, 4H): sigmoid for i, f, o and tanh for g."""
@@ -319,7 +357,8 @@ def _lstm_gates(a):
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 training=True, packs=None, precision=None):
+                 training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None,
+                 layer_norm=None, precision=None):
     """LSTM over a whole sequence (PyTorch equations and gate order i, f, g, o).
 
     Equations::
@@ -329,18 +368,38 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
         c_t = f * c_{t-1} + i * g
         h_t = o * tanh(c_t),   y_t = h_t
 
+    With ``peepholes`` (3H,) = [p_i, p_o, p_f] (ONNX's P), the cell state enters the gates:
+    ``a_i += p_i * c_{t-1}``, ``a_f += p_f * c_{t-1}``, ``a_o += p_o * c_t``.
+    With ``w_hr`` (P, H) (PyTorch's ``proj_size``) the state is projected:
+    ``h_t = (o * tanh(c_t)) w_hrᵀ`` of P units, so y, h0, h_n are (·, P), w_hh (4H, P).
+    With ``layer_norm`` (10H,) = [g_ih, g_hh, g_c, b_c] (Ba et al. 2016), each gate block
+    of each product is layer-normalised, and so is the cell state before its tanh:
+    ``a_t = g_ih LN(x_t w_ihᵀ) + g_hh LN(h_{t-1} w_hhᵀ) + b_ih + b_hh``,
+    ``h_t = o * tanh(g_c LN(c_t) + b_c)`` (see :func:`_lstm_ln_forward`).
+
     Shapes: x (T, B, I), h0/c0 (B, H) or None, w_ih (4H, I), w_hh (4H, H),
-    b_ih/b_hh (4H,) or None, lengths (B,) or None.
+    b_ih/b_hh (4H,) or None, lengths (B,) or None, peepholes (3H,) or None.
     Returns ``y (T, B, H), h_n (B, H), c_n (B, H), cache`` (None unless training).
     """
-    inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training), packs)
-    T, B, H = inputs.T, inputs.B, inputs.H
+    inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    variants = {"peepholes": peepholes, "recurrent_mask": recurrent_mask, "w_hr": w_hr,
+                "layer_norm": layer_norm}
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training,
+                                                    variants), packs)
+    w_p = check_peepholes(peepholes, inputs)
+    m = check_recurrent_mask(recurrent_mask, inputs)       # (B, P) or None
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if w_p is not None:
+            raise ValueError("layer_norm cannot be combined with peepholes yet")
+        return _lstm_ln_forward(inputs, m, ln, training)
+    p_i, p_o, p_f = _chunks(w_p, 3) if w_p is not None else (0, 0, 0)
+    T, B, H, P = inputs.T, inputs.B, inputs.H, inputs.P    # P = H without a projection
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 4H)
-    h = _initial_state(inputs.states[0], inputs)           # (B, H)
+    h = _initial_state(inputs.states[0], inputs, P)        # (B, P)
     c = _initial_state(inputs.states[1], inputs)           # (B, H)
-    y = np.empty((T, B, H), inputs.dtype)
+    y = np.empty((T, B, P), inputs.dtype)
     saved = None
     if training:
         saved = {"h": _state_history(h, inputs),           # (T+1, B, H)
@@ -349,11 +408,17 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
                  "tanh_c": np.empty((T, B, H), inputs.dtype)}
 
     for t in range(T):
-        gates = _lstm_gates(ax[t] + _hidden_projection(rnd(h), inputs.w_hh, inputs.b_hh))
-        i, f, g, o = _chunks(gates, 4)                     # each (B, H)
+        a = ax[t] + _hidden_projection(rnd(_masked(h, m)), inputs.w_hh, inputs.b_hh)
+        a[:, :H] += p_i * c                                # peepholes (0 without)
+        a[:, H:2 * H] += p_f * c
+        gates = _lstm_gates(a)                             # (B, 4H)
+        i, f, g, o = _chunks(gates, 4)                     # each (B, H), views of gates
         c_new = f * c + i * g
+        o[...] = _sigmoid(a[:, 3 * H:] + p_o * c_new)      # a_o += p_o * c_t
         tanh_c = np.tanh(c_new)
-        h_new = o * tanh_c
+        h_new = o * tanh_c                                 # m_t (B, H)
+        if inputs.w_hr is not None:
+            h_new = h_new @ inputs.w_hr.T                  # h_t = m_t w_hrᵀ (B, P)
         y[t] = np.where(valid[t], h_new, 0)
         h = np.where(valid[t], h_new, h)
         c = np.where(valid[t], c_new, c)
@@ -361,7 +426,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
             saved["gates"][t], saved["tanh_c"][t] = gates, tanh_c
             saved["h"][t + 1], saved["c"][t + 1] = h, c
 
-    cache = _make_cache(inputs, y, saved) if training else None
+    cache = (_make_cache(inputs, y, saved, peepholes=w_p, recurrent_mask=m) if training
+             else None)
     return y, h, c, cache
 
 
@@ -371,30 +437,131 @@ def lstm_backward(dy, dh_n, dc_n, cache):
     Shapes: dy (T, B, H) or None, dh_n/dc_n (B, H) or None (None = zeros).
     Returns ``LSTMGrads(dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H),
     db_ih, db_hh)``; the bias gradients are (4H,), or None when the forward had no bias.
+    A peephole forward returns ``PeepholeLSTMGrads``: the same and ``dw_p (3H,)`` last; one
+    with a projection ``ProjectedLSTMGrads`` (``dw_hr (P, H)``, then ``dw_p`` or None).
     """
     up = _upstream(cache, "lstm", dy=dy, dh_n=dh_n, dc_n=dc_n)
+    if cache.options.get("layer_norm") is not None:
+        return _lstm_ln_backward(up, cache)
     inputs, saved = cache.inputs, cache.saved
+    w_p, m = cache.options["peepholes"], cache.options["recurrent_mask"]
+    p_i, p_o, p_f = _chunks(w_p, 3) if w_p is not None else (0, 0, 0)
     hs, cs, tanh_cs = saved["h"], saved["c"], saved["tanh_c"]
     valid = _valid_steps(inputs)                           # (T, B, 1)
     da = np.empty((inputs.T, inputs.B, 4 * inputs.H), inputs.dtype)  # dL/da_t, zero past the end
+    dhs = np.empty((inputs.T, inputs.B, inputs.P), inputs.dtype)  # dL/dh_t, zero past the end
 
-    dh, dc = up["dh_n"], up["dc_n"]                        # carried backwards, (B, H) each
+    dh, dc = up["dh_n"], up["dc_n"]                        # carried backwards, (B, P), (B, H)
     for t in reversed(range(inputs.T)):
         i, f, g, o = _chunks(saved["gates"][t], 4)
         dh = dh + np.where(valid[t], up["dy"][t], 0)       # y_t = h_t
-        dh_t = np.where(valid[t], dh, 0)                   # the parts that enter step t
+        dhs[t] = dh_t = np.where(valid[t], dh, 0)          # the parts that enter step t
+        if inputs.w_hr is not None:
+            dh_t = dh_t @ inputs.w_hr                      # h_t = m_t w_hrᵀ: dL/dm_t (B, H)
         dc_t = np.where(valid[t], dc, 0)
-        do = dh_t * tanh_cs[t]                             # h_t = o * tanh(c_t)
-        dc_t = dc_t + dh_t * o * _dtanh(tanh_cs[t])
+        da_o = dh_t * tanh_cs[t] * _dsigmoid(o)            # h_t = o * tanh(c_t)
+        dc_t = dc_t + dh_t * o * _dtanh(tanh_cs[t]) + da_o * p_o  # a_o += p_o * c_t
         di, df, dg = dc_t * g, dc_t * cs[t], dc_t * i      # c_t = f * c_{t-1} + i * g
-        da[t] = np.concatenate([di * _dsigmoid(i), df * _dsigmoid(f),
-                                dg * _dtanh(g), do * _dsigmoid(o)], axis=-1)
-        dh = np.where(valid[t], da[t] @ inputs.w_hh, dh)   # a_t = ... + h_{t-1} w_hhᵀ
-        dc = np.where(valid[t], dc_t * f, dc)
+        da_i, da_f = di * _dsigmoid(i), df * _dsigmoid(f)
+        da[t] = np.concatenate([da_i, da_f, dg * _dtanh(g), da_o], axis=-1)
+        dh = np.where(valid[t], _masked(da[t] @ inputs.w_hh, m), dh)  # ... + (h_{t-1} m) w_hhᵀ
+        dc_prev = dc_t * f + da_i * p_i + da_f * p_f       # a_i, a_f += p_i, p_f * c_{t-1}
+        dc = np.where(valid[t], dc_prev, dc)
 
     dx, dw_ih, db_ih = _input_grads(inputs, da)
-    dw_hh = _sum_outer(da, hs[:-1])                        # (4H, H)
-    return LSTMGrads(dx, dh, dc, dw_ih, dw_hh, db_ih, _bias_grad(da, inputs.b_hh))
+    dw_hh = _sum_outer(da, _masked(hs[:-1], m))            # (4H, H)
+    grads = (dx, dh, dc, dw_ih, dw_hh, db_ih, _bias_grad(da, inputs.b_hh))
+    dw_p = None
+    if w_p is not None:
+        da_i, da_f, _, da_o = _chunks(da, 4)               # (T, B, H) each
+        dw_p = np.concatenate([(da_i * cs[:-1]).sum(axis=(0, 1)),  # a_i += p_i * c_{t-1}
+                               (da_o * cs[1:]).sum(axis=(0, 1)),   # a_o += p_o * c_t
+                               (da_f * cs[:-1]).sum(axis=(0, 1))])  # a_f += p_f * c_{t-1}
+    if inputs.w_hr is not None:                            # h_t = m_t w_hrᵀ, m_t = o tanh(c_t)
+        m_t = saved["gates"][..., 3 * inputs.H:] * tanh_cs    # (T, B, H)
+        return ProjectedLSTMGrads(*grads, _sum_outer(dhs, m_t), dw_p)
+    return LSTMGrads(*grads) if w_p is None else PeepholeLSTMGrads(*grads, dw_p)
+
+
+def _lstm_ln_forward(inputs, m, ln, training):
+    """Layer-normalised LSTM (Ba et al. 2016, per gate block as TF Addons'
+    LayerNormLSTMCell, with each product normalised on its own)::
+
+        a_t = g_ih * LN(x_t w_ihᵀ) + g_hh * LN(h_{t-1} w_hhᵀ) + b_ih + b_hh    LN per block of H
+        i, f, g, o as LSTM;  c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(g_c * LN(c_t) + b_c)
+
+    ln (10H,) = [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]; LN(v) = (v - mean) / sqrt(var + eps).
+    """
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh, g_c, b_c = np.split(ln, [4 * H, 8 * H, 9 * H])
+    valid = _valid_steps(inputs)                           # (T, B, 1)
+    x_hat, x_rstd = _layer_norm(inputs.x @ inputs.w_ih.T, 4)  # (T, B, 4H), (T, B, 4, 1)
+    pre = g_ih * x_hat
+    for bias in (inputs.b_ih, inputs.b_hh):
+        if bias is not None:
+            pre = pre + bias
+    h = _initial_state(inputs.states[0], inputs)           # (B, H)
+    c = _initial_state(inputs.states[1], inputs)
+    y = np.empty((T, B, H), inputs.dtype)
+    saved = {"h": _state_history(h, inputs), "c": _state_history(c, inputs),
+             "gates": np.empty((T, B, 4 * H), inputs.dtype), "x_hat": x_hat,
+             "x_rstd": x_rstd, "h_hat": np.empty((T, B, 4 * H), inputs.dtype),
+             "h_rstd": np.empty((T, B, 4, 1), inputs.dtype),
+             "c_hat": np.empty((T, B, H), inputs.dtype),
+             "c_rstd": np.empty((T, B, 1, 1), inputs.dtype),
+             "tanh_n": np.empty((T, B, H), inputs.dtype)}
+    for t in range(T):
+        h_hat, h_rstd = _layer_norm(_masked(h, m) @ inputs.w_hh.T, 4)   # (B, 4H)
+        gates = _lstm_gates(pre[t] + g_hh * h_hat)
+        i, f, g, o = _chunks(gates, 4)
+        c_new = f * c + i * g
+        c_hat, c_rstd = _layer_norm(c_new, 1)
+        tanh_n = np.tanh(g_c * c_hat + b_c)
+        h_new = o * tanh_n
+        y[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)
+        c = np.where(valid[t], c_new, c)
+        for name, value in (("gates", gates), ("h_hat", h_hat), ("h_rstd", h_rstd),
+                            ("c_hat", c_hat), ("c_rstd", c_rstd), ("tanh_n", tanh_n)):
+            saved[name][t] = value
+        saved["h"][t + 1], saved["c"][t + 1] = h, c
+    cache = (_make_cache(inputs, y, saved, peepholes=None, recurrent_mask=m, layer_norm=ln)
+             if training else None)
+    return y, h, c, cache
+
+
+def _lstm_ln_backward(up, cache):
+    """BPTT of :func:`_lstm_ln_forward`: LayerNormLSTMGrads (dlayer_norm last)."""
+    inputs, s, m = cache.inputs, cache.saved, cache.options["recurrent_mask"]
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh, g_c, _ = np.split(cache.options["layer_norm"], [4 * H, 8 * H, 9 * H])
+    valid = _valid_steps(inputs)
+    da = np.empty((T, B, 4 * H), inputs.dtype)           # dL/da_t, zero past the end
+    dah = np.empty((T, B, 4 * H), inputs.dtype)          # dL/d(h_{t-1} w_hhᵀ)
+    dn = np.empty((T, B, H), inputs.dtype)               # dL/d(g_c LN(c_t) + b_c)
+    dh, dc = up["dh_n"], up["dc_n"]
+    for t in reversed(range(T)):
+        i, f, g, o = _chunks(s["gates"][t], 4)
+        dh = dh + np.where(valid[t], up["dy"][t], 0)
+        dh_t, dc_t = np.where(valid[t], dh, 0), np.where(valid[t], dc, 0)
+        tanh_n = s["tanh_n"][t]
+        da_o = dh_t * tanh_n * _dsigmoid(o)                # h_t = o * tanh(n_t)
+        dn[t] = dh_t * o * _dtanh(tanh_n)                  # n_t = g_c LN(c_t) + b_c
+        dc_t = dc_t + _layer_norm_backward(dn[t] * g_c, s["c_hat"][t], s["c_rstd"][t])
+        c_prev = s["c"][t]
+        da[t] = np.concatenate([dc_t * g * _dsigmoid(i), dc_t * c_prev * _dsigmoid(f),
+                                dc_t * i * _dtanh(g), da_o], axis=-1)
+        dah[t] = _layer_norm_backward(da[t] * g_hh, s["h_hat"][t], s["h_rstd"][t])
+        dh = np.where(valid[t], _masked(dah[t] @ inputs.w_hh, m), dh)
+        dc = np.where(valid[t], dc_t * f, dc)
+    dax = _layer_norm_backward(da * g_ih, s["x_hat"], s["x_rstd"])   # dL/d(x w_ihᵀ)
+    dx, dw_ih, _ = _input_grads(inputs, dax)
+    dw_hh = _sum_outer(dah, _masked(s["h"][:-1], m))
+    dln = np.concatenate([(da * s["x_hat"]).sum(axis=(0, 1)), (da * s["h_hat"]).sum(axis=(0, 1)),
+                          (dn * s["c_hat"]).sum(axis=(0, 1)), dn.sum(axis=(0, 1))])
+    return LayerNormLSTMGrads(dx, dh, dc, dw_ih, dw_hh, _bias_grad(da, inputs.b_ih),
+                              _bias_grad(da, inputs.b_hh), dln)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +569,8 @@ def lstm_backward(dy, dh_n, dc_n, cache):
 # ---------------------------------------------------------------------------------------------
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None, precision=None):
+                training=True, packs=None, recurrent_mask=None, layer_norm=None,
+                precision=None):
     """GRU over a whole sequence (gate order r, z, n).
 
     Equations (W_r*, W_z*, W_n* the blocks of H rows of w_ih and w_hh)::
@@ -415,12 +583,23 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
                                                              linear_before_reset=0)
         h' = (1 - z) * n + z * h,   y_t = h'
 
+    With ``layer_norm`` (6H,) = [g_ih, g_hh] (reset_after only; see :func:`_gru_ln_forward`)
+    each product is layer-normalised per gate block before the biases.
+
     Shapes: x (T, B, I), h0 (B, H) or None, w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or
     None, lengths (B,) or None. Returns ``y (T, B, H), h_n (B, H), cache`` (None unless
     training).
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training), packs)
+    inputs, rnd = _operands(inputs, check_precision(
+        precision, packs, inputs.dtype, training,
+        {"recurrent_mask": recurrent_mask, "layer_norm": layer_norm}), packs)
+    m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
+    ln = check_layer_norm(layer_norm, inputs)
+    if ln is not None:
+        if not reset_after:
+            raise ValueError("layer_norm needs reset_after=True (the GRU of PyTorch)")
+        return _gru_ln_forward(inputs, m, ln, training)
     T, B, H = inputs.T, inputs.B, inputs.H
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, 3H)
@@ -437,12 +616,13 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
 
     for t in range(T):
         ax_rz, ax_n = ax[t, :, :2 * H], ax[t, :, 2 * H:]   # (B, 2H), (B, H)
-        r, z = _chunks(_sigmoid(ax_rz + _hidden_projection(rnd(h), w_rz, b_rz)), 2)
+        hm = _masked(h, m)                                 # what the products read
+        r, z = _chunks(_sigmoid(ax_rz + _hidden_projection(rnd(hm), w_rz, b_rz)), 2)
         if reset_after:
-            hn = _hidden_projection(rnd(h), w_n, b_n)      # (B, H)
+            hn = _hidden_projection(rnd(hm), w_n, b_n)     # (B, H)
             n = np.tanh(ax_n + r * hn)
         else:
-            n = np.tanh(ax_n + _hidden_projection(rnd(r * h), w_n, b_n))
+            n = np.tanh(ax_n + _hidden_projection(rnd(r * hm), w_n, b_n))
         h_new = (1 - z) * n + z * h
         y[t] = np.where(valid[t], h_new, 0)
         h = np.where(valid[t], h_new, h)
@@ -452,7 +632,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
             if reset_after:
                 saved["hn"][t] = hn
 
-    cache = _make_cache(inputs, y, saved, reset_after=reset_after) if training else None
+    cache = (_make_cache(inputs, y, saved, reset_after=reset_after, recurrent_mask=m)
+             if training else None)
     return y, h, cache
 
 
@@ -464,8 +645,10 @@ def gru_backward(dy, dh_n, cache):
     the bias gradients are (3H,), or None when the forward had no bias.
     """
     up = _upstream(cache, "gru", dy=dy, dh_n=dh_n)
+    if cache.options.get("layer_norm") is not None:
+        return _gru_ln_backward(up, cache)
     inputs, saved = cache.inputs, cache.saved
-    reset_after = cache.options["reset_after"]
+    reset_after, m = cache.options["reset_after"], cache.options["recurrent_mask"]
     T, B, H = inputs.T, inputs.B, inputs.H
     hs = saved["h"]                                        # (T+1, B, H)
     w_rz, w_n = _split_rows(inputs.w_hh, 2 * H)
@@ -484,22 +667,90 @@ def gru_backward(dy, dh_n, cache):
         da_n = dn * _dtanh(n)                              # n = tanh(a_n)
         if reset_after:                                    # a_n = ax_n + r * hn
             dr = da_n * saved["hn"][t]
-            dah_n = da_n * r                               # hn = h_{t-1} W_hnᵀ + b_hn
-            dh_via_n = dah_n @ w_n
-        else:                                              # a_n = ax_n + (r*h_{t-1}) W_hnᵀ + b_hn
+            dah_n = da_n * r                               # hn = (h_{t-1} m) W_hnᵀ + b_hn
+            dhm_via_n = dah_n @ w_n
+        else:                                    # a_n = ax_n + (r * h_{t-1} m) W_hnᵀ + b_hn
             dah_n = da_n
-            drh = da_n @ w_n                               # dL/d(r * h_{t-1})
-            dr = drh * h_prev
-            dh_via_n = drh * r
+            drh = da_n @ w_n                               # dL/d(r * h_{t-1} m)
+            dr = drh * _masked(h_prev, m)
+            dhm_via_n = drh * r
         da_rz = np.concatenate([dr * _dsigmoid(r), dz * _dsigmoid(z)], axis=-1)  # (B, 2H)
         dax[t] = np.concatenate([da_rz, da_n], axis=-1)
         dah[t] = np.concatenate([da_rz, dah_n], axis=-1)
-        dh_prev = dh_t * z + da_rz @ w_rz + dh_via_n
+        dh_prev = dh_t * z + _masked(da_rz @ w_rz + dhm_via_n, m)
         dh = np.where(valid[t], dh_prev, dh)               # unchanged past the end
 
     dx, dw_ih, db_ih = _input_grads(inputs, dax)
-    # The n block of w_hh multiplies h_{t-1} (reset_after) or r * h_{t-1} (reset before).
-    n_input = hs[:-1] if reset_after else saved["gates"][..., :H] * hs[:-1]  # (T, B, H)
-    dw_hh = np.concatenate([_sum_outer(dah[..., :2 * H], hs[:-1]),
+    # The n block of w_hh multiplies h_{t-1} m (reset_after) or r * h_{t-1} m (reset before).
+    hm = _masked(hs[:-1], m)                               # (T, B, H)
+    n_input = hm if reset_after else saved["gates"][..., :H] * hm
+    dw_hh = np.concatenate([_sum_outer(dah[..., :2 * H], hm),
                             _sum_outer(dah[..., 2 * H:], n_input)])  # (3H, H)
     return GRUGrads(dx, dh, dw_ih, dw_hh, db_ih, _bias_grad(dah, inputs.b_hh))
+
+
+def _gru_ln_forward(inputs, m, ln, training):
+    """Layer-normalised GRU (reset after; each product normalised per gate block)::
+
+        [xr xz xn] = g_ih * LN(x_t w_ihᵀ) + b_ih,   [hr hz hn] = g_hh * LN(h_{t-1} w_hhᵀ) + b_hh
+        r = sigmoid(xr + hr), z = sigmoid(xz + hz), n = tanh(xn + r * hn)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    ln (6H,) = [g_ih (3H), g_hh (3H)]; LN as :func:`_layer_norm`.
+    """
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh = np.split(ln, [3 * H])
+    valid = _valid_steps(inputs)
+    x_hat, x_rstd = _layer_norm(inputs.x @ inputs.w_ih.T, 3)   # (T, B, 3H), (T, B, 3, 1)
+    px = g_ih * x_hat if inputs.b_ih is None else g_ih * x_hat + inputs.b_ih
+    h = _initial_state(inputs.states[0], inputs)
+    y = np.empty((T, B, H), inputs.dtype)
+    saved = {"h": _state_history(h, inputs), "gates": np.empty((T, B, 3 * H), inputs.dtype),
+             "hn": np.empty((T, B, H), inputs.dtype), "x_hat": x_hat, "x_rstd": x_rstd,
+             "h_hat": np.empty((T, B, 3 * H), inputs.dtype),
+             "h_rstd": np.empty((T, B, 3, 1), inputs.dtype)}
+    for t in range(T):
+        h_hat, h_rstd = _layer_norm(_masked(h, m) @ inputs.w_hh.T, 3)   # (B, 3H)
+        ph = g_hh * h_hat if inputs.b_hh is None else g_hh * h_hat + inputs.b_hh
+        r, z = _chunks(_sigmoid(px[t, :, :2 * H] + ph[:, :2 * H]), 2)
+        hn = ph[:, 2 * H:]
+        n = np.tanh(px[t, :, 2 * H:] + r * hn)
+        h_new = (1 - z) * n + z * h
+        y[t] = np.where(valid[t], h_new, 0)
+        h = np.where(valid[t], h_new, h)
+        saved["gates"][t] = np.concatenate([r, z, n], axis=-1)
+        saved["hn"][t], saved["h_hat"][t], saved["h_rstd"][t] = hn, h_hat, h_rstd
+        saved["h"][t + 1] = h
+    cache = (_make_cache(inputs, y, saved, reset_after=True, recurrent_mask=m, layer_norm=ln)
+             if training else None)
+    return y, h, cache
+
+
+def _gru_ln_backward(up, cache):
+    """BPTT of :func:`_gru_ln_forward`: LayerNormGRUGrads (dlayer_norm last)."""
+    inputs, s, m = cache.inputs, cache.saved, cache.options["recurrent_mask"]
+    T, B, H = inputs.T, inputs.B, inputs.H
+    g_ih, g_hh = np.split(cache.options["layer_norm"], [3 * H])
+    valid = _valid_steps(inputs)
+    dpx = np.empty((T, B, 3 * H), inputs.dtype)          # dL/d[xr xz xn]
+    dph = np.empty((T, B, 3 * H), inputs.dtype)          # dL/d[hr hz hn]
+    dah = np.empty((T, B, 3 * H), inputs.dtype)          # dL/d(h_{t-1} w_hhᵀ)
+    dh = up["dh_n"]
+    for t in reversed(range(T)):
+        r, z, n = _chunks(s["gates"][t], 3)
+        dh = dh + np.where(valid[t], up["dy"][t], 0)
+        dh_t = np.where(valid[t], dh, 0)
+        da_n = dh_t * (1 - z) * _dtanh(n)                # h_t = (1 - z) n + z h_{t-1}
+        da_r = da_n * s["hn"][t] * _dsigmoid(r)          # n = tanh(xn + r hn)
+        da_z = dh_t * (s["h"][t] - n) * _dsigmoid(z)
+        dpx[t] = np.concatenate([da_r, da_z, da_n], axis=-1)
+        dph[t] = np.concatenate([da_r, da_z, da_n * r], axis=-1)
+        dah[t] = _layer_norm_backward(dph[t] * g_hh, s["h_hat"][t], s["h_rstd"][t])
+        dh = np.where(valid[t], dh_t * z + _masked(dah[t] @ inputs.w_hh, m), dh)
+    dax = _layer_norm_backward(dpx * g_ih, s["x_hat"], s["x_rstd"])
+    dx, dw_ih, _ = _input_grads(inputs, dax)
+    dw_hh = _sum_outer(dah, _masked(s["h"][:-1], m))
+    dln = np.concatenate([(dpx * s["x_hat"]).sum(axis=(0, 1)),
+                          (dph * s["h_hat"]).sum(axis=(0, 1))])
+    return LayerNormGRUGrads(dx, dh, dw_ih, dw_hh, _bias_grad(dpx, inputs.b_ih),
+                             _bias_grad(dph, inputs.b_hh), dln)

@@ -30,6 +30,11 @@ There is no autograd: a forward with grad enabled (the default; see
 forward takes the kernels' inference path and keeps nothing. Backward accumulates into each
 ``Parameter.grad`` and stores the initial-state gradients as ``grad_h0`` (and ``grad_c0``).
 
+``recurrent_dropout=p`` (every cell; Keras' option, Gal & Ghahramani 2016) draws one
+inverted-dropout mask ``(B, H)`` (entries 0 or 1/(1-p)) per forward, layer and direction in
+train mode and multiplies ``h_{t-1}`` by it where the recurrent product reads it, the same
+mask at every step; the state itself is not masked, and eval mode and ``step()`` use none.
+
 ``x`` may also be a ``torch.nn.utils.rnn.PackedSequence``: it is unpacked to padded
 arrays and lengths, and ``y`` comes back as a PackedSequence with the same packing (the
 final states, in the original batch order, are arrays as usual); see :mod:`._packed`.
@@ -45,7 +50,7 @@ import numpy as np
 from .. import _core, ops, reference
 from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_memory,
                        check_nonlinearity, check_positive_int, split_precision)
-from ..grad_mode import is_grad_enabled
+from ..grad_mode import is_grad_enabled, no_grad
 from . import _packed
 from ._packs import cached_packs, cached_stepper
 from .module import Module, Parameter
@@ -77,6 +82,13 @@ def _dropout(value, num_layers: int) -> float:
     if value > 0 and num_layers == 1:
         warnings.warn(f"dropout={value} has no effect with num_layers=1: dropout is applied "
                       "between layers, not after the last one", UserWarning, stacklevel=4)
+    return float(value)
+
+
+def _recurrent_dropout(value) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not 0 <= value < 1):
+        raise ValueError(f"recurrent_dropout must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -221,12 +233,15 @@ class _RecurrentBase(Module):
     _gates = 1
     _state_names = ("h",)
     _forget_gate = None          # gate block whose bias Keras initialises to 1 (LSTM)
+    layer_norm = False           # LSTM/GRU(layer_norm=True): its parameters, per layer and
+    _LAYER_NORM = ()             # direction: (kind, size in units of H), in kernel order
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
-                 init="pytorch", device=None):
+                 init="pytorch", device=None, recurrent_dropout=0.0, **variants):
         super().__init__()
         check_device(device)
+        self.recurrent_dropout = _recurrent_dropout(recurrent_dropout)
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -243,17 +258,46 @@ class _RecurrentBase(Module):
         self._tape = None
         for name in self._state_names:
             setattr(self, f"grad_{name}0", None)
+        self._set_variants(**variants)
         self._create_parameters()
         self.reset_parameters()
+
+    def _set_variants(self) -> None:
+        """The cell's variant options (keyword arguments; LSTM has ``peepholes``), set
+        before the parameters are made. The plain cells take none."""
 
     # -- parameters ----------------------------------------------------------------------
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def _out_size(self) -> int:
+        """Size of h and of each direction's output: hidden_size (LSTM: proj_size if set)."""
+        return self.hidden_size
+
+    @property
+    def _state_sizes(self) -> tuple:
+        """Size of each state in _state_names (LSTM with proj_size: h P, c H)."""
+        return tuple(self.hidden_size for _ in self._state_names)
+
+    def _param(self, kind: str, layer: int, direction: int) -> Parameter:
+        """The Parameter ``{kind}_l{layer}[_reverse]``."""
+        return getattr(self, f"{kind}_l{layer}{'_reverse' if direction else ''}")
+
     def _names(self, layer: int, direction: int):
         """Torch's parameter names for one layer and direction (biases only with bias)."""
         return self._param_names[layer][direction]
+
+    def _kinds(self, fan_in: int) -> list:
+        """``(kind, shape)`` of one layer and direction's parameters, in torch's order (a
+        variant appends its own)."""
+        G, H = self._gates, self.hidden_size
+        shapes = [(G * H, fan_in), (G * H, self._out_size), (G * H,), (G * H,)]
+        kinds = list(zip(_WEIGHT_KINDS, shapes))[:4 if self.bias else 2]
+        if self.layer_norm:
+            kinds += [(kind, (units * H,)) for kind, units in self._LAYER_NORM]
+        return kinds
 
     def _create_parameters(self) -> None:
         """Register parameters in torch's order, so state_dict() keys come out identical."""
@@ -264,15 +308,15 @@ class _RecurrentBase(Module):
         count = D * G * H * ((self.input_size + H + 2) + (L - 1) * (D * H + H + 2))
         check_memory(f"{type(self).__name__}({self.input_size}, {H}, num_layers={L}) "
                      f"parameters", count * (self.dtype.itemsize + 8))
-        kinds = _WEIGHT_KINDS if self.bias else _WEIGHT_KINDS[:2]
-        self._param_names = [[[f"{kind}_l{layer}{'_reverse' if direction else ''}"
-                               for kind in kinds] for direction in range(self.num_directions)]
-                             for layer in range(self.num_layers)]
+        self._param_names = []
         for layer in range(self.num_layers):
-            fan_in = self.input_size if layer == 0 else self.num_directions * H
-            shapes = [(G * H, fan_in), (G * H, H), (G * H,), (G * H,)]
+            fan_in = self.input_size if layer == 0 else self.num_directions * self._out_size
+            kinds = self._kinds(fan_in)
+            self._param_names.append([])
             for direction in range(self.num_directions):
-                for name, shape in zip(self._names(layer, direction), shapes):
+                suffix = f"_l{layer}{'_reverse' if direction else ''}"
+                self._param_names[layer].append([kind + suffix for kind, _ in kinds])
+                for name, (_, shape) in zip(self._names(layer, direction), kinds):
                     setattr(self, name, Parameter(np.zeros(shape, self.dtype)))
 
     def reset_parameters(self) -> None:
@@ -290,13 +334,18 @@ class _RecurrentBase(Module):
             else:
                 value = self._keras_value(name, p.shape)
             p[...] = value
+        for name, p in self.named_parameters():   # layer norm: gains 1, shifts 0
+            if name.startswith("ln_"):
+                p[...] = 0.0 if name.startswith("ln_bias") else 1.0
 
     def _keras_value(self, name: str, shape) -> np.ndarray:
         rows, H = shape[0], self.hidden_size
         if name.startswith("weight_ih"):
             return _glorot_uniform(self._rng, shape[1], rows).T
         if name.startswith("weight_hh"):
-            return _orthogonal(self._rng, H, rows).T
+            return _orthogonal(self._rng, shape[1], rows).T
+        if name.startswith("weight_hr"):     # the projection, a dense kernel (H, P)
+            return _glorot_uniform(self._rng, shape[1], rows).T
         value = np.zeros(shape)
         if name.startswith("bias_ih") and self._forget_gate is not None:
             value[self._forget_gate * H:(self._forget_gate + 1) * H] = 1.0
@@ -304,7 +353,8 @@ class _RecurrentBase(Module):
 
     def _weights(self, layer: int, direction: int):
         """(w_ih, w_hh, b_ih, b_hh) arrays of one layer and direction; None without bias."""
-        values = [getattr(self, name).value for name in self._names(layer, direction)]
+        names = self._names(layer, direction)[:4 if self.bias else 2]
+        values = [getattr(self, name).value for name in names]
         return tuple(values) if self.bias else (*values, None, None)
 
     def _params(self, layer: int, direction: int):
@@ -378,8 +428,39 @@ class _RecurrentBase(Module):
     def _cell_options(self) -> dict:
         return {}
 
+    def _variant_args(self, layer: int, direction: int, B: int) -> dict:
+        """The variants' extra keyword arguments of one kernel forward over B rows: the
+        recurrent dropout mask (training only), the layer-norm parameters and, for LSTM,
+        the peepholes and projection."""
+        mask = self._recurrent_mask(B)
+        args = {} if mask is None else {"recurrent_mask": mask}
+        if self.layer_norm:
+            args["layer_norm"] = np.concatenate(
+                [self._param(kind, layer, direction).value for kind, _ in self._LAYER_NORM])
+        return args
+
+    def _variant_grads(self, g) -> tuple:
+        """The variant parameters' gradients in a kernel's grads tuple ``g``, in parameter
+        order (the layer norm's (n*H,) vector split per parameter)."""
+        if not self.layer_norm:
+            return ()
+        cuts = np.cumsum([units * self.hidden_size for _, units in self._LAYER_NORM])[:-1]
+        return tuple(np.split(g.dlayer_norm, cuts))
+
+    def _packs_or_none(self, layer: int, direction: int, training: bool):
+        """No packs for the layer-normalised kernels (they make their own)."""
+        return None if self.layer_norm else self._packs(layer, direction, training)
+
+    def _recurrent_mask(self, B: int) -> Optional[np.ndarray]:
+        """Keras' recurrent dropout mask (B, H) for one layer and direction of one forward
+        (keep / (1 - p), the same at every step), or None when inactive (eval, p = 0)."""
+        if not (self.training and self.recurrent_dropout > 0):
+            return None
+        keep = self._rng.random((B, self._out_size)) >= self.recurrent_dropout
+        return (keep / (1.0 - self.recurrent_dropout)).astype(self.dtype)
+
     # -- the cell-specific part (overridden) -----------------------------------------------
-    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None, **variant):
         """One layer, one direction: ``(y (T, B, H), final states tuple, cache)``."""
         raise NotImplementedError
 
@@ -428,11 +509,11 @@ class _RecurrentBase(Module):
         return layout.seq_in(x), layout
 
     def _initial_states(self, states, layout: _Layout, B: int) -> list:
-        """Each state as (L*D, B, H), or None for zeros."""
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        expected = (LD, H) if layout.unbatched else (LD, B, H)
+        """Each state as (L*D, B, H) (LSTM h with proj_size: P), or None for zeros."""
+        LD = self.num_layers * self.num_directions
         checked = []
-        for name, state in zip(self._state_names, states):
+        for name, state, H in zip(self._state_names, states, self._state_sizes):
+            expected = (LD, H) if layout.unbatched else (LD, B, H)
             if state is not None:
                 state = _array(f"{name}0", state, self.dtype)
                 _check_shape(f"{name}0", state, expected,
@@ -494,15 +575,17 @@ class _RecurrentBase(Module):
         ``keep``: save what backward needs (else the kernels' inference path)."""
         if direction:
             x = reverser(x)
-        packs = self._packs(layer, direction, keep)
+        packs = self._packs_or_none(layer, direction, keep)
         y, final, cache = self._kernel_forward(x, initial, self._weights(layer, direction),
-                                               lengths, keep, packs)
+                                               lengths, keep, packs,
+                                               **self._variant_args(layer, direction,
+                                                                    x.shape[1]))
         return (reverser(y) if direction else y), final, cache
 
     # -- backward --------------------------------------------------------------------------
     def _upstream(self, dy, dfinals, tape: _Tape):
         """dy as (T, B, D*H) or None; each final-state gradient as (L*D, B, H) or None."""
-        layout, D, H = tape.layout, self.num_directions, self.hidden_size
+        layout, D, H = tape.layout, self.num_directions, self._out_size
         if dy is not None and tape.packing is not None:
             dy = _packed.unpack_like("dy", dy, tape.packing, self.batch_first)
         if dy is not None:
@@ -510,9 +593,9 @@ class _RecurrentBase(Module):
             _check_shape("dy", dy, layout.seq_shape(tape.T, tape.B, D * H), "(the shape of y)")
             dy = layout.seq_in(dy)
         LD = self.num_layers * D
-        expected = (LD, H) if layout.unbatched else (LD, tape.B, H)
         checked = []
-        for name, grad in zip(self._state_names, dfinals):
+        for name, grad, size in zip(self._state_names, dfinals, self._state_sizes):
+            expected = (LD, size) if layout.unbatched else (LD, tape.B, size)
             if grad is not None:
                 grad = _array(f"d{name}_n", grad, self.dtype)
                 _check_shape(f"d{name}_n", grad, expected, f"(the shape of {name}_n)")
@@ -536,9 +619,9 @@ class _RecurrentBase(Module):
                 f"{type(self).__name__}.backward needs a preceding forward with grad enabled "
                 "(each forward allows one backward)")
         dy, dfinals = self._upstream(dy, dfinals, tape)
-        D, H = self.num_directions, self.hidden_size
-        dinitial = [np.zeros((self.num_layers * D, tape.B, H), self.dtype)
-                    for _ in self._state_names]
+        D, H = self.num_directions, self._out_size
+        dinitial = [np.zeros((self.num_layers * D, tape.B, size), self.dtype)
+                    for size in self._state_sizes]
         for layer in reversed(range(self.num_layers)):
             dx = None
             for direction in range(D):
@@ -583,7 +666,30 @@ class _RecurrentBase(Module):
                              "bidirectional one reads the whole sequence; call the module on it")
         if _empty_batch(x_t):
             return self._empty_step(x_t, state)
+        if self._steps_by_forward():
+            return self._step_by_forward(x_t, state)
         return self._stepper().step(x_t, state)
+
+    def _steps_by_forward(self) -> bool:
+        """Whether step() runs the sequence kernels over T = 1 (variants the C stepper does
+        not know: layer norm, LSTM's projection)."""
+        return self.layer_norm
+
+    def _step_by_forward(self, x_t, state):
+        """One step as a forward over T = 1: inference, no dropout, and the tape of a
+        pending backward kept."""
+        x_t = _array("x_t", x_t, self.dtype)
+        if x_t.ndim != 2:
+            raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
+                             f"got {_shape_str(x_t.shape)}")
+        tape, training = self._tape, self.training
+        try:
+            self.training = False
+            with no_grad():
+                y, new = self.forward(x_t[:, None] if self.batch_first else x_t[None], state)
+        finally:
+            self._tape, self.training = tape, training
+        return y[:, 0] if self.batch_first else y[0], new
 
     def _empty_step(self, x_t, state):
         """step() on a batch of 0 rows: checked like any other, empty results, no kernel."""
@@ -591,13 +697,14 @@ class _RecurrentBase(Module):
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), "
                              f"got {_shape_str(x_t.shape)}")
-        shape = (self.num_layers, 0, self.hidden_size)
-        for name, s in zip(self._state_names, self._unpack_state(state, "state")):
+        shapes = [(self.num_layers, 0, size) for size in self._state_sizes]
+        for name, s, shape in zip(self._state_names, self._unpack_state(state, "state"),
+                                  shapes):
             if s is not None:
                 _check_shape("state " + name, _array("state " + name, s, self.dtype), shape,
-                             "(num_layers, batch, hidden_size)")
-        new = tuple(np.empty(shape, self.dtype) for _ in self._state_names)
-        return np.empty((0, self.hidden_size), self.dtype), self._pack_state(new)
+                             "(num_layers, batch, state size)")
+        new = tuple(np.empty(shape, self.dtype) for shape in shapes)
+        return np.empty((0, self._out_size), self.dtype), self._pack_state(new)
 
     def _stepper(self) -> _core.Stepper:
         """The C-level stepper over this module's weights and packs (nn._packs)."""
@@ -619,7 +726,7 @@ class _RecurrentBase(Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False}
+                    "bidirectional": False, "recurrent_dropout": 0.0}
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
@@ -654,9 +761,10 @@ class RNN(_RecurrentBase):
     def _step_kind(self) -> str:
         return "rnn_relu" if self.nonlinearity == "relu" else "rnn"
 
-    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None, **variant):
         y, h_n, cache = ops.rnn_forward(x, states[0], *weights, nonlinearity=self.nonlinearity,
-                                        lengths=lengths, training=training, packs=packs)
+                                        lengths=lengths, training=training, packs=packs,
+                                        **variant)
         return y, (h_n,), cache
 
     def _kernel_backward(self, dy, dfinals, cache):
@@ -677,11 +785,86 @@ class LSTM(_RecurrentBase):
 
     Call ``y, (h_n, c_n) = lstm(x, None or (h0, c0), lengths=None)``; backward is
     ``dx = lstm.backward(dy, dh_n=None, dc_n=None)`` and stores ``grad_h0``, ``grad_c0``.
+
+    ``peepholes=True`` (ONNX's LSTM with input ``P``; Gers & Schmidhuber 2000) lets the
+    cell state into the gates, with one more parameter per layer and direction,
+    ``weight_p_l{k} (3H,)`` = [p_i, p_o, p_f] in ONNX's order::
+
+        i = sigmoid(... + p_i * c_{t-1}),  f = sigmoid(... + p_f * c_{t-1})
+        o = sigmoid(... + p_o * c_t)
+
+    initialised like the other weights ('pytorch') or to zeros ('keras').
+
+    ``proj_size=P`` (0 < P < hidden_size; PyTorch's option, Sak et al. 2014) projects the
+    output: ``h_t = W_hr (o * tanh(c_t))`` with ``weight_hr_l{k} (P, H)``, so ``y`` is
+    ``(T, B, D*P)``, ``h0``/``h_n`` ``(L*D, B, P)``, ``c0``/``c_n`` stay ``(L*D, B, H)``,
+    ``weight_hh_l{k}`` is ``(4H, P)`` and layer k > 0 reads D*P features, as in torch (whose
+    state_dict loads unchanged).
+
+    ``layer_norm=True`` (Ba et al. 2016; per gate block as TF Addons' LayerNormLSTMCell)
+    normalises each product and the cell state, with gains ``ln_weight_ih_l{k}``,
+    ``ln_weight_hh_l{k}`` (4H,), ``ln_weight_c_l{k}`` (H,) and ``ln_bias_c_l{k}`` (H,)
+    (initialised to 1 and 0; the products' shifts are the biases)::
+
+        a_t = g_ih * LN(W_ih x_t) + g_hh * LN(W_hh h_{t-1}) + b_ih + b_hh
+        h_t = o * tanh(g_c * LN(c_t) + b_c)
+
+    Not combined with peepholes or proj_size.
     """
 
     _gates = 4
     _state_names = ("h", "c")
     _forget_gate = 1
+
+    _LAYER_NORM = (("ln_weight_ih", 4), ("ln_weight_hh", 4), ("ln_weight_c", 1),
+                   ("ln_bias_c", 1))
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
+                 layer_norm=False, **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, peepholes=peepholes, proj_size=proj_size,
+                         layer_norm=layer_norm, **kwargs)
+
+    def _set_variants(self, peepholes=False, proj_size=0, layer_norm=False) -> None:
+        self.peepholes = _flag("peepholes", peepholes)
+        self.layer_norm = _flag("layer_norm", layer_norm)
+        if self.layer_norm and (self.peepholes or proj_size):
+            raise ValueError("layer_norm=True cannot be combined with peepholes or proj_size "
+                             f"yet (got peepholes={self.peepholes}, proj_size={proj_size!r})")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size must be an int, got {proj_size!r}")
+        if not 0 <= proj_size < self.hidden_size:
+            raise ValueError(f"proj_size must be 0 (no projection) or in [1, hidden_size="
+                             f"{self.hidden_size}), got {proj_size}")
+        self.proj_size = int(proj_size)
+
+    @property
+    def _out_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    @property
+    def _state_sizes(self) -> tuple:
+        return (self._out_size, self.hidden_size)
+
+    def _kinds(self, fan_in: int) -> list:
+        kinds = super()._kinds(fan_in)
+        if self.proj_size:
+            kinds.append(("weight_hr", (self.proj_size, self.hidden_size)))
+        if self.peepholes:
+            kinds.append(("weight_p", (3 * self.hidden_size,)))
+        return kinds
+
+    def _peephole_weights(self, layer: int, direction: int):
+        """``weight_p`` (3H,) of one layer and direction, or None without peepholes."""
+        return self._param("weight_p", layer, direction).value if self.peepholes else None
+
+    def _packs(self, layer: int, direction: int, training: bool):
+        """No packs with a projection (the kernel packs w_hh (4H, P) per call)."""
+        return None if self.proj_size else super()._packs(layer, direction, training)
+
+    def _steps_by_forward(self) -> bool:
+        return bool(self.proj_size) or self.layer_norm
 
     def forward(self, x, hx=None, lengths=None):
         """``y, (h_n, c_n) = lstm(x, hx=None or (h0, c0), lengths=None)``; see the base class."""
@@ -704,14 +887,35 @@ class LSTM(_RecurrentBase):
 
     _cell = "lstm"
 
-    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
+    def _variant_args(self, layer: int, direction: int, B: int) -> dict:
+        args = super()._variant_args(layer, direction, B)
+        if self.peepholes:
+            args["peepholes"] = self._peephole_weights(layer, direction)
+        if self.proj_size:
+            args["w_hr"] = self._param("weight_hr", layer, direction).value
+        return args
+
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None, **variant):
         y, h_n, c_n, cache = ops.lstm_forward(x, *states, *weights, lengths=lengths,
-                                              training=training, packs=packs)
+                                              training=training, packs=packs, **variant)
         return y, (h_n, c_n), cache
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.lstm_backward(dy, *dfinals, cache)
-        return g.dx, (g.dh0, g.dc0), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
+        grads = (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, *self._variant_grads(g),
+                 getattr(g, "dw_hr", None), getattr(g, "dw_p", None))
+        return g.dx, (g.dh0, g.dc0), tuple(d for d in grads if d is not None)  # as _params
+
+    def _step_layers(self):
+        layers = super()._step_layers()
+        if not self.peepholes:
+            return layers
+        return [(*layer, self._peephole_weights(k, 0)) for k, layer in enumerate(layers)]
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + (f", proj_size={self.proj_size}" if self.proj_size else "")
+                + (", peepholes=True" if self.peepholes else "")
+                + (", layer_norm=True" if self.layer_norm else ""))
 
 
 
@@ -725,16 +929,29 @@ class GRU(_RecurrentBase):
 
     ``reset_after=False`` is Keras' ``reset_after=False`` and ONNX's
     ``linear_before_reset=0``. Call ``y, h_n = gru(x, h0=None, lengths=None)``.
+
+    ``layer_norm=True`` (reset_after only) normalises each product per gate block, with gains
+    ``ln_weight_ih_l{k}``, ``ln_weight_hh_l{k}`` (3H,) (initialised to 1; the shifts are
+    the biases)::
+
+        [xr xz xn] = g_ih * LN(W_ih x_t) + b_ih,  [hr hz hn] = g_hh * LN(W_hh h_{t-1}) + b_hh
     """
 
     _gates = 3
+    _LAYER_NORM = (("ln_weight_ih", 3), ("ln_weight_hh", 3))
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, reset_after=True, **kwargs):
+                 dropout=0.0, bidirectional=False, *, reset_after=True, layer_norm=False,
+                 **kwargs):
         reset_after = _flag("reset_after", reset_after)
+        if _flag("layer_norm", layer_norm) and not reset_after:
+            raise ValueError("layer_norm=True needs reset_after=True (the GRU of PyTorch)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, **kwargs)
+                         bidirectional, layer_norm=layer_norm, **kwargs)
         self.reset_after = reset_after
+
+    def _set_variants(self, layer_norm=False) -> None:
+        self.layer_norm = _flag("layer_norm", layer_norm)
 
     _cell = "gru"
 
@@ -744,15 +961,18 @@ class GRU(_RecurrentBase):
     def _step_kind(self) -> str:
         return "gru" if self.reset_after else "gru_reset_before"
 
-    def _kernel_forward(self, x, states, weights, lengths, training, packs=None):
+    def _kernel_forward(self, x, states, weights, lengths, training, packs=None, **variant):
         y, h_n, cache = ops.gru_forward(x, states[0], *weights, reset_after=self.reset_after,
-                                        lengths=lengths, training=training, packs=packs)
+                                        lengths=lengths, training=training, packs=packs,
+                                        **variant)
         return y, (h_n,), cache
 
     def _kernel_backward(self, dy, dfinals, cache):
         g = ops.gru_backward(dy, dfinals[0], cache)
-        return g.dx, (g.dh0,), (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)
+        grads = (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, *self._variant_grads(g))
+        return g.dx, (g.dh0,), tuple(d for d in grads if d is not None)  # as _params
 
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+        return (super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+                + (", layer_norm=True" if self.layer_norm else ""))

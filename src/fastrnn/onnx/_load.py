@@ -85,35 +85,16 @@ class RecurrentNode:
             raise self._error("inputs W and R are required")
         if W.dtype not in (np.float32, np.float64):
             raise self._error(f"W has dtype {W.dtype}; fastrnn computes float32 and float64")
-        P = weights.get("P")
-        _check_peepholes(self, P)
         a = self.attributes
         try:
-            module = from_onnx(self.op_type, W, R, weights["B"],
-                               linear_before_reset=a.get("linear_before_reset", 0),
-                               direction="forward" if self.reverse else self.direction,
-                               activations=a.get("activations"),
-                               hidden_size=a.get("hidden_size"), P=None, clip=a.get("clip"),
-                               input_forget=a.get("input_forget", 0), dtype=W.dtype)
+            return from_onnx(self.op_type, W, R, weights["B"],
+                             linear_before_reset=a.get("linear_before_reset", 0),
+                             direction="forward" if self.reverse else self.direction,
+                             activations=a.get("activations"), hidden_size=a.get("hidden_size"),
+                             P=weights.get("P"), clip=a.get("clip"),
+                             input_forget=a.get("input_forget", 0), dtype=W.dtype)
         except ValueError as exc:
             raise self._error(str(exc)) from None
-        return module if P is None or not np.any(P) else self._with_peepholes(module, P)
-
-    def _with_peepholes(self, module, P):
-        """A ``LSTM(peepholes=True)`` holding ``module``'s weights and ONNX ``P (D, 3*H)``
-        (order p_i, p_o, p_f, as its ``weight_p_l0[_reverse]``)."""
-        from ..nn.recurrent import LSTM
-        D, H = module.num_directions, module.hidden_size
-        if P.shape != (D, 3 * H):
-            raise self._error(f"P must have shape {(D, 3 * H)}, got {P.shape}")
-        peephole = LSTM(module.input_size, H, bias=module.bias,
-                        bidirectional=module.bidirectional, dtype=module.dtype,
-                        peepholes=True)
-        state = module.state_dict()
-        for d in range(D):
-            state["weight_p_l0" + ("_reverse" if d else "")] = P[d]
-        peephole.load_state_dict(state)
-        return peephole
 
     # -- running ----------------------------------------------------------------------------
     def __call__(self, values: Dict[str, np.ndarray]) -> List[Optional[np.ndarray]]:
@@ -167,15 +148,6 @@ def peephole_kernel_available() -> bool:
 
     from ..nn.recurrent import LSTM
     return "peepholes" in inspect.signature(LSTM.__init__).parameters
-
-
-def _check_peepholes(node: RecurrentNode, P) -> None:
-    """Zero peepholes compute plain LSTM; nonzero ones need the peephole kernel."""
-    if P is not None and np.any(P) and not peephole_kernel_available():
-        raise NotImplementedError(
-            f"LSTM node {node.name!r}: input P (peepholes, shape {np.shape(P)}) is nonzero; "
-            "fastrnn has no peephole LSTM kernel yet (LSTM(peepholes=True) is not built), "
-            "so only an all-zero P can be loaded")
 
 
 # -- the shape-only nodes between recurrent ones ---------------------------------------------
@@ -326,11 +298,10 @@ def load(source) -> OnnxRecurrentGraph:
     shape-only nodes). Read per node: ``direction`` (forward, reverse, bidirectional),
     ``layout`` 0 and 1, ``linear_before_reset`` (GRU), ``hidden_size``, inputs
     ``sequence_lens``, ``initial_h``, ``initial_c`` and ``P`` (peepholes: an all-zero P is
-    plain LSTM; a nonzero one becomes ``LSTM(peepholes=True)`` where fastrnn has that
-    kernel, else NotImplementedError naming P), default ``activations`` (RNN: Tanh or
-    Relu). Raises ValueError naming the attribute for what fastrnn does not compute (other
-    activations, ``activation_alpha``/``beta``, ``clip``, ``input_forget=1``) and for any
-    other node type.
+    plain LSTM; a nonzero one becomes ``LSTM(peepholes=True)``), default ``activations``
+    (RNN: Tanh or Relu). Raises ValueError naming the attribute for what fastrnn does not
+    compute (other activations, ``activation_alpha``/``beta``, ``clip``, ``input_forget=1``)
+    and for any other node type.
     """
     onnx = require_onnx()
     if isinstance(source, onnx.ModelProto):
