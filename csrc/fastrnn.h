@@ -64,7 +64,32 @@ typedef struct {
     int32_t cell, backward, count;
     int64_t H;
     int64_t offset[2];    /* bytes from the pack's start to each panel */
+    int32_t format;       /* FR_PACK_F32, or FR_PACK_BF16 / _BF16_DP (inference) */
+    int64_t I;            /* bf16: input size of the w_ih panel */
+    int64_t input_offset; /* bf16: bytes to the panel of w_ih^T (forward, gates interleaved) */
 } fr_pack_header;
+
+/* bfloat16 inference: a bf16 pack (fr_pack_bf16_*) holds w_hh and w_ih rounded to bf16
+ * (nearest even) in bf16 panels (gemm/bf16.h): FR_PACK_BF16_DP for vdpbf16ps when made at
+ * ISA level FR_ISA_AVX512_BF16, FR_PACK_BF16 otherwise (same results, made and used at any
+ * level of the same vector width; a _DP pack below that level is ignored). A float32
+ * forward handed one
+ * runs both products on bf16 operands (x_t and h_{t-1} rounded as they stream) with float32
+ * accumulation; biases, the cell state, activations and outputs stay float32. Such a pack
+ * serves the forward time loop (backward = 0) of the cell and sizes it was made for; the
+ * kernel ignores it otherwise, as any pack. */
+#define FR_PACK_F32 0
+#define FR_PACK_BF16 1
+#define FR_PACK_BF16_DP 2
+
+/* int8 inference: an int8 pack (fr_pack_int8_*) holds w_ih and w_hh quantized per row
+ * (int8 values and float32 row scales, made by the caller: see gemm/int8.h) in int8 panels;
+ * a float32 forward handed one quantizes x_t and h_{t-1} per row as they enter the
+ * products, sums exactly in int32 and dequantizes before the cell math (float32).
+ * FR_PACK_I8_VNNI (vpdpbusd) when made at level FR_ISA_AVX512_BF16, FR_PACK_I8 otherwise;
+ * same results. */
+#define FR_PACK_I8 3
+#define FR_PACK_I8_VNNI 4
 
 #define FR_DECLARE_KERNELS(real, sfx)                                                      \
     /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \
@@ -232,6 +257,8 @@ typedef struct {
 #define FR_ISA_PORTABLE 0
 #define FR_ISA_AVX2 1
 #define FR_ISA_AVX512 2
+#define FR_ISA_AVX512_BF16 3 /* the _avx512 build with AVX512-BF16 and AVX512-VNNI dot
+                              * products: bf16 on vdpbf16ps, int8 on vpdpbusd */
 
 extern int fr_isa_level;
 int fr_detect_isa(void);     /* best level this CPU (and this build) supports */
@@ -278,5 +305,26 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_pack_f64 FR_DISPATCH(fr_pack_f64)
 #define fr_fma_peak_f32 FR_DISPATCH(fr_fma_peak_f32)
 #define fr_fma_peak_f64 FR_DISPATCH(fr_fma_peak_f64)
+
+/* The bf16 pack (float32 kernels only): bytes for (cell, I, H), and the pack of w_ih
+ * (G*H, I) and w_hh (G*H, H) written to dst (64-byte aligned). Returns 0 or FR_ERR_NOMEM. */
+#define FR_DECLARE_BF16_PACK(sfx)                                                          \
+    size_t fr_pack_bf16_bytes_##sfx(int cell, ptrdiff_t I, ptrdiff_t H);                   \
+    int fr_pack_bf16_##sfx(void *dst, size_t bytes, const float *w_ih, const float *w_hh,  \
+                           int cell, ptrdiff_t I, ptrdiff_t H);                            \
+    /* the int8 pack: w_ih (G*H, I) and w_hh (G*H, H) as int8 with row scales (G*H) */      \
+    size_t fr_pack_int8_bytes_##sfx(int cell, ptrdiff_t I, ptrdiff_t H);                   \
+    int fr_pack_int8_##sfx(void *dst, size_t bytes, const int8_t *w_ih, const float *s_ih, \
+                           const int8_t *w_hh, const float *s_hh, int cell, ptrdiff_t I,   \
+                           ptrdiff_t H);
+FR_DECLARE_BF16_PACK(f32_portable)
+#ifdef FR_X86_VARIANTS
+FR_DECLARE_BF16_PACK(f32_avx2)
+FR_DECLARE_BF16_PACK(f32_avx512)
+#endif
+#define fr_pack_bf16_bytes_f32 FR_DISPATCH(fr_pack_bf16_bytes_f32)
+#define fr_pack_bf16_f32 FR_DISPATCH(fr_pack_bf16_f32)
+#define fr_pack_int8_bytes_f32 FR_DISPATCH(fr_pack_int8_bytes_f32)
+#define fr_pack_int8_f32 FR_DISPATCH(fr_pack_int8_f32)
 
 #endif

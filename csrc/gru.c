@@ -202,7 +202,8 @@ int FR_FN(gru_forward)(real *y, real *h_n, real *saved, const real *x, const rea
         FR_FN(recurrent_setup_cell)(rec, gru_cell(reset_after), 0, w_hh, H, T, B, pack) !=
             FR_OK)
         goto done;
-    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, NULL, T, B, I, 3, H, NULL) != FR_OK) {
+    if (FR_FN(input_prepare)(&in, gates, x, w_ih, b_ih, NULL, T, B, I, 3, H, NULL, pack) !=
+        FR_OK) {
         FR_FN(recurrent_free)(&rec[0]);
         FR_FN(recurrent_free)(&rec[1]);
         goto done;

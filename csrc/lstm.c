@@ -215,6 +215,7 @@ static int lstm_products(fr_recurrent rec[2], fr_recurrent *proj, int backward,
                          const real *w_hh, const real *w_hr, ptrdiff_t T, ptrdiff_t B,
                          ptrdiff_t H, ptrdiff_t P, const void *pack) {
     proj->owned = 0;
+    proj->rows = NULL;
     proj->panel.data = NULL;
     if (!w_hr)
         return FR_FN(recurrent_setup_cell)(rec, FR_CELL_LSTM, backward, w_hh, H, T, B, pack);
@@ -223,10 +224,13 @@ static int lstm_products(fr_recurrent rec[2], fr_recurrent *proj, int backward,
     fr_recurrent_spec gates = {0, backward ? 4 * H : P, backward ? 1 : 4, !backward};
     fr_recurrent_spec out = {0, backward ? P : H, 1, !backward};
     rec[1].owned = 0;
+    rec[1].rows = NULL;
     rec[1].panel.data = NULL;
-    if (FR_FN(recurrent_setup)(&rec[0], w_hh, gates, backward ? P : H, T, B, NULL) != FR_OK)
+    if (FR_FN(recurrent_setup)(&rec[0], w_hh, gates, backward ? P : H, T, B, NULL,
+                               FR_PANEL_F32) != FR_OK)
         return FR_ERR_NOMEM;
-    if (FR_FN(recurrent_setup)(proj, w_hr, out, backward ? H : P, T, B, NULL) != FR_OK) {
+    if (FR_FN(recurrent_setup)(proj, w_hr, out, backward ? H : P, T, B, NULL, FR_PANEL_F32) !=
+        FR_OK) {
         FR_FN(recurrent_free)(&rec[0]);
         return FR_ERR_NOMEM;
     }
@@ -255,7 +259,8 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     if (!FR_FN(input_fusable)(rec, T, B))
         proj = FR_FN(alloc)(proj_step ? T * B * G : B * G);
     if ((!proj && !FR_FN(input_fusable)(rec, T, B)) ||
-        FR_FN(input_prepare)(&in, proj, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec) != FR_OK) {
+        FR_FN(input_prepare)(&in, proj, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec,
+                              pack) != FR_OK) {
         FR_FN(recurrent_free)(rec);
         FR_FN(recurrent_free)(&out);
         goto done;

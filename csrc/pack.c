@@ -28,3 +28,62 @@ int FR_FN(pack)(void *dst, size_t bytes, const real *w_hh, int cell, int backwar
     memcpy(dst, &h, sizeof h);
     return FR_OK;
 }
+
+#ifndef FR_F64
+/* A reduced-precision forward pack at dst in pack_format: each product of w_hh, then the
+ * input panel (K = I, every gate block), filled from float32 weights (bf16) or from int8
+ * weights and their row scales (int8). Returns 0 or FR_ERR_NOMEM. */
+static int pack_lowp(void *dst, size_t bytes, int pack_format, int cell, ptrdiff_t I,
+                     ptrdiff_t H, const void *w_ih, const float *s_ih, const void *w_hh,
+                     const float *s_hh) {
+    fr_pack_header h;
+    fr_recurrent_spec specs[2];
+    if (((uintptr_t)dst & 63) != 0 ||
+        bytes < FR_FN(pack_layout_as)(&h, cell, 0, I, H, pack_format))
+        return FR_ERR_NOMEM;
+    int n = FR_FN(recurrent_specs)(specs, cell, 0, H), format = FR_FN(pack_panel_format)(&h);
+    for (int i = 0; i <= n; i++) {
+        ptrdiff_t K = i < n ? specs[i].K : I, G = i < n ? specs[i].G : fr_cell_gates(cell);
+        ptrdiff_t w_offset = i < n ? specs[i].w_offset : 0; /* row w_offset / K of W */
+        fr_panel p = FR_FN(panel_shape_as)(K, G, H, format);
+        p.data = (real *)((char *)dst + (i < n ? h.offset[i] : h.input_offset));
+        if (fr_lowp_is_i8(format))
+            FR_FN(panel_fill_i8)(&p, (const int8_t *)(i < n ? w_hh : w_ih) + w_offset,
+                                 (i < n ? s_hh : s_ih) + w_offset / K);
+        else
+            FR_FN(panel_fill_bf16)(&p, (const float *)(i < n ? w_hh : w_ih) + w_offset, 1);
+    }
+    memcpy(dst, &h, sizeof h);
+    return FR_OK;
+}
+
+/* The bf16 and int8 pack formats for this ISA level. */
+static int pack_bf16_format(void) {
+    return fr_bf16_format() == FR_PANEL_BF16_DP ? FR_PACK_BF16_DP : FR_PACK_BF16;
+}
+
+static int pack_int8_format(void) {
+    return fr_i8_format() == FR_PANEL_I8_VNNI ? FR_PACK_I8_VNNI : FR_PACK_I8;
+}
+
+size_t FR_FN(pack_bf16_bytes)(int cell, ptrdiff_t I, ptrdiff_t H) {
+    fr_pack_header h;
+    return FR_FN(pack_layout_as)(&h, cell, 0, I, H, pack_bf16_format());
+}
+
+int FR_FN(pack_bf16)(void *dst, size_t bytes, const float *w_ih, const float *w_hh, int cell,
+                     ptrdiff_t I, ptrdiff_t H) {
+    return pack_lowp(dst, bytes, pack_bf16_format(), cell, I, H, w_ih, NULL, w_hh, NULL);
+}
+
+size_t FR_FN(pack_int8_bytes)(int cell, ptrdiff_t I, ptrdiff_t H) {
+    fr_pack_header h;
+    return FR_FN(pack_layout_as)(&h, cell, 0, I, H, pack_int8_format());
+}
+
+int FR_FN(pack_int8)(void *dst, size_t bytes, const int8_t *w_ih, const float *s_ih,
+                     const int8_t *w_hh, const float *s_hh, int cell, ptrdiff_t I,
+                     ptrdiff_t H) {
+    return pack_lowp(dst, bytes, pack_int8_format(), cell, I, H, w_ih, s_ih, w_hh, s_hh);
+}
+#endif

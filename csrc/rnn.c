@@ -93,7 +93,8 @@ int FR_FN(rnn_forward)(real *y, real *h_n, const real *x, const real *h0, const 
     if (!hbuf || !scratch || (h_mask && !hmbuf) ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 0, w_hh, H, T, B, pack) != FR_OK)
         goto done;
-    if (FR_FN(input_prepare)(&in, y, x, w_ih, b_ih, b_hh, T, B, I, 1, H, rec) != FR_OK) {
+    if (FR_FN(input_prepare)(&in, y, x, w_ih, b_ih, b_hh, T, B, I, 1, H, rec, pack) !=
+        FR_OK) {
         FR_FN(recurrent_free)(rec);
         goto done;
     }

@@ -197,6 +197,8 @@ static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *
 typedef struct {
     fr_panel panel;     /* packed op(W), or data == NULL: direct */
     int owned;          /* panel.data was allocated here */
+    real *rows;         /* bf16, int8 panel: A's rows converted, (slots, B, row_ld) */
+    ptrdiff_t row_ld, slot, slots; /* elements per row and per slot; slots (threads) */
     const real *w;      /* W in PyTorch layout */
     int transpose;      /* op(W) = W^T (forward) or W (backward) */
     ptrdiff_t K, G, H;  /* op(W) (K, G*H) */
@@ -209,13 +211,18 @@ typedef struct {
     int transpose;
 } fr_recurrent_spec;
 
+/* Gate blocks of `cell` (FR_CELL_*): 1 (RNN), 4 (LSTM) or 3 (GRU). */
+static inline ptrdiff_t fr_cell_gates(int cell) {
+    return cell == FR_CELL_LSTM ? 4 : cell == FR_CELL_RNN ? 1 : 3;
+}
+
 /* The products of `cell` (FR_CELL_*) in its forward or backward time loop: count of them
  * (1 or 2) written to specs. Forward multiplies h by w_hh^T with gate blocks interleaved;
  * backward multiplies dG by w_hh. GRU with the reset gate before its product needs the r, z
  * rows and the n rows of w_hh as two products. */
 static inline int FR_FN(recurrent_specs)(fr_recurrent_spec specs[2], int cell, int backward,
                                          ptrdiff_t H) {
-    ptrdiff_t G = cell == FR_CELL_LSTM ? 4 : cell == FR_CELL_RNN ? 1 : 3;
+    ptrdiff_t G = fr_cell_gates(cell);
     if (cell == FR_CELL_GRU_RESET_BEFORE) {
         fr_recurrent_spec rz = {0, backward ? 2 * H : H, backward ? 1 : 2, !backward};
         fr_recurrent_spec n = {2 * H * H, H, 1, !backward};
@@ -228,33 +235,108 @@ static inline int FR_FN(recurrent_specs)(fr_recurrent_spec specs[2], int cell, i
     return 1;
 }
 
-/* The panel for spec inside a pack made by fr_pack_* for (cell, backward, H), or NULL when
- * `pack` is NULL or was made for something else (another cell, size or vector width). */
-static inline real *FR_FN(pack_panel_data)(const void *pack, int cell, int backward,
-                                            ptrdiff_t H, int index) {
+/* The panel format of the panels in pack header h (FR_PANEL_*), or -1 when this build
+ * cannot run them (a bf16 pack: float32 forward only). */
+static inline int FR_FN(pack_panel_format)(const fr_pack_header *h) {
+    if (h->format == FR_PACK_F32)
+        return FR_PANEL_F32;
+#ifndef FR_F64
+    if (h->format == FR_PACK_BF16 && !h->backward)
+        return FR_PANEL_BF16;
+    if (h->format == FR_PACK_BF16_DP && !h->backward && fr_bf16_format() == FR_PANEL_BF16_DP)
+        return FR_PANEL_BF16_DP;
+    if (h->format == FR_PACK_I8 && !h->backward)
+        return FR_PANEL_I8;
+    if (h->format == FR_PACK_I8_VNNI && !h->backward && fr_i8_format() == FR_PANEL_I8_VNNI)
+        return FR_PANEL_I8_VNNI;
+#endif
+    return -1;
+}
+
+/* The header of `pack` when it was made by fr_pack_* for (cell, backward, H) under this
+ * build (vector width, dtype) and its panels can run here; NULL otherwise. */
+static inline const fr_pack_header *FR_FN(pack_header)(const void *pack, int cell,
+                                                       int backward, ptrdiff_t H) {
     const fr_pack_header *h = pack;
     if (h == NULL || ((uintptr_t)pack & 63) != 0 || h->magic != FR_PACK_MAGIC ||
         h->vector_bytes != FR_VBYTES || h->real_bytes != (int32_t)sizeof(real) ||
-        h->cell != cell || h->backward != backward || h->H != H || index >= h->count)
+        h->cell != cell || h->backward != backward || h->H != H ||
+        FR_FN(pack_panel_format)(h) < 0)
         return NULL;
+    return h;
+}
+
+/* The panel for spec inside a pack made by fr_pack_* for (cell, backward, H), or NULL when
+ * `pack` is NULL or was made for something else (another cell, size or vector width);
+ * *format gets the panel's format. */
+static inline real *FR_FN(pack_panel_data)(const void *pack, int cell, int backward,
+                                            ptrdiff_t H, int index, int *format) {
+    const fr_pack_header *h = FR_FN(pack_header)(pack, cell, backward, H);
+    if (h == NULL || index >= h->count)
+        return NULL;
+    *format = FR_FN(pack_panel_format)(h);
     return (real *)((char *)pack + h->offset[index]);
 }
 
+/* The panel of w_ih^T (G gate blocks, K = I) in a bf16 forward pack for H, or NULL; *format
+ * gets its format. */
+static inline real *FR_FN(pack_input_data)(const void *pack, ptrdiff_t I, ptrdiff_t G,
+                                           ptrdiff_t H, int *format) {
+    const fr_pack_header *h = pack;
+    if (h == NULL)
+        return NULL;
+    h = FR_FN(pack_header)(pack, h->cell, 0, H);
+    if (h == NULL || h->format == FR_PACK_F32 || h->I != I ||
+        fr_cell_gates(h->cell) != G)
+        return NULL;
+    *format = FR_FN(pack_panel_format)(h);
+    return (real *)((char *)pack + h->input_offset);
+}
+
+/* The geometry of a panel of op(W) (K, G*H) in `format` (data = NULL). */
+static inline fr_panel FR_FN(panel_shape_as)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H,
+                                             int format) {
+#ifndef FR_F64
+    if (fr_lowp_is_i8(format))
+        return FR_FN(panel_shape_i8)(K, G, H, format);
+    if (format != FR_PANEL_F32)
+        return FR_FN(panel_shape_bf16)(K, G, H, format);
+#endif
+    return FR_FN(panel_shape)(K, G, H);
+}
+
+/* A reduced-precision panel multiplies A's rows rounded first: room for B of them per
+ * thread (the hidden split runs every row on each thread). Returns 0, or FR_ERR_NOMEM. */
+static inline int FR_FN(recurrent_workspace)(fr_recurrent *r, ptrdiff_t B) {
+    r->slots = fr_get_num_threads() > 1 ? fr_get_num_threads() : 1;
+#ifndef FR_F64
+    if (r->panel.format != FR_PANEL_F32) {
+        r->row_ld = fr_lowp_row_elems(r->panel.format, r->K);
+        r->slot = B * r->row_ld;
+        r->rows = FR_FN(alloc)(r->slots * r->slot);
+        return r->rows ? FR_OK : FR_ERR_NOMEM;
+    }
+#endif
+    return FR_OK;
+}
+
 /* Set r up for the product `spec` of w_hh, over T steps of B rows: on the matching panel of
- * `pack`, on a panel packed now, or direct. Returns 0, or FR_ERR_NOMEM. */
+ * `pack` (`packed`, in `format`), on a panel packed now, or direct. Returns 0, or
+ * FR_ERR_NOMEM. */
 static inline int FR_FN(recurrent_setup)(fr_recurrent *r, const real *w_hh,
                                          fr_recurrent_spec spec, ptrdiff_t H, ptrdiff_t T,
-                                         ptrdiff_t B, real *packed) {
+                                         ptrdiff_t B, real *packed, int format) {
     r->w = w_hh + spec.w_offset;
     r->transpose = spec.transpose;
     r->K = spec.K;
     r->G = spec.G;
     r->H = H;
     r->owned = 0;
-    r->panel = FR_FN(panel_shape)(spec.K, spec.G, H);
+    r->rows = NULL;
+    r->panel = FR_FN(panel_shape_as)(spec.K, spec.G, H, format);
     if (packed) {
         r->panel.data = packed;
-        return FR_OK;
+        return FR_FN(recurrent_workspace)(r, B);
     }
     if (T * B < FR_PACK_ROWS)
         return FR_OK; /* direct */
@@ -270,13 +352,18 @@ static inline int FR_FN(recurrent_setup_cell)(fr_recurrent recs[2], int cell, in
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
     recs[1].owned = 0;
+    recs[1].rows = NULL;
     recs[1].panel.data = NULL;
     for (int i = 0; i < n; i++) {
-        real *packed = FR_FN(pack_panel_data)(pack, cell, backward, H, i);
-        if (FR_FN(recurrent_setup)(&recs[i], w_hh, specs[i], H, T, B, packed) != FR_OK) {
-            for (int j = 0; j < i; j++)
+        int format = FR_PANEL_F32;
+        real *packed = FR_FN(pack_panel_data)(pack, cell, backward, H, i, &format);
+        if (FR_FN(recurrent_setup)(&recs[i], w_hh, specs[i], H, T, B, packed, format) !=
+            FR_OK) {
+            for (int j = 0; j < i; j++) {
+                free(recs[j].rows);
                 if (recs[j].owned)
                     FR_FN(panel_free)(&recs[j].panel);
+            }
             return FR_ERR_NOMEM;
         }
     }
@@ -288,7 +375,7 @@ static inline int FR_FN(recurrent_setup_cell)(fr_recurrent recs[2], int cell, in
 static inline int FR_FN(recurrent_init)(fr_recurrent *r, const real *w, ptrdiff_t K,
                                         ptrdiff_t N, int transpose, ptrdiff_t T, ptrdiff_t B) {
     fr_recurrent_spec spec = {0, K, 1, transpose};
-    return FR_FN(recurrent_setup)(r, w, spec, N, T, B, NULL);
+    return FR_FN(recurrent_setup)(r, w, spec, N, T, B, NULL, FR_PANEL_F32);
 }
 
 /* Our own kernel runs every product now, so the time loop may always be split. */
@@ -298,6 +385,8 @@ static inline int FR_FN(recurrent_own_kernel)(const fr_recurrent *r) {
 }
 
 static inline void FR_FN(recurrent_free)(fr_recurrent *r) {
+    free(r->rows);
+    r->rows = NULL;
     if (r->owned)
         FR_FN(panel_free)(&r->panel);
     r->panel.data = NULL;
@@ -319,7 +408,19 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
     if (r->panel.data) {
         ptrdiff_t first, last;
         fr_part_blocks(part, r->panel.blocks, &first, &last);
-        FR_FN(panel_product)(&r->panel, A, lda, row0, rows, first, last, epilogue, ctx);
+#ifndef FR_F64
+        if (r->rows) { /* bf16, int8: convert this part's rows into its thread's slot */
+            /* the hidden split: a slot per thread; the batch split: its rows of slot 0 */
+            real *slot = r->rows + (part->slice % r->slots) * r->slot +
+                         row0 % (r->slot / r->row_ld) * r->row_ld;
+            fr_lowp_rows(r->panel.format, slot, r->row_ld, A + row0 * lda, lda, rows, r->K);
+            FR_FN(panel_product)(&r->panel, slot, r->row_ld, row0, rows, first, last,
+                                 epilogue, ctx);
+            return;
+        }
+#endif
+        FR_FN(panel_product)(&r->panel, A, lda, row0, rows, first, last,
+                             epilogue, ctx);
         return;
     }
     const ptrdiff_t N = r->G * r->H;
@@ -343,7 +444,7 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
     if (r->panel.data) {
         fr_accumulate acc = {C, ldc, r->H, r->G};
         FR_FN(panel_product)(&r->panel, A, lda, 0, B, 0, r->panel.blocks,
-                             FR_FN(accumulate_epilogue), &acc);
+                             FR_FN(accumulate_epilogue), &acc); /* float32 panels only */
     } else if (r->transpose)
         FR_FN(gemm_direct_nt)(C, ldc, A, lda, r->w, B, N, r->K);
     else
@@ -428,6 +529,7 @@ static inline void FR_FN(recurrent_product_masked)(const fr_recurrent *r, real *
  * never depend on how many rows share its batch; the epilogue adds the biases. Otherwise
  * (GRU, or too few rows for panels) small batches take one BLAS GEMM over all T*B rows. */
 #define FR_STEP_PROJECTION_ROWS 16
+#define FR_INPUT_ROWS 96 /* rows per pass of a projection before the loop on a panel */
 
 typedef struct {
     int per_step;     /* 1: input_step computes P_t (or the fused tile does) */
@@ -457,53 +559,12 @@ static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows) {
 }
 
 /* Whether input_prepare fuses the projection into fuse_with's tiles (when it succeeds):
- * both products on panels, which a call of at least FR_PACK_ROWS rows always has. */
+ * both products on float32 panels, which a call of at least FR_PACK_ROWS rows always has
+ * (a bf16 or int8 pack never fuses). */
 static inline int FR_FN(input_fusable)(const fr_recurrent *fuse_with, ptrdiff_t T,
                                        ptrdiff_t B) {
-    return fuse_with && fuse_with->panel.data && T * B >= FR_PACK_ROWS;
-}
-
-/* Set the input side up; when it is neither per step nor fused, P (T, B, G*H) gets the
- * whole projection now. `fuse_with`: the recurrent product of a cell that adds the input
- * and recurrent products of every gate before its math (RNN, LSTM; not GRU, whose n gate
- * needs them apart), or NULL; the projection is then fused into that product's tiles when
- * both are panels. Returns 0, or FR_ERR_NOMEM. */
-static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
-                                       const real *bias_a, const real *bias_b, ptrdiff_t T,
-                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H,
-                                       const fr_recurrent *fuse_with) {
-    const int fuse = FR_FN(input_fusable)(fuse_with, T, B);
-    in->per_step = FR_FN(input_per_step)(B);
-    in->fused = 0;
-    in->x = x;
-    in->B = B;
-    in->I = I;
-    in->N = G * H;
-    in->bias = NULL;
-    in->start = NULL;
-    in->rec.owned = 0;
-    in->rec.panel.data = NULL;
-    if (!in->per_step && !fuse) {
-        FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
-        return FR_OK;
-    }
-    fr_recurrent_spec spec = {0, I, G, 1};
-    in->bias = FR_FN(alloc)(G * H);
-    if (!in->bias || FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, B, NULL) != FR_OK)
-        return FR_ERR_NOMEM;
-    FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
-    in->fused = fuse && in->rec.panel.data;
-    if (in->fused && !in->per_step)
-        return FR_FN(input_start_tiles)(in, T * B);
-    return FR_OK;
-}
-
-static inline void FR_FN(input_free)(fr_input *in) {
-    FR_FN(recurrent_free)(&in->rec);
-    free(in->bias);
-    free(in->start);
-    in->bias = NULL;
-    in->start = NULL;
+    return fuse_with && fuse_with->panel.data && fuse_with->panel.format == FR_PANEL_F32 &&
+           T * B >= FR_PACK_ROWS;
 }
 
 /* The epilogue of the per-step projection: P (B, G*H) = tile + bias. */
@@ -526,6 +587,65 @@ static void FR_FN(bias_store_epilogue)(void *ctx, const real *acc, ptrdiff_t acc
             for (ptrdiff_t j = 0; j < units; j++)
                 p[j] = t[j] + b[j];
         }
+}
+
+/* Set the input side up; when it is neither per step nor fused, P (T, B, G*H) gets the
+ * whole projection now. `fuse_with`: the recurrent product of a cell that adds the input
+ * and recurrent products of every gate before its math (RNN, LSTM; not GRU, whose n gate
+ * needs them apart), or NULL; the projection is then fused into that product's tiles when
+ * both are float32 panels. A bf16 or int8 forward pack (fr_pack_bf16_*, fr_pack_int8_*)
+ * supplies the panel of w_ih instead: never fused (an int8 product's scales are per
+ * operand), it runs per step or over all T*B rows here, FR_INPUT_ROWS at a time. Returns
+ * 0, or FR_ERR_NOMEM. */
+static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
+                                       const real *bias_a, const real *bias_b, ptrdiff_t T,
+                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H,
+                                       const fr_recurrent *fuse_with, const void *pack) {
+    int format = FR_PANEL_F32;
+    real *packed = FR_FN(pack_input_data)(pack, I, G, H, &format);
+    const int fuse = !packed && FR_FN(input_fusable)(fuse_with, T, B);
+    in->per_step = FR_FN(input_per_step)(B);
+    in->fused = 0;
+    in->x = x;
+    in->B = B;
+    in->I = I;
+    in->N = G * H;
+    in->bias = NULL;
+    in->start = NULL;
+    in->rec.owned = 0;
+    in->rec.rows = NULL;
+    in->rec.panel.data = NULL;
+    if (!in->per_step && !fuse && !packed) {
+        FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
+        return FR_OK;
+    }
+    fr_recurrent_spec spec = {0, I, G, 1};
+    /* a reduced pack before the loop: all T*B rows through its panel, a chunk at a time */
+    ptrdiff_t chunk = in->per_step || !packed ? B
+                      : T * B < FR_INPUT_ROWS ? T * B
+                                              : FR_INPUT_ROWS;
+    in->bias = FR_FN(alloc)(G * H);
+    if (!in->bias ||
+        FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, chunk, packed, format) != FR_OK)
+        return FR_ERR_NOMEM;
+    FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
+    in->fused = fuse && in->rec.panel.data;
+    if (in->fused && !in->per_step)
+        return FR_FN(input_start_tiles)(in, T * B);
+    fr_bias_store s = {P, in->bias, G, H};
+    for (ptrdiff_t r0 = 0; packed && !in->per_step && r0 < T * B; r0 += chunk) {
+        fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL};
+        FR_FN(recurrent_apply)(&in->rec, x, I, &rows, FR_FN(bias_store_epilogue), &s, NULL);
+    }
+    return FR_OK;
+}
+
+static inline void FR_FN(input_free)(fr_input *in) {
+    FR_FN(recurrent_free)(&in->rec);
+    free(in->bias);
+    free(in->start);
+    in->bias = NULL;
+    in->start = NULL;
 }
 
 /* P_t (B, G*H) for step t, this part's rows and units (nothing when it was done before the
@@ -566,11 +686,15 @@ static inline void FR_FN(step_product)(const fr_input *in, const fr_recurrent *r
     FR_FN(recurrent_apply)(rec, h_prev, ldh, part, epilogue, ctx, scratch);
 }
 
-/* Bytes of a pack for (cell, backward, H): a header, then each panel 64-byte aligned. */
-static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backward,
-                                        ptrdiff_t H) {
+/* Bytes of a pack for (cell, backward, H) in `format` (FR_PACK_*; a bf16 pack adds the
+ * panel of w_ih^T for input size I): a header, then each panel 64-byte aligned. */
+static inline size_t FR_FN(pack_layout_as)(fr_pack_header *h, int cell, int backward,
+                                           ptrdiff_t I, ptrdiff_t H, int format) {
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
+    static const int panel_formats[] = {FR_PANEL_F32, FR_PANEL_BF16, FR_PANEL_BF16_DP,
+                                        FR_PANEL_I8, FR_PANEL_I8_VNNI}; /* by FR_PACK_* */
+    int panel_format = panel_formats[format];
     size_t at = (sizeof(fr_pack_header) + 63) / 64 * 64;
     memset(h, 0, sizeof *h);
     h->magic = FR_PACK_MAGIC;
@@ -580,12 +704,24 @@ static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backwar
     h->backward = backward;
     h->count = n;
     h->H = H;
+    h->format = format;
     for (int i = 0; i < n; i++) {
-        fr_panel p = FR_FN(panel_shape)(specs[i].K, specs[i].G, H);
+        fr_panel p = FR_FN(panel_shape_as)(specs[i].K, specs[i].G, H, panel_format);
         h->offset[i] = (int64_t)at;
         at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
     }
+    if (format != FR_PACK_F32) { /* w_ih^T (I, G*H), every gate block */
+        fr_panel p = FR_FN(panel_shape_as)(I, fr_cell_gates(cell), H, panel_format);
+        h->input_offset = (int64_t)at;
+        at += ((size_t)FR_FN(panel_reals)(&p) * sizeof(real) + 63) / 64 * 64;
+    }
+    h->I = format != FR_PACK_F32 ? I : 0;
     return at;
+}
+
+static inline size_t FR_FN(pack_layout)(fr_pack_header *h, int cell, int backward,
+                                        ptrdiff_t H) {
+    return FR_FN(pack_layout_as)(h, cell, backward, 0, H, FR_PACK_F32);
 }
 
 #endif

@@ -12,6 +12,7 @@
  * An epilogue sees the tile as acc[i * acc_ld + g * gate_stride + j]: row i of the tile,
  * gate g, hidden unit unit0 + j (j < units). The same epilogue also finishes products that
  * did not come from a panel (a direct product into a (B, G*H) buffer: gate_stride = H).
+ * A bf16 panel (bf16.h) hands the epilogue the same float32 tile.
  */
 #ifndef FASTRNN_GEMM_MICROKERNEL_H
 #define FASTRNN_GEMM_MICROKERNEL_H
@@ -112,15 +113,94 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int s
         FR_FN(tile_product)(acc, acc2, seg, segments, start, 0, 1, 4, 1);
 }
 
+/* The same dispatch for a reduced-precision tile product `product` (bf16_tile.h,
+ * int8_tile.h) over slabs of slab_t: name##_tile (m rows) and name##_pair (one row, two
+ * blocks), m and nv turned into constants. */
+#define FR_LOWP_CASE(product, rows, NV)                                                    \
+    case rows:                                                                             \
+        if (rows <= FR_ACC_REGS / NV)                                                      \
+            product(acc, NULL, A, lda, slab, NULL, K, rows, NV, 0);                        \
+        break;
+#define FR_DEFINE_LOWP_TILES(name, product, slab_t)                                        \
+    static void name##_tile(real *acc, const real *A, ptrdiff_t lda, const slab_t *slab,   \
+                            ptrdiff_t K, ptrdiff_t m, ptrdiff_t nv) {                      \
+        if (nv == 3)                                                                       \
+            switch (m) {                                                                   \
+                FR_LOWP_CASE(product, 1, 3) FR_LOWP_CASE(product, 2, 3)                    \
+                FR_LOWP_CASE(product, 3, 3) FR_LOWP_CASE(product, 4, 3)                    \
+                FR_LOWP_CASE(product, 5, 3) FR_LOWP_CASE(product, 6, 3)                    \
+                FR_LOWP_CASE(product, 7, 3) FR_LOWP_CASE(product, 8, 3)                    \
+            }                                                                              \
+        else                                                                               \
+            switch (m) {                                                                   \
+                FR_LOWP_CASE(product, 1, 4) FR_LOWP_CASE(product, 2, 4)                    \
+                FR_LOWP_CASE(product, 3, 4) FR_LOWP_CASE(product, 4, 4)                    \
+                FR_LOWP_CASE(product, 5, 4) FR_LOWP_CASE(product, 6, 4)                    \
+            }                                                                              \
+    }                                                                                      \
+    static void name##_pair(real *acc, real *acc2, const real *A, const slab_t *slab,      \
+                            const slab_t *slab2, ptrdiff_t K, ptrdiff_t nv) {              \
+        if (nv == 3)                                                                       \
+            product(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);                             \
+        else                                                                               \
+            product(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);                             \
+    }
+
+#include "lowp.h"
+
 /* Rows per tile for a panel of nv vectors per row. */
 static inline ptrdiff_t FR_FN(tile_rows)(const fr_panel *p) { return FR_ACC_REGS / p->nv; }
+
+/* Rows of op(W) the float32 tiles stream: K, padded to pairs for a FR_PANEL_BF16 panel. */
+static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
+    return p->format == FR_PANEL_BF16 ? (p->K + 1) / 2 * 2 : p->K;
+}
+
+/* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI): acc
+ * (m, NB) = A (m rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one
+ * row against slab and the next block's. Returns 0 for every other format (the float32
+ * tiles run those, their values being float32). */
+static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2, const real *A,
+                                        ptrdiff_t lda, const real *slab, ptrdiff_t m,
+                                        int pair) {
+#if !defined(FR_F64) && FR_HAVE_BF16_DP
+    const uint32_t *s1 = (const uint32_t *)slab, *s2 = s1 + p->slab;
+    if (p->format == FR_PANEL_BF16_DP) {
+        if (pair)
+            bf16_dp_pair(acc, acc2, A, s1, s2, p->K, p->nv);
+        else
+            bf16_dp_tile(acc, A, lda, s1, p->K, m, p->nv);
+        return 1;
+    }
+    if (p->format == FR_PANEL_I8_VNNI) {
+        if (pair)
+            i8_vnni_pair(acc, acc2, A, s1, s2, p->K, p->nv);
+        else
+            i8_vnni_tile(acc, A, lda, s1, p->K, m, p->nv);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+/* After a tile of m rows (A: their rows) from `slab`: an int8 tile's exact sums become
+ * the float32 product (int8.h); other formats are done. */
+static inline void FR_FN(panel_finish)(const fr_panel *p, real *acc, const real *A,
+                                       ptrdiff_t lda, ptrdiff_t m, const real *slab) {
+#ifndef FR_F64
+    if (fr_lowp_is_i8(p->format))
+        fr_i8_dequantize(acc, p->nv * FR_VLEN, A, lda, m, fr_i8_column_scales(p, slab));
+#endif
+}
 
 /* For rows [row0, row0 + rows) and the panel's column blocks [blk0, blk1): every tile of
  *   [start +] [X (rows, q->K) . q +] A (rows, p->K) . p
  * handed to epilogue(ctx, ...). Row r of A is at A + r * lda (of X at X + r * ldx); q (NULL:
  * none) is a second panel with the same column blocks (same G and H), summed first. start
  * (NULL: none) holds tiles to start from in the panel's block layout: row r, block j at
- * start + r * start_ld + j * NB (as store_tile_epilogue writes them). */
+ * start + r * start_ld + j * NB (as store_tile_epilogue writes them). A bf16 or int8
+ * panel p (q and start NULL) takes A's rows as fr_lowp_rows left them, row0 + i at
+ * A + i * lda. */
 static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                             const fr_panel *q, const real *X, ptrdiff_t ldx,
                                             const real *start, ptrdiff_t start_ld,
@@ -139,20 +219,27 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
         fr_segment *own = seg + (q ? 1 : 0);
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
-            const real *slab = p->data + blk * p->K * NB;
-            *own = (fr_segment){A + r * lda, lda, p->K, slab, pair ? slab + p->K * NB : NULL};
+            const real *slab = p->data + blk * p->slab;
+            const real *rows_A = p->format == FR_PANEL_F32 ? A + r * lda : A + (r - row0) * lda;
+            *own = (fr_segment){rows_A, lda, FR_FN(panel_depth)(p), slab,
+                                pair ? slab + p->slab : NULL};
             if (q) {
-                const real *xslab = q->data + blk * q->K * NB;
+                const real *xslab = q->data + blk * q->slab;
                 seg[0] = (fr_segment){X + r * ldx, ldx, q->K, xslab,
-                                      pair ? xslab + q->K * NB : NULL};
+                                      pair ? xslab + q->slab : NULL};
             }
             const real *s0 = start ? start + r * start_ld + blk * NB : NULL;
+            if (!FR_FN(panel_dot_tile)(p, acc, acc2, rows_A, lda, slab, m, pair)) {
+                if (pair)
+                    FR_FN(tile_pair)(acc, acc2, seg, segments, s0, p->nv);
+                else if (p->nv == 3)
+                    FR_FN(tile_nv3)(acc, seg, segments, s0, start_ld, m);
+                else
+                    FR_FN(tile_nv4)(acc, seg, segments, s0, start_ld, m);
+            }
+            FR_FN(panel_finish)(p, acc, rows_A, lda, m, slab);
             if (pair)
-                FR_FN(tile_pair)(acc, acc2, seg, segments, s0, p->nv);
-            else if (p->nv == 3)
-                FR_FN(tile_nv3)(acc, seg, segments, s0, start_ld, m);
-            else
-                FR_FN(tile_nv4)(acc, seg, segments, s0, start_ld, m);
+                FR_FN(panel_finish)(p, acc2, rows_A, lda, 1, slab + p->slab);
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
         if (pair) {
@@ -164,7 +251,8 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
     }
 }
 
-/* For rows [row0, row0 + rows) of A (row r at A + r * lda) and the panel's column blocks
+/* For rows [row0, row0 + rows) of A (row r at A + r * lda; a bf16/int8 panel: see
+ * panel_product_sum) and the panel's column blocks
  * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
 static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,

@@ -11,6 +11,11 @@
  * past H are zero.
  *
  *   data (blocks, K, NB)     block-major, 64-byte aligned, NB = nv * VLEN
+ *
+ * A bfloat16 panel (gemm/bf16.h, float32 builds) has the same blocks and columns, each slab
+ * (ceil(K/2), NB) of 32-bit pairs: rows 2q and 2q+1 of op(W) rounded to bf16 in the low and
+ * high half (the operand layout of AVX512-BF16's vdpbf16ps), as many bytes as K/2 floats;
+ * `slab` counts elements per block either way.
  */
 #ifndef FASTRNN_GEMM_PANEL_H
 #define FASTRNN_GEMM_PANEL_H
@@ -20,12 +25,20 @@
 
 #include "vec.h"
 
+#define FR_PANEL_F32 0     /* reals */
+#define FR_PANEL_BF16 1    /* bf16 pairs, widened to float32 for FMAs (any ISA) */
+#define FR_PANEL_BF16_DP 2 /* bf16 pairs, multiplied by vdpbf16ps (AVX512-BF16) */
+#define FR_PANEL_I8 3      /* int8 values as float32, float32 FMAs (any ISA; int8.h) */
+#define FR_PANEL_I8_VNNI 4 /* int8 quads, multiplied by vpdpbusd (AVX512-VNNI) */
+
 typedef struct {
     real *data;          /* (blocks, K, NB) */
     ptrdiff_t K, G, H;   /* op(W) is (K, G*H) */
     ptrdiff_t nv;        /* vectors per tile row, a multiple of G */
     ptrdiff_t units;     /* hidden units per block: nv / G * VLEN */
     ptrdiff_t blocks;    /* ceil(H / units) */
+    ptrdiff_t slab;      /* elements per block: K * NB reals (bf16: ceil(K/2) * NB pairs) */
+    int format;          /* FR_PANEL_* */
 } fr_panel;
 
 /* Vectors per tile row for G gate blocks: 4 (G = 1, 2, 4) or 3 (GRU). */
@@ -33,34 +46,38 @@ static inline ptrdiff_t FR_FN(panel_vectors)(ptrdiff_t G) { return G == 3 ? 3 : 
 
 /* The panel's geometry (data = NULL) for op(W) of K rows and G blocks of H columns. */
 static inline fr_panel FR_FN(panel_shape)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H) {
-    fr_panel p = {NULL, K, G, H, FR_FN(panel_vectors)(G), 0, 0};
+    fr_panel p = {NULL, K, G, H, FR_FN(panel_vectors)(G), 0, 0, 0, FR_PANEL_F32};
     p.units = p.nv / G * FR_VLEN;
     p.blocks = (H + p.units - 1) / p.units;
+    p.slab = K * p.nv * FR_VLEN;
     return p;
 }
 
-static inline ptrdiff_t FR_FN(panel_reals)(const fr_panel *p) {
-    return p->blocks * p->K * p->nv * FR_VLEN;
+static inline ptrdiff_t FR_FN(panel_reals)(const fr_panel *p) { return p->blocks * p->slab; }
+
+/* The column of op(W) that column c of block blk holds, or -1 past H. */
+static inline ptrdiff_t FR_FN(panel_column)(const fr_panel *p, ptrdiff_t blk, ptrdiff_t c) {
+    ptrdiff_t unit = blk * p->units + c % p->units;
+    return unit < p->H ? (c / p->units) * p->H + unit : -1;
+}
+
+/* Element (k, col) of op(W): W^T (transpose: W (G*H, K)) or W (K, G*H) itself. */
+static inline real FR_FN(panel_source)(const fr_panel *p, const real *W, int transpose,
+                                       ptrdiff_t k, ptrdiff_t col) {
+    return transpose ? W[col * p->K + k] : W[k * p->G * p->H + col];
 }
 
 /* Fill p->data from W: transpose = 1 packs W^T for W (G*H, K) row-major (forward:
  * h w_hh^T); transpose = 0 packs W (K, G*H) itself (backward: dG w_hh). */
 static inline void FR_FN(panel_fill)(fr_panel *p, const real *W, int transpose) {
-    const ptrdiff_t K = p->K, H = p->H, NB = p->nv * FR_VLEN, per_gate = p->units;
+    const ptrdiff_t K = p->K, NB = p->nv * FR_VLEN;
     memset(p->data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(real));
     for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
-        real *slab = p->data + blk * K * NB;
+        real *slab = p->data + blk * p->slab;
         for (ptrdiff_t c = 0; c < NB; c++) {
-            ptrdiff_t unit = blk * per_gate + c % per_gate;
-            if (unit >= H)
-                continue;
-            ptrdiff_t col = (c / per_gate) * H + unit; /* column of op(W) */
-            if (transpose)
-                for (ptrdiff_t k = 0; k < K; k++)
-                    slab[k * NB + c] = W[col * K + k];
-            else
-                for (ptrdiff_t k = 0; k < K; k++)
-                    slab[k * NB + c] = W[k * p->G * H + col];
+            ptrdiff_t col = FR_FN(panel_column)(p, blk, c);
+            for (ptrdiff_t k = 0; col >= 0 && k < K; k++)
+                slab[k * NB + c] = FR_FN(panel_source)(p, W, transpose, k, col);
         }
     }
 }

@@ -13,6 +13,8 @@
   ``fastrnn.generate`` samples text from a language model.
 * ``fastrnn.onnx``: ``export`` modules and models to ONNX files, ``load`` ONNX RNN/LSTM/GRU
   graphs into fastrnn (needs the optional ``onnx`` package, imported on first use).
+* Reduced precision inference: ``.to("bfloat16")`` (or ``dtype="bfloat16"``) and
+  ``fastrnn.quantize_dynamic`` (int8); see ``fastrnn.ops`` and ``fastrnn.quantize``.
 """
 from ._threads import get_num_threads, set_num_threads  # first: it prepares OpenMP
 
@@ -26,6 +28,7 @@ from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .models import (LanguageModel, OneToManyGenerator, Seq2Seq, SequenceClassifier,
                      SequenceRegressor)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .quantize import quantize_dynamic
 from . import onnx  # noqa: E402  (fastrnn.onnx; the onnx package itself loads lazily)
 
 __version__ = "0.1.0"
@@ -38,4 +41,4 @@ __all__ = ["ops", "reference", "nn", "losses", "optim", "io", "convert", "models
            "set_num_threads", "get_num_threads",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "__version__",
            "no_grad", "enable_grad", "inference_mode", "set_grad_enabled", "is_grad_enabled",
-           "is_inference_mode_enabled"]
+           "is_inference_mode_enabled", "quantize_dynamic"]

@@ -200,6 +200,49 @@ def normalize_dtype(value, name: str = "dtype") -> np.dtype:
     return dtype
 
 
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def _is_bfloat16(value) -> bool:
+    """``"bfloat16"``, ``"torch.bfloat16"`` or ``torch.bfloat16``."""
+    spelled = str(value) if type(value).__module__ == "torch" else value
+    return isinstance(spelled, str) and spelled in ("bfloat16", "torch.bfloat16", "bf16")
+
+
+def split_precision(value, name: str = "dtype"):
+    """``(storage dtype, precision)`` of a module's ``dtype`` argument.
+
+    ``"bfloat16"`` (or ``torch.bfloat16``) gives ``(float32, "bfloat16")``: float32
+    parameters, bf16 products in inference (see :mod:`fastrnn.ops`). Anything
+    :func:`normalize_dtype` accepts gives ``(that dtype, "float32")``.
+    """
+    if _is_bfloat16(value):
+        return np.dtype(np.float32), "bfloat16"
+    return normalize_dtype(value, name), "float32"
+
+
+def check_precision(precision, packs, dtype: np.dtype, training: bool,
+                    variants: Optional[dict] = None) -> str:
+    """The precision of a forward: ``precision`` ('float32', 'bfloat16' or 'int8'), or that
+    of the ``packs`` when it is None. The reduced ones need float32 arrays,
+    ``training=False`` and none of ``variants`` (name: argument, None when not used)."""
+    if precision is None:
+        precision = getattr(packs, "precision", "float32") if packs is not None else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
+    if precision != "float32":
+        if dtype != np.float32:
+            raise TypeError(f"precision={precision!r} needs float32 arrays, got {dtype}")
+        if training:
+            raise ValueError(f"precision={precision!r} runs inference only: pass "
+                             "training=False")
+        for name, value in (variants or {}).items():
+            if value is not None:
+                raise ValueError(f"precision={precision!r} does not support {name} yet; "
+                                 f"pass {name}=None or precision='float32'")
+    return precision
+
+
 def check_device(device) -> None:
     """Accept None, ``"cpu"`` (``"cpu:0"``) or ``torch.device("cpu")``; refuse the rest.
 

@@ -421,7 +421,7 @@ cdef extern from "fastrnn.h":
     int64_t fr_fma_peak_f32(int64_t iterations, float *sink) nogil
     int64_t fr_fma_peak_f64(int64_t iterations, double *sink) nogil
 
-ISA_NAMES = ("portable", "avx2", "avx512")
+ISA_NAMES = ("portable", "avx2", "avx512", "avx512_bf16")
 
 
 def available_isas():
@@ -435,7 +435,8 @@ def get_isa():
 
 
 def set_isa(name):
-    """Run the kernels' ``name`` variant ('portable', 'avx2', 'avx512'); returns the one set.
+    """Run the kernels' ``name`` variant ('portable', 'avx2', 'avx512', 'avx512_bf16': the
+    avx512 kernels with bf16 products on vdpbf16ps); returns the one set.
 
     A level the CPU lacks is lowered to the best it has. Meant for tests and benchmarks;
     the default is the best available.
@@ -506,6 +507,56 @@ def pack(const floating[::1] w_hh, str cell, bint backward, Py_ssize_t H):
             status = fr_pack_f32(&dst[0], nbytes, &w_hh[0], cell_id, backward, H)
         else:
             status = fr_pack_f64(&dst[0], nbytes, &w_hh[0], cell_id, backward, H)
+    check(status)
+    return out
+
+
+cdef extern from "fastrnn.h" nogil:
+    size_t fr_pack_bf16_bytes_f32(int cell, Py_ssize_t I, Py_ssize_t H)
+    int fr_pack_bf16_f32(void *dst, size_t nbytes, const float *w_ih, const float *w_hh,
+                         int cell, Py_ssize_t I, Py_ssize_t H)
+    size_t fr_pack_int8_bytes_f32(int cell, Py_ssize_t I, Py_ssize_t H)
+    int fr_pack_int8_f32(void *dst, size_t nbytes, const signed char *w_ih, const float *s_ih,
+                         const signed char *w_hh, const float *s_hh, int cell, Py_ssize_t I,
+                         Py_ssize_t H)
+
+
+def _aligned_bytes(size_t nbytes):
+    """A 64-byte aligned uint8 array of nbytes."""
+    raw = np.empty(nbytes + 64, np.uint8)
+    cdef size_t start = (-raw.ctypes.data) % 64
+    return raw[start:start + nbytes]
+
+
+def pack_bf16(const float[::1] w_ih, const float[::1] w_hh, str cell, Py_ssize_t I,
+              Py_ssize_t H):
+    """w_ih (G*H*I,) and w_hh (G*H*H,) rounded to bfloat16 and packed for the forward time
+    loop of ``cell`` under the current ISA level (see "bfloat16 inference" in
+    csrc/fastrnn.h): a float32 forward handed it as ``pack=`` runs in bf16."""
+    cdef int cell_id = CELL_IDS[cell]
+    cdef size_t nbytes = fr_pack_bf16_bytes_f32(cell_id, I, H)
+    out = _aligned_bytes(nbytes)
+    cdef unsigned char[::1] dst = out
+    cdef int status
+    with nogil:
+        status = fr_pack_bf16_f32(&dst[0], nbytes, &w_ih[0], &w_hh[0], cell_id, I, H)
+    check(status)
+    return out
+
+
+def pack_int8(const signed char[::1] w_ih, const float[::1] s_ih, const signed char[::1] w_hh,
+              const float[::1] s_hh, str cell, Py_ssize_t I, Py_ssize_t H):
+    """int8 w_ih (G*H*I,), w_hh (G*H*H,) and their row scales (G*H,) packed for the forward
+    time loop of ``cell`` under the current ISA level (see "int8 inference" in
+    csrc/fastrnn.h): a float32 forward handed it as ``pack=`` runs in int8."""
+    cdef int cell_id = CELL_IDS[cell]
+    cdef size_t nbytes = fr_pack_int8_bytes_f32(cell_id, I, H)
+    out = _aligned_bytes(nbytes)
+    cdef unsigned char[::1] dst = out
+    cdef int status
+    with nogil:
+        status = fr_pack_int8_f32(&dst[0], nbytes, &w_ih[0], &s_ih[0], &w_hh[0], &s_hh[0],
+                                  cell_id, I, H)
     check(status)
     return out
 

@@ -9,6 +9,18 @@ states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)`
 pack it once; the NumPy reference accepts and ignores it. ``recurrent_mask (B, H)``
 (recurrent dropout, every forward) makes each recurrent product read ``h_{t-1} * mask``.
 
+``precision="bfloat16"`` (inference, ``training=False``, float32 arrays) runs both products
+of every step on bfloat16 operands: ``w_ih`` and ``w_hh`` rounded to bf16 (nearest even)
+once, into a bf16 pack, and ``x_t`` and ``h_{t-1}`` rounded as they enter the product, with
+float32 accumulation; biases, cell state, activations and outputs stay float32. The NumPy
+twin rounds the same operands (:func:`fastrnn.reference.bf16_round`). ``precision=None``
+takes the precision of ``packs`` (float32 without them).
+
+``precision="int8"`` (inference, float32 arrays) runs them on int8: the weights quantized
+per row (symmetric, ``s = max|row| / 127``), each row of ``x_t`` and of ``h_{t-1}``
+quantized the same way as it enters its product (dynamic, per row and step), exact int32
+sums scaled back to float32; the rest stays float32 (csrc/gemm/int8.h).
+
 Inputs are validated before any C code runs (see :mod:`fastrnn._common`): ``x`` sets the
 dtype (float32 or float64), every other array must match it, non-contiguous arrays are
 copied, and a wrong shape raises ``ValueError`` naming the argument. ``h0``/``c0`` and
@@ -26,7 +38,8 @@ from . import _core
 from ._common import (Cache, GRUGrads, Inputs, LayerNormGRUGrads, LayerNormLSTMGrads, LSTMGrads,
                       PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, as_ndarray, c_array,
                       check_backward, check_forward, check_layer_norm, check_memory,
-                      check_nonlinearity, check_peepholes, check_recurrent_mask)
+                      check_nonlinearity, check_peepholes, check_precision,
+                      check_recurrent_mask)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "gemm", "Packs", "pack_weights"]
@@ -38,20 +51,29 @@ class Packs(NamedTuple):
     """``w_hh`` packed for the kernels' per-step products: one pack for the forward time
     loop and one for the backward loop (None: the kernel packs for itself). Made by
     :func:`pack_weights`; valid while ``w_hh`` is unchanged and only under the ISA level,
-    dtype and sizes it was made for (the kernels ignore a pack made for anything else)."""
+    dtype and sizes it was made for (the kernels ignore a pack made for anything else).
+    A ``precision="bfloat16"`` pack holds ``w_ih`` and ``w_hh`` in bf16, an ``"int8"`` pack
+    both quantized per row (``quantized``: the int8 values and scales), forward only."""
 
     forward: Optional[np.ndarray]
     backward: Optional[np.ndarray]
+    precision: str = "float32"
+    quantized: Optional[tuple] = None   # int8: ((q_ih, s_ih), (q_hh, s_hh)) packed
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
-def pack_weights(cell, w_hh, *, reset_after=True, backward=True, **_ignored) -> Packs:
+def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="float32",
+                 w_ih=None, quantized=None, **_ignored) -> Packs:
     """Pack ``w_hh (G*H, H)`` of ``cell`` ('rnn', 'lstm' or 'gru') once, to hand to many
     calls of the cell's forward (and backward) as ``packs=``: the layers do this and keep
     the packs until the weight changes. ``backward=False`` packs for inference only.
-    Extra keyword arguments of the cell (``nonlinearity``) are accepted and ignored."""
+    ``precision="bfloat16"`` makes the bf16 inference pack of ``w_ih (G*H, I)`` (required)
+    and ``w_hh``, both float32, rounded to bf16 once; ``precision="int8"`` the int8 pack of
+    both quantized per row (:func:`fastrnn.reference.quantize_rows`), or of ``quantized``
+    ``((q_ih, s_ih), (q_hh, s_hh))`` as given. Extra keyword arguments of the cell
+    (``nonlinearity``) are accepted and ignored."""
     if cell not in _GATES:
         raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
     w_hh = as_ndarray("w_hh", w_hh)
@@ -62,9 +84,62 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, **_ignored) -> 
     check_memory(f"packing w_hh of H={H}", 3 * w_hh.size * w_hh.itemsize)   # copy + 2 packs
     w_hh = c_array(w_hh)
     name = "gru_reset_before" if cell == "gru" and not reset_after else cell
+    if precision in ("bfloat16", "int8"):
+        w_ih = _check_w_ih(precision, w_ih, w_hh)
+    if precision == "bfloat16":
+        return Packs(_core.pack_bf16(w_ih.reshape(-1), w_hh.reshape(-1), name, w_ih.shape[1],
+                                     H), None, "bfloat16")
+    if precision == "int8":
+        return _pack_int8(name, w_ih, w_hh, quantized)
+    if precision != "float32":
+        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8', got "
+                         f"{precision!r}")
     flat = w_hh.reshape(-1)
     return Packs(_core.pack(flat, name, False, H),
                  _core.pack(flat, name, True, H) if backward else None)
+
+
+def _check_w_ih(precision, w_ih, w_hh):
+    """w_ih (G*H, I) float32, contiguous, matching float32 w_hh (G*H, H)."""
+    G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
+    w_ih = None if w_ih is None else np.ascontiguousarray(w_ih)
+    if w_ih is None or w_ih.ndim != 2 or w_ih.shape[0] != G * H or w_ih.shape[1] < 1:
+        raise ValueError(f"precision={precision!r} needs w_ih of shape ({G}*H, I) with H={H}, "
+                         f"got {None if w_ih is None else w_ih.shape}")
+    if w_ih.dtype != np.float32 or w_hh.dtype != np.float32:
+        raise TypeError(f"precision={precision!r} packs float32 weights, got w_ih "
+                        f"{w_ih.dtype}, w_hh {w_hh.dtype}")
+    return w_ih
+
+
+def _pack_int8(name, w_ih, w_hh, quantized):
+    """The int8 pack of (q, s) per weight: ``quantized``, or quantize_rows of the floats."""
+    from .reference import quantize_rows
+    if quantized is None:
+        quantized = (quantize_rows(w_ih), quantize_rows(w_hh))
+    (q_ih, s_ih), (q_hh, s_hh) = [(np.ascontiguousarray(q, np.int8),
+                                   np.ascontiguousarray(s, np.float32)) for q, s in quantized]
+    if q_ih.shape != w_ih.shape or q_hh.shape != w_hh.shape or \
+            s_ih.shape != (w_ih.shape[0],) or s_hh.shape != (w_hh.shape[0],):
+        raise ValueError(f"quantized weights must match w_ih {w_ih.shape} and w_hh "
+                         f"{w_hh.shape} with one scale per row, got {q_ih.shape}, "
+                         f"{s_ih.shape}, {q_hh.shape}, {s_hh.shape}")
+    pack = _core.pack_int8(q_ih.reshape(-1), s_ih, q_hh.reshape(-1), s_hh, name,
+                           w_ih.shape[1], w_hh.shape[1])
+    return Packs(pack, None, "int8", ((q_ih, s_ih), (q_hh, s_hh)))
+
+
+def _precision_packs(cell, inputs: Inputs, packs, precision, training, reset_after=True,
+                     variants=None):
+    """The packs a forward runs on: ``packs``, or for a reduced precision without a pack
+    of it a fresh one (checked: float32, inference)."""
+    precision = check_precision(precision, packs, inputs.dtype, training, variants)
+    if getattr(packs, "precision", "float32") == precision:
+        return packs
+    if precision == "float32":
+        return None              # a reduced pack asked to run float32: the kernel packs
+    return pack_weights(cell, inputs.w_hh, reset_after=reset_after, precision=precision,
+                        w_ih=inputs.w_ih)
 
 
 def _pack(packs: Optional[Packs], backward: bool):
@@ -114,13 +189,15 @@ def _state_grads(inputs: Inputs, n_states: int):
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True, packs=None, recurrent_mask=None):
+                lengths=None, training=True, packs=None, recurrent_mask=None, precision=None):
     """Vanilla RNN over a sequence: ``h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh)``.
 
     Returns ``(y (T, B, H), h_n (B, H), cache)``; ``act`` is tanh or relu.
     """
     relu = check_nonlinearity(nonlinearity) == "relu"
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    packs = _precision_packs("rnn", inputs, packs, precision, training,
+                             variants={"recurrent_mask": recurrent_mask})
     mask = check_recurrent_mask(recurrent_mask, inputs)
     y, (h_n,), _ = _forward_outputs(inputs, 1, _core.RNN_SAVED_PER_UNIT, training)
     if inputs.B:  # B = 0: nothing to compute (the C kernels overrun their buffers on it)
@@ -149,7 +226,7 @@ def rnn_backward(dy, dh_n, cache) -> RNNGrads:
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
                  training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None,
-                 layer_norm=None):
+                 layer_norm=None, precision=None):
     """LSTM over a sequence (gates i, f, g, o; ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``).
 
     ``peepholes (3H,)`` = [p_i, p_o, p_f] (ONNX's P) or None: ``a_i += p_i c_{t-1}``,
@@ -161,6 +238,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     Returns ``(y (T, B, H), h_n (B, H), c_n (B, H), cache)``.
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    packs = _precision_packs("lstm", inputs, packs, precision, training,
+                             variants={"peepholes": peepholes, "recurrent_mask": recurrent_mask,
+                                       "w_hr": w_hr, "layer_norm": layer_norm})
     if inputs.w_hr is not None:
         packs = None   # packs hold w_hh (4H, H) panels; a projection's are made per call
     w_p = check_peepholes(peepholes, inputs)
@@ -238,7 +318,8 @@ def _lstm_ln_backward(upstream, cache) -> LayerNormLSTMGrads:
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None, recurrent_mask=None, layer_norm=None):
+                training=True, packs=None, recurrent_mask=None, layer_norm=None,
+                precision=None):
     """GRU over a sequence (gates r, z, n; ``h_t = (1 - z) n + z h_{t-1}``).
 
     ``reset_after=True`` (PyTorch): ``n = tanh(x W_n^T + b_in + r (h U_n^T + b_hn))``;
@@ -247,6 +328,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     Returns ``(y (T, B, H), h_n (B, H), cache)``.
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    packs = _precision_packs("gru", inputs, packs, precision, training, reset_after,
+                             {"recurrent_mask": recurrent_mask, "layer_norm": layer_norm})
     mask = check_recurrent_mask(recurrent_mask, inputs)
     ln = check_layer_norm(layer_norm, inputs)
     if ln is not None:

@@ -25,7 +25,15 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
   unchanged state, and nothing reaches the weights.
 * Computation stays in the dtype of ``x`` (float32 or float64); outputs are fresh arrays.
 * ``packs`` (packed weights for the C kernels, :func:`fastrnn.ops.pack_weights`) is accepted
-  for the same signatures and ignored.
+  for the same signatures and ignored, but for its precision.
+* ``precision="bfloat16"`` (inference, float32): every operand of a product -- ``x``,
+  ``w_ih``, ``w_hh`` and the state entering each step's product -- is rounded by
+  :func:`bf16_round` first; the products themselves, biases, states and activations stay
+  float32, as in the kernels (which differ only in the order of float32 additions).
+* ``precision="int8"`` (inference, float32): weights quantised per row
+  (:func:`quantize_rows`, or as ``packs.quantized`` holds them), each row of ``x_t`` and of
+  the state quantised the same way as it enters a product; exact integer sums, scaled back
+  to float32 -- the same bits as the kernels' products.
 * ``training=True`` returns a cache for backward (post-activation gates and states);
   ``training=False`` returns ``None`` and keeps no per-step intermediates.
 * Backward takes activation derivatives from saved outputs (``s*(1-s)``, ``1-y*y``) and never
@@ -36,16 +44,19 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ._common import (LAYER_NORM_EPS, Cache, GRUGrads, LayerNormGRUGrads, LayerNormLSTMGrads,
                       LSTMGrads,
                       PeepholeLSTMGrads, ProjectedLSTMGrads, RNNGrads, check_backward,
                       check_layer_norm,
-                      check_forward, check_nonlinearity, check_peepholes, check_recurrent_mask)
+                      check_forward, check_nonlinearity, check_peepholes, check_precision,
+                      check_recurrent_mask)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward"]
+           "gru_forward", "gru_backward", "bf16_round", "quantize_rows"]
 
 BACKEND = "reference"
 
@@ -104,6 +115,84 @@ def _valid_steps(inputs):
     if inputs.lengths is None:
         return np.ones((inputs.T, inputs.B, 1), dtype=bool)
     return np.arange(inputs.T)[:, None, None] < inputs.lengths[None, :, None]
+
+
+def bf16_round(a):
+    """float32 ``a`` rounded to the nearest bfloat16 (ties to even), as float32.
+
+    bfloat16 is the top half of a float32 (sign, 8 exponent bits, 7 mantissa bits): add
+    0x7fff plus the lowest kept bit, then clear the low 16 bits. As the kernels
+    (csrc/gemm/bf16.h) and vcvtne2ps2bf16: float32 subnormals become zero of their sign,
+    a NaN stays a (quiet) NaN, values past the largest bf16 round to infinity.
+    """
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    rounded = (u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)).astype(np.uint32)
+    out = rounded & np.uint32(0xFFFF0000)
+    mag = u & np.uint32(0x7FFFFFFF)
+    out = np.where(mag < 0x00800000, u & np.uint32(0x80000000), out)       # subnormal, 0
+    out = np.where(mag > 0x7F800000, (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000),
+                   out)                                                  # NaN stays NaN
+    return out.astype(np.uint32).view(np.float32)
+
+
+def quantize_rows(a):
+    """Symmetric int8 quantisation of each row (last axis) of float32 ``a (..., K)``.
+
+    ``s = max|row| / 127`` (1 for a row of zeros) and ``q = rint(a * (1 / s))`` in
+    [-127, 127] (ties to even), all in float32 as the kernels do (csrc/gemm/int8.h). Returns
+    ``q (..., K) int8, s (...,) float32``; ``q * s`` approximates ``a``.
+    """
+    a = np.asarray(a, np.float32)
+    peak = np.abs(a).max(axis=-1) if a.shape[-1] else np.zeros(a.shape[:-1], np.float32)
+    s = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
+    inv = (np.float32(1) / s)[..., None]
+    return np.rint(a * inv).astype(np.int8), s
+
+
+class _Int8Weight:
+    """A weight quantised per row, ``q (N, K) int8`` and ``s (N,)``, as the right operand of
+    ``a @ w.T`` (see :func:`_int8_matmul`)."""
+
+    __array_ufunc__ = None                # ``ndarray @ w`` defers to __rmatmul__
+
+    def __init__(self, q, s):
+        self.q, self.s = q, s
+        self.T = self                     # the products below always mean a @ wᵀ
+
+    def __getitem__(self, rows):          # a block of rows (GRU splits w_hh by gates)
+        return _Int8Weight(self.q[rows], self.s[rows])
+
+    def __rmatmul__(self, a):
+        return _int8_matmul(a, self)
+
+
+def _int8_matmul(a, w: _Int8Weight):
+    """``a (..., K) @ wᵀ`` with each row of ``a`` quantised on the fly (:func:`quantize_rows`):
+    the exact integer sums, then ``* (s_a * s_w)`` in float32 -- the kernels' bits."""
+    q_a, s_a = quantize_rows(a)
+    sums = q_a.astype(np.int64) @ w.q.T.astype(np.int64)               # exact
+    return sums.astype(np.float32) * (s_a[..., None] * w.s)
+
+
+def _identity(a):
+    return a
+
+
+def _operands(inputs, precision, packs=None):
+    """The inputs with the product operands x, w_ih, w_hh in ``precision``, and the function
+    that rounds a state before it enters a product (identity for float32). int8 weights
+    come quantised from ``packs.quantized`` when given, else from ``quantize_rows``."""
+    if precision == "bfloat16":
+        inputs = replace(inputs, x=bf16_round(inputs.x), w_ih=bf16_round(inputs.w_ih),
+                         w_hh=bf16_round(inputs.w_hh))
+        return inputs, bf16_round
+    if precision == "int8":
+        quantized = getattr(packs, "quantized", None) or (quantize_rows(inputs.w_ih),
+                                                          quantize_rows(inputs.w_hh))
+        (q_ih, s_ih), (q_hh, s_hh) = quantized
+        return replace(inputs, w_ih=_Int8Weight(q_ih, s_ih),
+                       w_hh=_Int8Weight(q_hh, s_hh)), _identity
+    return inputs, _identity
 
 
 def _input_projection(inputs):
@@ -175,7 +264,7 @@ def _make_cache(inputs, y, saved, **options):
 # ---------------------------------------------------------------------------------------------
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, training=True, packs=None, recurrent_mask=None):
+                lengths=None, training=True, packs=None, recurrent_mask=None, precision=None):
     """Elman RNN over a whole sequence.
 
     Equations (act = tanh or relu)::
@@ -189,6 +278,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     nonlinearity = check_nonlinearity(nonlinearity)
     act, _ = _ACTIVATIONS[nonlinearity]
     inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training,
+                                                    {"recurrent_mask": recurrent_mask}), packs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
     valid = _valid_steps(inputs)                           # (T, B, 1)
     ax = _input_projection(inputs)                         # (T, B, H)
@@ -197,7 +288,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     y = np.empty((inputs.T, inputs.B, inputs.H), inputs.dtype)
 
     for t in range(inputs.T):
-        h_new = act(ax[t] + _hidden_projection(_masked(h, m), inputs.w_hh, inputs.b_hh))
+        h_new = act(ax[t] + _hidden_projection(rnd(_masked(h, m)), inputs.w_hh, inputs.b_hh))
         y[t] = np.where(valid[t], h_new, 0)                # zero past the end
         h = np.where(valid[t], h_new, h)                   # unchanged past the end
         if training:
@@ -267,7 +358,7 @@ def _lstm_gates(a):
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
                  training=True, packs=None, peepholes=None, recurrent_mask=None, w_hr=None,
-                 layer_norm=None):
+                 layer_norm=None, precision=None):
     """LSTM over a whole sequence (PyTorch equations and gate order i, f, g, o).
 
     Equations::
@@ -291,6 +382,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     Returns ``y (T, B, H), h_n (B, H), c_n (B, H), cache`` (None unless training).
     """
     inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    variants = {"peepholes": peepholes, "recurrent_mask": recurrent_mask, "w_hr": w_hr,
+                "layer_norm": layer_norm}
+    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training,
+                                                    variants), packs)
     w_p = check_peepholes(peepholes, inputs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, P) or None
     ln = check_layer_norm(layer_norm, inputs)
@@ -313,7 +408,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
                  "tanh_c": np.empty((T, B, H), inputs.dtype)}
 
     for t in range(T):
-        a = ax[t] + _hidden_projection(_masked(h, m), inputs.w_hh, inputs.b_hh)  # (B, 4H)
+        a = ax[t] + _hidden_projection(rnd(_masked(h, m)), inputs.w_hh, inputs.b_hh)
         a[:, :H] += p_i * c                                # peepholes (0 without)
         a[:, H:2 * H] += p_f * c
         gates = _lstm_gates(a)                             # (B, 4H)
@@ -474,7 +569,8 @@ def _lstm_ln_backward(up, cache):
 # ---------------------------------------------------------------------------------------------
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
-                training=True, packs=None, recurrent_mask=None, layer_norm=None):
+                training=True, packs=None, recurrent_mask=None, layer_norm=None,
+                precision=None):
     """GRU over a whole sequence (gate order r, z, n).
 
     Equations (W_r*, W_z*, W_n* the blocks of H rows of w_ih and w_hh)::
@@ -495,6 +591,9 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     training).
     """
     inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(inputs, check_precision(
+        precision, packs, inputs.dtype, training,
+        {"recurrent_mask": recurrent_mask, "layer_norm": layer_norm}), packs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
     ln = check_layer_norm(layer_norm, inputs)
     if ln is not None:
@@ -518,12 +617,12 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     for t in range(T):
         ax_rz, ax_n = ax[t, :, :2 * H], ax[t, :, 2 * H:]   # (B, 2H), (B, H)
         hm = _masked(h, m)                                 # what the products read
-        r, z = _chunks(_sigmoid(ax_rz + _hidden_projection(hm, w_rz, b_rz)), 2)
+        r, z = _chunks(_sigmoid(ax_rz + _hidden_projection(rnd(hm), w_rz, b_rz)), 2)
         if reset_after:
-            hn = _hidden_projection(hm, w_n, b_n)          # (B, H)
+            hn = _hidden_projection(rnd(hm), w_n, b_n)     # (B, H)
             n = np.tanh(ax_n + r * hn)
         else:
-            n = np.tanh(ax_n + _hidden_projection(r * hm, w_n, b_n))
+            n = np.tanh(ax_n + _hidden_projection(rnd(r * hm), w_n, b_n))
         h_new = (1 - z) * n + z * h
         y[t] = np.where(valid[t], h_new, 0)
         h = np.where(valid[t], h_new, h)

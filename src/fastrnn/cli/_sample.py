@@ -32,7 +32,19 @@ def add_parser(commands, parents) -> None:
                    help="always take the most likely character")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for reproducible text (default: %(default)s, random)")
+    p.add_argument("--precision", choices=["float32", "bf16", "int8"], default=None,
+                   help="run the recurrent layers in bfloat16 or int8 (quantized on load) "
+                        "(default: %(default)s, as the checkpoint was saved)")
     p.set_defaults(run=sample)
+
+
+def _set_precision(model, precision) -> None:
+    """The model's recurrent layers in ``precision`` (None: as loaded)."""
+    if precision == "int8":
+        from ..quantize import quantize_dynamic
+        quantize_dynamic(model, inplace=True)
+    elif precision is not None:
+        model.to("bfloat16" if precision == "bf16" else "float32")
 
 
 def sample(args) -> int:
@@ -50,6 +62,7 @@ def sample(args) -> int:
         if missing:
             raise UsageError(f"--prime: {missing[0]!r} is not in the vocabulary of "
                              f"{args.checkpoint}")
+    _set_precision(model, args.precision)
     pieces = iter_generate(model, args.prime, args.length, temperature=args.temperature,
                            top_k=args.top_k, greedy=args.greedy, seed=args.seed)
     return _stream(pieces, sys.stdout)

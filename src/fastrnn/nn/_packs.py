@@ -13,24 +13,34 @@ from .module import Module, Parameter
 
 
 def cached_packs(owner: Module, key, w_hh: Parameter, cell: str, options: dict,
-                 backward: bool) -> ops.Packs:
-    """The packs of ``w_hh`` for ``cell`` kept on ``owner`` under ``key``, remade if stale."""
+                 backward: bool, w_ih: Parameter = None, precision: str = "float32",
+                 quantized=None) -> ops.Packs:
+    """The packs of ``w_hh`` for ``cell`` kept on ``owner`` under ``key``, remade if stale.
+    A bfloat16 or int8 pack holds ``w_ih`` too (its Parameter and version are then
+    checked); an int8 pack is made from ``quantized`` ((q_ih, s_ih), (q_hh, s_hh))."""
     cache = owner.__dict__.setdefault("_pack_cache", {})
     isa = _core.get_isa()
     entry = cache.get(key)
-    if (entry is None or entry[0] is not w_hh or entry[1] != w_hh.version or
-            entry[2] != isa or (backward and entry[3].backward is None)):
-        packs = ops.pack_weights(cell, w_hh.value, backward=backward, **options)
-        entry = cache[key] = (w_hh, w_hh.version, isa, packs)
-    return entry[3]
+    reduced = precision != "float32"
+    stamp = (w_hh, w_hh.version, isa, precision, w_ih if reduced else None,
+             w_ih.version if reduced else None, quantized)
+    if (entry is None or entry[0] is not w_hh or entry[1:4] != stamp[1:4] or
+            entry[4] is not stamp[4] or entry[5] != stamp[5] or entry[6] is not quantized or
+            (backward and entry[-1].backward is None and not reduced)):
+        packs = ops.pack_weights(cell, w_hh.value, backward=backward and not reduced,
+                                 precision=precision, w_ih=w_ih.value if reduced else None,
+                                 quantized=quantized, **options)
+        entry = cache[key] = (*stamp, packs)
+    return entry[-1]
 
 
 def cached_stepper(owner: Module, kind: str, layers, input_size: int, hidden_size: int,
                    convert) -> _core.Stepper:
     """The C stepper over ``layers()`` (per layer ``(w_ih, w_hh, b_ih, b_hh, pack)``, flat
     contiguous arrays) kept on ``owner``; rebuilt only after any Parameter changed
-    (``Parameter.changes``) or the ISA level moved, so a streaming loop pays for neither."""
-    key = (Parameter.changes, _core.get_isa())
+    (``Parameter.changes``), the ISA level or the owner's precision moved, so a streaming
+    loop pays for none of them."""
+    key = (Parameter.changes, _core.get_isa(), getattr(owner, "precision", "float32"))
     entry = owner.__dict__.get("_stepper_entry")
     if entry is None or entry[0] != key:
         stepper = _core.Stepper(kind, layers(), owner.dtype, input_size, hidden_size, convert)

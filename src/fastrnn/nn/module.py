@@ -19,7 +19,7 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
-from .._common import check_device, normalize_dtype
+from .._common import check_device, split_precision
 
 
 class Parameter:
@@ -67,6 +67,16 @@ class Parameter:
         """The writeable value array, for changing it in place; bumps the version first."""
         self.bump_version()
         return self._value
+
+    def __deepcopy__(self, memo) -> "Parameter":
+        """A copy whose read-only view looks at its own value (copying the two slots apart
+        would leave the view on a stale copy)."""
+        new = Parameter.__new__(Parameter)
+        new._set(self._value)
+        new.grad = self.grad.copy()
+        new.version = self.version
+        memo[id(self)] = new
+        return new
 
     def bump_version(self) -> None:
         """Record that the value changed (in place by hand: see the class docstring)."""
@@ -174,6 +184,10 @@ class Module:
         keywords; ``dtype`` float32 or float64 in any spelling (``torch.float64``,
         ``"float64"``, ``np.float64``); ``device`` must be the CPU. A cast drops what the
         last forward kept for backward (it belongs to the old dtype).
+
+        ``"bfloat16"`` (or ``torch.bfloat16``) keeps float32 parameters and switches the
+        recurrent layers to bf16 inference (``precision="bfloat16"``, see
+        :mod:`fastrnn.ops`); any other dtype switches them back to full precision.
         """
         if len(args) > 2:
             raise TypeError(f"to() takes at most 2 positional arguments, got {len(args)}")
@@ -186,7 +200,11 @@ class Module:
                 raise TypeError(f"to() got two dtypes: {dtype!r} and {arg!r}")
         check_device(device)
         if dtype is not None:
-            self._cast(normalize_dtype(dtype))
+            dtype, precision = split_precision(dtype)
+            self._cast(dtype)
+            for _, module in self.named_modules():
+                if "precision" in module.__dict__:
+                    object.__setattr__(module, "precision", precision)
         return self
 
     def float(self) -> "Module":
@@ -234,6 +252,10 @@ class Module:
         if format not in ("numpy", "torch"):
             raise ValueError(f"format must be 'numpy' or 'torch', got {format!r}")
         state = OrderedDict((name, p.value.copy()) for name, p in self.named_parameters())
+        if format == "numpy":   # e.g. int8 weights and scales of a quantized layer
+            for prefix, module in self.named_modules():
+                for name, value in module._extra_state().items():
+                    state[f"{prefix}.{name}" if prefix else name] = value.copy()
         if format == "torch":
             try:
                 import torch
@@ -252,8 +274,10 @@ class Module:
         """
         own = dict(self.named_parameters())
         incoming = {name: _to_numpy(value) for name, value in state_dict.items()}
+        extra = self._claim_extra_state(incoming)
         missing = [name for name in own if name not in incoming]
-        unexpected = [name for name in incoming if name not in own]
+        claimed = {key for _, _, keys in extra for key in keys}
+        unexpected = [name for name in incoming if name not in own and name not in claimed]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for name, value in incoming.items():
@@ -263,6 +287,35 @@ class Module:
         for name, value in incoming.items():
             if name in own:
                 own[name][...] = value.astype(own[name].dtype, copy=False)
+        for module, arrays, _ in extra:
+            module._load_extra_state(arrays)
+
+    def _claim_extra_state(self, incoming: dict) -> list:
+        """``(module, {name: array}, full keys)`` for each module that claims keys of
+        ``incoming`` as its extra state (checked before anything is written)."""
+        claims = []
+        for prefix, module in self.named_modules():
+            lead = f"{prefix}." if prefix else ""
+            mine = {key[len(lead):]: value for key, value in incoming.items()
+                    if key.startswith(lead) and module._is_extra_key(key[len(lead):])}
+            if mine:
+                module._check_extra_state(mine)
+                claims.append((module, mine, {lead + name for name in mine}))
+        return claims
+
+    # -- extra state: arrays beside the parameters (int8 weights; see nn.recurrent) -----
+    def _extra_state(self) -> dict:
+        """Arrays this module adds to its state_dict (none by default)."""
+        return {}
+
+    def _is_extra_key(self, name: str) -> bool:
+        return False
+
+    def _check_extra_state(self, arrays: dict) -> None:
+        """Raise for extra state this module cannot load (names without its prefix)."""
+
+    def _load_extra_state(self, arrays: dict) -> None:
+        """Take the extra state claimed by _is_extra_key (names without the prefix)."""
 
     def num_parameters(self) -> int:
         return sum(p.value.size for p in self.parameters())

@@ -47,9 +47,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .. import _core, ops
+from .. import _core, ops, reference
 from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_memory,
-                       check_nonlinearity, check_positive_int, normalize_dtype)
+                       check_nonlinearity, check_positive_int, split_precision)
 from ..grad_mode import is_grad_enabled, no_grad
 from . import _packed
 from ._packs import cached_packs, cached_stepper
@@ -249,7 +249,8 @@ class _RecurrentBase(Module):
         self.batch_first = _flag("batch_first", batch_first)
         self.dropout = _dropout(dropout, self.num_layers)
         self.bidirectional = _flag("bidirectional", bidirectional)
-        self.dtype = normalize_dtype(dtype)
+        self.dtype, self.precision = split_precision(dtype)
+        self._int8 = {}     # (layer, direction) -> ((q_ih, s_ih), (q_hh, s_hh)) when int8
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.init = init
@@ -363,9 +364,66 @@ class _RecurrentBase(Module):
         """w_hh of one layer and direction packed for the kernels, made once and kept until
         the weight changes (its Parameter, its version, the ISA level or dtype differ) or a
         training forward needs the backward pack too."""
-        w_hh = getattr(self, self._names(layer, direction)[1])
+        w_ih, w_hh = self._params(layer, direction)[:2]
+        quantized = (self._int8[layer, direction] if self.precision == "int8" else None)
         return cached_packs(self, (layer, direction), w_hh, self._cell, self._cell_options(),
-                            training)
+                            training, w_ih, self.precision, quantized)
+
+    # -- int8 (fastrnn.quantize_dynamic) ---------------------------------------------------
+    _INT8_SUFFIXES = (".int8", ".scale")
+
+    def _quantize(self) -> None:
+        """Switch to int8 inference: each weight_ih/hh quantized per row (reference.
+        quantize_rows) and kept as int8 values with float32 row scales; the Parameters
+        then hold the values those stand for (q * s), so every path sees one weight."""
+        self._int8 = {}
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                pair = []
+                for p in self._params(layer, direction)[:2]:
+                    q, scale = reference.quantize_rows(p.value)
+                    p[...] = q * scale[:, None]
+                    pair.append((q, scale))
+                self._int8[layer, direction] = tuple(pair)
+        object.__setattr__(self, "precision", "int8")
+
+    def _int8_names(self):
+        """((layer, direction), weight name, 0 or 1) for each quantized weight."""
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                for i, name in enumerate(self._names(layer, direction)[:2]):
+                    yield (layer, direction), name, i
+
+    def _extra_state(self) -> dict:
+        if self.precision != "int8":
+            return {}
+        state = {}
+        for key, name, i in self._int8_names():
+            q, scale = self._int8[key][i]
+            state[name + ".int8"], state[name + ".scale"] = q, scale
+        return state
+
+    def _is_extra_key(self, name: str) -> bool:
+        return name.endswith(self._INT8_SUFFIXES) and "." not in name[:name.rindex(".")]
+
+    def _check_extra_state(self, arrays: dict) -> None:
+        for key, name, i in self._int8_names():
+            shape = getattr(self, name).shape
+            for suffix, want, dtype in ((".int8", shape, np.int8),
+                                        (".scale", shape[:1], np.float32)):
+                value = arrays.get(name + suffix)
+                if value is None or value.shape != want or value.dtype != dtype:
+                    raise ValueError(f"load_state_dict: int8 state {name + suffix} must be "
+                                     f"{np.dtype(dtype)} of shape {want}, got "
+                                     f"{None if value is None else (value.dtype, value.shape)}")
+
+    def _load_extra_state(self, arrays: dict) -> None:
+        self._int8 = {}
+        for key, name, i in self._int8_names():
+            self._int8.setdefault(key, [None, None])[i] = (arrays[name + ".int8"].copy(),
+                                                           arrays[name + ".scale"].copy())
+        self._int8 = {key: tuple(pair) for key, pair in self._int8.items()}
+        object.__setattr__(self, "precision", "int8")
 
     def _cell_options(self) -> dict:
         return {}
@@ -478,7 +536,8 @@ class _RecurrentBase(Module):
             x, lengths, packing = _packed.unpack("x", x, lengths, self.batch_first)
         x, layout = self._input(x)
         T, B = x.shape[:2]
-        keep = is_grad_enabled()   # save what backward needs (grad mode, not train mode)
+        # save what backward needs (grad mode, not train mode); bf16 runs inference only
+        keep = is_grad_enabled() and self.precision == "float32"
         if lengths is not None and layout.unbatched:
             raise ValueError("lengths needs batched input x (T, B, I); got unbatched x (T, I)")
         lengths = _check_lengths(lengths, T, B)
@@ -546,6 +605,10 @@ class _RecurrentBase(Module):
 
     def _backward(self, dy, dfinals):
         tape = self._tape
+        if tape is _NO_GRAD_TAPE and self.precision != "float32":
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: a {self.precision} module runs inference "
+                "only; convert it back with .to('float32') to train")
         if tape is _NO_GRAD_TAPE:
             raise RuntimeError(
                 f"{type(self).__name__}.backward: the last forward ran with grad disabled "
@@ -667,7 +730,8 @@ class _RecurrentBase(Module):
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + f", dtype={self.dtype}"
+        s += f", dtype={self.dtype}"
+        return s + (f", precision={self.precision!r}" if self.precision != "float32" else "")
 
 
 # ---------------------------------------------------------------------------------------

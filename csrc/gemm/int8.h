@@ -1,0 +1,150 @@
+/* int8.h - int8 products over a packed panel: int8 weights and activations, exact int32
+ * sums, dequantized to float32 before the cell epilogue.
+ *
+ * Weights: per output row r of W (a column of op(W)) a symmetric scale s_w[r] = max|W[r]|
+ * / 127 and W_q = rint(W / s_w) in [-127, 127], made once, in NumPy
+ * (fastrnn.reference.quantize_rows, W_q = rint(W * (1 / s_w))) and handed to
+ * fr_pack_int8_*. Activations: each row
+ * of A (x_t, h_{t-1}) as it enters a product, the same way (fr_i8_quantize_rows, twin
+ * reference.quantize_rows): s_a = max|a| / 127, a_q = rint(a * (1 / s_a)). Then
+ *
+ *   P[i][c] = float(sum_k a_q[i][k] W_q[k][c]) * (s_a[i] * s_w[c])          (float32)
+ *
+ * where the sum is an exact integer, so every ISA -- and the NumPy twin -- gets the same
+ * bits. Two panel formats:
+ *
+ *   FR_PANEL_I8_VNNI  (AVX512-VNNI) 4 rows of a column in one 32-bit quad of int8, the
+ *                     operand of vpdpbusd; A's rows as u8 = a_q + 128 quads, the excess
+ *                     128 sum_k W_q[k][c] taken off with per-column sums kept in the panel.
+ *   FR_PANEL_I8       (every other ISA) the int8 values as float32, multiplied by the
+ *                     float32 microkernel: products and sums of these integers are exact
+ *                     in float32 while K <= FR_I8_EXACT_K, so it gives the same bits.
+ *
+ * Each block of the panel is its slab, then the NB column scales s_w (float), then (VNNI)
+ * the NB column sums (int32). Float32 builds only.
+ */
+#ifndef FASTRNN_GEMM_INT8_H
+#define FASTRNN_GEMM_INT8_H
+
+#ifndef FR_F64
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../fastrnn.h"
+#include "panel.h"
+
+#define FR_I8_EXACT_K 1040 /* K * 127 * 127 < 2^24: float32 sums of int8 products exact */
+
+#if FR_VBYTES == 64 && defined(__x86_64__) && defined(__GNUC__)
+#define FR_HAVE_I8_VNNI 1 /* vpdpbusd tiles are built (int8_tile.h) */
+#else
+#define FR_HAVE_I8_VNNI 0
+#endif
+
+/* The int8 panel format products run in now: vpdpbusd when built and allowed. */
+static inline int fr_i8_format(void) {
+    return FR_HAVE_I8_VNNI && fr_isa_level >= FR_ISA_AVX512_BF16 ? FR_PANEL_I8_VNNI
+                                                                 : FR_PANEL_I8;
+}
+
+/* Rows of the slab of an int8 panel: K (float32 values) or ceil(K/4) (quads). */
+static inline ptrdiff_t fr_i8_slab_rows(ptrdiff_t K, int format) {
+    return format == FR_PANEL_I8_VNNI ? (K + 3) / 4 : K;
+}
+
+/* The geometry of an int8 panel of op(W) (K, G*H) in `format` (data = NULL). */
+static inline fr_panel FR_FN(panel_shape_i8)(ptrdiff_t K, ptrdiff_t G, ptrdiff_t H,
+                                             int format) {
+    fr_panel p = FR_FN(panel_shape)(K, G, H);
+    const ptrdiff_t NB = p.nv * FR_VLEN;
+    p.slab = (fr_i8_slab_rows(K, format) + (format == FR_PANEL_I8_VNNI ? 2 : 1)) * NB;
+    p.format = format;
+    return p;
+}
+
+/* The NB column scales of block `slab` of an int8 panel. */
+static inline const float *fr_i8_column_scales(const fr_panel *p, const real *slab) {
+    return slab + fr_i8_slab_rows(p->K, p->format) * p->nv * FR_VLEN;
+}
+
+/* Fill the int8 panel p->data (p from panel_shape_i8) from W_q (G*H, K) and its row
+ * scales s_w (G*H): op(W) = W_q^T, as panel_fill does with transpose = 1. */
+static inline void FR_FN(panel_fill_i8)(fr_panel *p, const int8_t *Wq, const float *s_w) {
+    const ptrdiff_t NB = p->nv * FR_VLEN, rows = fr_i8_slab_rows(p->K, p->format);
+    memset(p->data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(real));
+    for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
+        real *slab = p->data + blk * p->slab;
+        uint32_t *quads = (uint32_t *)slab;
+        int32_t *sums = (int32_t *)(slab + (rows + 1) * NB);
+        for (ptrdiff_t c = 0; c < NB; c++) {
+            ptrdiff_t col = FR_FN(panel_column)(p, blk, c);
+            if (col < 0)
+                continue;
+            slab[rows * NB + c] = s_w[col];
+            for (ptrdiff_t k = 0; k < p->K; k++) {
+                int8_t w = Wq[col * p->K + k];
+                if (p->format == FR_PANEL_I8_VNNI) {
+                    quads[k / 4 * NB + c] |= (uint32_t)(uint8_t)w << (8 * (k & 3));
+                    sums[c] += w;
+                } else {
+                    slab[k * NB + c] = w;
+                }
+            }
+        }
+    }
+}
+
+/* The scale of a row of activations: max|a| / 127, or 1 for a row of zeros. */
+static inline float fr_i8_row_scale(const float *a, ptrdiff_t K) {
+    float m = 0;
+    for (ptrdiff_t k = 0; k < K; k++)
+        m = fabsf(a[k]) > m ? fabsf(a[k]) : m;
+    return m > 0 ? m / 127.0f : 1.0f;
+}
+
+/* 4-byte elements per row of A quantized by fr_i8_quantize_rows: the values, then s_a. */
+static inline ptrdiff_t fr_i8_row_elems(ptrdiff_t K, int format) {
+    return fr_i8_slab_rows(K, format) + 1;
+}
+
+/* dst (rows, ld) = the rows of A (rows, K; leading dimension lda) quantized for `format`:
+ * a_q = rint(a * (1 / s_a)) as float32, or as bytes u8 = a_q + 128 (little-endian quads,
+ * 128 past K); each row's s_a in its last element. */
+static inline void fr_i8_quantize_rows(int format, void *dst, ptrdiff_t ld, const real *A,
+                                       ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t K) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const real *restrict a = A + r * lda;
+        real *restrict out = (real *)dst + r * ld;
+        const float s = fr_i8_row_scale(a, K), inv = 1.0f / s;
+        if (format == FR_PANEL_I8_VNNI) {
+            uint8_t *restrict bytes = (uint8_t *)out;
+            for (ptrdiff_t k = 0; k < K; k++)
+                bytes[k] = (uint8_t)(int32_t)(nearbyintf(a[k] * inv) + 128.0f);
+            for (ptrdiff_t k = K; k < (K + 3) / 4 * 4; k++)
+                bytes[k] = 128;
+        } else {
+            for (ptrdiff_t k = 0; k < K; k++)
+                out[k] = nearbyintf(a[k] * inv);
+        }
+        out[ld - 1] = s;
+    }
+}
+
+/* The exact sums of a tile (m, NB) -> P = sum * (s_a * s_w), s_a of each row in the last
+ * element of its row of A (leading dimension lda), s_w the block's column scales. */
+static inline void fr_i8_dequantize(real *acc, ptrdiff_t NB, const real *A, ptrdiff_t lda,
+                                    ptrdiff_t m, const float *s_w) {
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const float s_a = A[i * lda + lda - 1];
+        for (ptrdiff_t c = 0; c < NB; c++)
+            acc[i * NB + c] *= s_a * s_w[c];
+    }
+}
+
+#if FR_HAVE_I8_VNNI
+#include "int8_tile.h"
+#endif
+
+#endif /* !FR_F64 */
+#endif
