@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import fastrnn
+from fastrnn import optim
 from fastrnn.data import Vocabulary, batchify, default_corpus
 from fastrnn.models import LanguageModel
 
@@ -38,14 +39,21 @@ def windows(streams: np.ndarray, steps: int):
 
 
 class FastrnnTrainer:
+    """The work of one step of ``LanguageModel.fit`` (models/_training.py), without its
+    progress bar, checkpoints and finiteness checks."""
+
     def __init__(self, vocab):
         self.model = LanguageModel(vocab, embed=EMBED, hidden=HIDDEN, seed=0)
         self.optimizer = self.model._make_optimizer(None, LR)
 
     def run(self, batches):
-        self.model._start_epoch()
+        model, optimizer = self.model, self.optimizer
+        model._start_epoch()
         for batch in batches:
-            self.model._train_step(batch, self.optimizer, CLIP)
+            optimizer.zero_grad()
+            model._forward_backward(batch)
+            optim.clip_grad_norm_(model, CLIP)
+            optimizer.step()
 
 
 class TorchTrainer:
