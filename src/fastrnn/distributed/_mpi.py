@@ -55,9 +55,13 @@ def _mpi():
 
 
 def _abort_failed() -> None:
-    """At exit after a failed collective: MPI_Abort, since MPI_Finalize would hang."""
+    """At exit after a failed collective: MPI_Abort, since MPI_Finalize would hang. The
+    pause first lets mpiexec forward the error message: an abort tears the job's I/O down
+    at once, and a CI run once lost the message (the stall test saw empty output)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.5)
     for comm in _failed_comms:
-        sys.stderr.flush()
         comm.Abort(1)
 
 
