@@ -334,8 +334,8 @@ static void gru_step_backward_before(real *dG_t, real *drh, real *dh, gru_step_i
 
 /* What the backward time loop reads and writes, for any block of rows. */
 typedef struct {
-    real *dG, *dh;   /* (T, B, 3H), carried (B, H) */
-    real *dGhn;      /* reset_after: (T, B, H) n block of dL/d[hr hz hn]; else NULL */
+    real *dG, *dh;   /* (steps, B, 3H) the chunk's, carried (B, H) */
+    real *dGhn;      /* reset_after: (steps, B, H) n block of dL/d[hr hz hn]; else NULL */
     real *work;      /* reset_after: dGh (B, 3H); reset before: drh (B, H) */
     const real *dy, *y, *h0, *zeros, *gates, *extra;
     const real *mask;   /* (B, H) recurrent dropout mask, or NULL */
@@ -343,7 +343,7 @@ typedef struct {
     const fr_recurrent *rec;
     const int64_t *lengths;
     int reset_after;
-    ptrdiff_t T, B, H;
+    ptrdiff_t t_lo, t_hi, B, H; /* the chunk's steps [t_lo, t_hi), run newest first */
 } gru_backward_loop;
 
 static void gru_backward_rows(const void *ctx, fr_rows r) {
@@ -351,8 +351,9 @@ static void gru_backward_rows(const void *ctx, fr_rows r) {
     const ptrdiff_t B = a->B, H = a->H, G = 3 * H;
     real *dh = a->dh + r.b0 * H;
     const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
-    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
-        ptrdiff_t row = t * B + r.b0; /* first row of this block at step t */
+    for (ptrdiff_t t = a->t_hi - 1; t >= a->t_lo; t--) {
+        ptrdiff_t row = t * B + r.b0;            /* first row of this block at step t */
+        ptrdiff_t chunk_row = row - a->t_lo * B; /* the same row in the chunk's buffers */
         gru_step_inputs in = {
             a->dy ? a->dy + row * H : a->zeros,
             t > 0 ? a->y + (row - B) * H : a->h0 ? a->h0 + r.b0 * H : a->zeros,
@@ -364,12 +365,34 @@ static void gru_backward_rows(const void *ctx, fr_rows r) {
             a->tmp ? a->tmp + r.b0 * H : NULL,
         };
         if (a->reset_after)
-            gru_step_backward_after(a->dG + row * G, a->work + r.b0 * G, a->dGhn + row * H, dh,
-                                    in, a->rec, lengths, t, r.rows, H);
+            gru_step_backward_after(a->dG + chunk_row * G, a->work + r.b0 * G,
+                                    a->dGhn + chunk_row * H, dh, in, a->rec, lengths, t,
+                                    r.rows, H);
         else
-            gru_step_backward_before(a->dG + row * G, a->work + r.b0 * H, dh, in, a->rec,
+            gru_step_backward_before(a->dG + chunk_row * G, a->work + r.b0 * H, dh, in, a->rec,
                                      lengths, t, r.rows, H);
     }
+}
+
+/* After the chunk [a->t_lo, a->t_hi) of the time loop: dx for its steps, and its share of
+ * the weight gradients (accumulated). x (T, B, I); dx (T, B, I) written; hm (steps, B, H)
+ * the masked states' workspace, or NULL without a mask. */
+static void gru_chunk_grads(real *dx, real *dw_ih, real *dw_hh, real *db_ih, real *db_hh,
+                            const gru_backward_loop *a, const real *x, const real *w_ih,
+                            real *hm, ptrdiff_t I) {
+    const ptrdiff_t t0 = a->t_lo, n = a->t_hi - a->t_lo, B = a->B, H = a->H, G = 3 * H;
+    FR_FN(input_grads)(dx + t0 * B * I, dw_ih, db_ih, a->dG, x + t0 * B * I, w_ih, n * B, I, G);
+    const real *h_first, *h_rest; /* what the products read: h_{t-1} [* mask] */
+    FR_FN(product_inputs)(&h_first, &h_rest, hm, t0 > 0 ? a->y + (t0 - 1) * B * H : a->h0,
+                          a->y + t0 * B * H, a->mask, n, B, H);
+    /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
+    FR_FN(hidden_grads)(dw_hh, db_hh, a->dG, G, h_first, h_rest, n, B, H, 2 * H);
+    real *dw_n = dw_hh + 2 * H * H, *db_n = db_hh ? db_hh + 2 * H : NULL;
+    if (a->reset_after) /* n: dL/dhn = dGn * r, fed by h_{t-1} */
+        FR_FN(hidden_grads)(dw_n, db_n, a->dGhn, H, h_first, h_rest, n, B, H, H);
+    else /* n: dL/d(pre-n) = dGn, fed by r * h_{t-1} (saved for every step) */
+        FR_FN(hidden_grads)(dw_n, db_n, a->dG + 2 * H, G, a->extra + t0 * B * H,
+                            a->extra + (t0 + 1) * B * H, n, B, H, H);
 }
 
 int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_ih,
@@ -378,12 +401,12 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         const real *w_hh, const int64_t *lengths, const real *h_mask,
                         int reset_after, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I, ptrdiff_t H,
                         const void *pack) {
-    const ptrdiff_t G = 3 * H;
-    real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 3H) dL/d[xr xz xn] */
-    real *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL;    /* (B, H) */
-    real *hm = h_mask ? FR_FN(alloc)(T * B * H) : NULL; /* (T, B, H) masked h_{t-1} */
-    real *dGhn = reset_after ? FR_FN(alloc)(T * B * H) : NULL; /* (T, B, H) */
-    real *work = FR_FN(alloc)(B * (reset_after ? G : H));      /* per step, see the loop */
+    const ptrdiff_t G = 3 * H, steps = FR_FN(grad_chunk_steps)(T, B), rows = steps * B;
+    real *dG = FR_FN(alloc)(rows * G); /* (steps, B, 3H) dL/d[xr xz xn] of a chunk */
+    real *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL;   /* (B, H) */
+    real *hm = h_mask ? FR_FN(alloc)(rows * H) : NULL; /* (steps, B, H) masked h_{t-1} */
+    real *dGhn = reset_after ? FR_FN(alloc)(rows * H) : NULL; /* (steps, B, H) */
+    real *work = FR_FN(alloc)(B * (reset_after ? G : H));     /* per step, see the loop */
     real *zeros = FR_FN(alloc_zeroed)(H); /* stands in for a NULL dy or h0 row */
     fr_recurrent rec[2];
     int status = FR_ERR_NOMEM;
@@ -395,20 +418,14 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
     gru_backward_loop loop = {dG,      dh0,     dGhn,   work, dy,  y,       h0,          zeros,
-                              s.gates, s.extra, h_mask, tmp,  rec, lengths, reset_after, T,
-                              B,       H};
-    fr_for_row_blocks(B, 1, gru_backward_rows, &loop);
-    FR_FN(input_grads)(dx, dw_ih, db_ih, dG, x, w_ih, T * B, I, G);
-    const real *h_first, *h_rest; /* what the products read: h_{t-1} [* mask] */
-    FR_FN(product_inputs)(&h_first, &h_rest, hm, h0, y, h_mask, T, B, H);
-    /* r and z: dL/d[hr hz] = dG's r, z blocks, fed by h_{t-1} */
-    FR_FN(hidden_grads)(dw_hh, db_hh, dG, G, h_first, h_rest, T, B, H, 2 * H);
-    if (reset_after) /* n: dL/dhn = dGn * r, fed by h_{t-1} */
-        FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dGhn, H, h_first,
-                            h_rest, T, B, H, H);
-    else /* n: dL/d(pre-n) = dGn, fed by r * h_{t-1} (saved for every step) */
-        FR_FN(hidden_grads)(dw_hh + 2 * H * H, db_hh ? db_hh + 2 * H : NULL, dG + 2 * H, G,
-                            s.extra, s.extra + B * H, T, B, H, H);
+                              s.gates, s.extra, h_mask, tmp,  rec, lengths, reset_after, 0,
+                              T,       B,       H};
+    for (ptrdiff_t t_hi = T; t_hi > 0; t_hi = loop.t_lo) {
+        loop.t_lo = t_hi > steps ? t_hi - steps : 0;
+        loop.t_hi = t_hi;
+        fr_for_row_blocks(B, 1, gru_backward_rows, &loop);
+        gru_chunk_grads(dx, dw_ih, dw_hh, db_ih, db_hh, &loop, x, w_ih, hm, I);
+    }
     FR_FN(recurrent_free)(&rec[0]);
     FR_FN(recurrent_free)(&rec[1]);
     status = FR_OK;

@@ -87,41 +87,27 @@ typedef struct {
     ptrdiff_t t, H;
 } lstm_step;
 
-/* lstm_units_forward with its constant flags picked once per row block. */
-static void lstm_units_dispatch(const lstm_step *s, const real *acc, ptrdiff_t gate_stride,
-                                const real *pre, real *gates, ptrdiff_t at, ptrdiff_t unit0,
-                                ptrdiff_t units) {
+/* The epilogue for rows [row0, row0 + rows) of one tile: lstm_units_forward for the rows
+ * inside their sequence; rows past their length keep their state (h and c) and output
+ * zeros. With a projection (s->out_proj) the step's h is finished by lstm_proj_epilogue:
+ * this one only writes m_t = o * tanh(c_t) to h_next (B, H) for the valid rows. `save` and
+ * `peep` are constants where this is inlined: the row loop has no per-row dispatch, and
+ * the activations' constants are set up once per tile, not once per row. */
+static FR_ALWAYS_INLINE void lstm_rows_forward(const lstm_step *s, const real *acc,
+                                               ptrdiff_t acc_ld, ptrdiff_t gate_stride,
+                                               ptrdiff_t row0, ptrdiff_t rows,
+                                               ptrdiff_t unit0, ptrdiff_t units,
+                                               const int save, const int peep) {
     const ptrdiff_t H = s->H;
-    real *c = s->c + at, *h = s->h_next + at, *y = s->y_t + at;
-    real *c_t = gates ? s->c_t + at : NULL, *tc = gates ? s->tanh_c_t + at : NULL;
-    const real *p = s->w_p ? s->w_p + unit0 : NULL;
-    if (c_t && p)
-        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, c_t, tc, p, units, H, 1, 1);
-    else if (c_t)
-        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, c_t, tc, NULL, units, H, 1,
-                           0);
-    else if (p)
-        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, NULL, NULL, p, units, H, 0,
-                           1);
-    else
-        lstm_units_forward(acc, gate_stride, pre, gates, c, h, y, NULL, NULL, NULL, units, H,
-                           0, 0);
-}
-
-/* Rows past their length keep their state (h and c) and output zeros. With a projection
- * (s->out_proj) the step's h is finished by lstm_proj_epilogue: this one only writes m_t =
- * o * tanh(c_t) to h_next (B, H) for the valid rows. */
-static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
-                          ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
-    const lstm_step *s = ctx;
-    const ptrdiff_t H = s->H;
+    const real *p = peep ? s->w_p + unit0 : NULL;
     for (ptrdiff_t i = 0; i < rows; i++) {
         ptrdiff_t b = row0 + i, at = b * H + unit0;
         if (fr_step_valid(s->lengths, s->t, b))
-            lstm_units_dispatch(s, acc + i * acc_ld, gate_stride,
-                                FR_FN(input_addend)(s->in, s->proj_t, b) + unit0,
-                                s->gates_t ? s->gates_t + b * 4 * H + unit0 : NULL, at, unit0,
-                                units);
+            lstm_units_forward(acc + i * acc_ld, gate_stride,
+                               FR_FN(input_addend)(s->in, s->proj_t, b) + unit0,
+                               save ? s->gates_t + b * 4 * H + unit0 : NULL, s->c + at,
+                               s->h_next + at, s->y_t + at, save ? s->c_t + at : NULL,
+                               save ? s->tanh_c_t + at : NULL, p, units, H, save, peep);
         else if (!s->out_proj) {
             memcpy(s->h_next + at, s->h_prev + at, (size_t)units * sizeof(real));
             memset(s->y_t + at, 0, (size_t)units * sizeof(real));
@@ -129,6 +115,21 @@ static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_
         if (s->mask && !s->out_proj)
             FR_FN(mask_units)(s->hm_next + at, s->h_next + at, s->mask + at, units);
     }
+}
+
+/* The recurrent product's epilogue: lstm_rows_forward with its flags picked once per tile. */
+static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
+                          ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
+    const lstm_step *s = ctx;
+    const int save = s->gates_t != NULL, peep = s->w_p != NULL;
+    if (save && peep)
+        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 1, 1);
+    else if (save)
+        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 1, 0);
+    else if (peep)
+        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 0, 1);
+    else
+        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 0, 0);
 }
 
 /* With a projection (PyTorch's proj_size), the step's second product:
@@ -347,18 +348,22 @@ static void lstm_step_backward(real *dG_t, real *dh, real *dc, const real *dy_t,
     }
 }
 
-/* After the time loop, the peephole gradients (accumulated, rows past their length skipped:
- * their dG is 0 and their saved c unset):
+/* After a chunk of the time loop (steps [t0, t0 + T)), the peephole gradients
+ * (accumulated, rows past their length skipped: their dG is 0 and their saved c unset):
  *   dp_i += sum_{t,b} dG_i c_{t-1},  dp_f += sum dG_f c_{t-1},  dp_o += sum dG_o c_t
- * dw_p (3H) = [dp_i dp_o dp_f]; dG (T, B, 4H); c (T, B, H) saved c_t; c0 (B, H) or NULL. */
-static void lstm_peephole_grads(real *dw_p, const real *dG, const real *c, const real *c0,
-                                const int64_t *lengths, ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
-    for (ptrdiff_t t = 0; t < T; t++)
+ * dw_p (3H) = [dp_i dp_o dp_f]; dG (T, B, 4H) and c (T, B, H) (saved c_t) the chunk's;
+ * c_before (B, H) = c_{t0-1}, or NULL (zeros). */
+static void lstm_peephole_grads(real *dw_p, const real *dG, const real *c,
+                                const real *c_before, const int64_t *lengths, ptrdiff_t t0,
+                                ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    for (ptrdiff_t s = 0; s < T; s++)
         for (ptrdiff_t b = 0; b < B; b++) {
-            if (!fr_step_valid(lengths, t, b))
+            if (!fr_step_valid(lengths, t0 + s, b))
                 continue;
-            const real *d = dG + (t * B + b) * 4 * H, *c_t = c + (t * B + b) * H;
-            const real *c_prev = t > 0 ? c + ((t - 1) * B + b) * H : c0 ? c0 + b * H : NULL;
+            const real *d = dG + (s * B + b) * 4 * H, *c_t = c + (s * B + b) * H;
+            const real *c_prev = s > 0     ? c + ((s - 1) * B + b) * H
+                                 : c_before ? c_before + b * H
+                                            : NULL;
             for (ptrdiff_t j = 0; j < H; j++) {
                 dw_p[H + j] += d[3 * H + j] * c_t[j];
                 if (c_prev) {
@@ -389,23 +394,24 @@ static void lstm_proj_step_backward(real *dhs_t, real *dh, const real *dy_t,
     }
 }
 
-/* After the time loop, the projection's gradient:
+/* After a chunk of the time loop (steps [t0, t0 + T)), the projection's gradient:
  *   dw_hr (P, H) += sum_{t,b} dhs[t, b]^T m_t[b],   m_t = o * tanh(c_t)
- * m rebuilt from the saved gates (0 past a length, whose dhs is 0 and saved values unset).
- * Returns 0 or FR_ERR_NOMEM. */
+ * dhs (T, B, P), gates (T, B, 4H), tanh_c (T, B, H) the chunk's; m rebuilt from the saved
+ * gates (0 past a length, whose dhs is 0 and saved values unset). Returns 0 or
+ * FR_ERR_NOMEM. */
 static int lstm_projection_grads(real *dw_hr, const real *dhs, const real *gates,
-                                 const real *tanh_c, const int64_t *lengths, ptrdiff_t T,
-                                 ptrdiff_t B, ptrdiff_t H, ptrdiff_t P) {
+                                 const real *tanh_c, const int64_t *lengths, ptrdiff_t t0,
+                                 ptrdiff_t T, ptrdiff_t B, ptrdiff_t H, ptrdiff_t P) {
     real *m = FR_FN(alloc)(T * B * H); /* (T*B, H) */
     if (!m)
         return FR_ERR_NOMEM;
-    for (ptrdiff_t t = 0; t < T; t++)
+    for (ptrdiff_t s = 0; s < T; s++)
         for (ptrdiff_t b = 0; b < B; b++) {
-            real *restrict m_tb = m + (t * B + b) * H;
-            const real *restrict o = gates + (t * B + b) * 4 * H + 3 * H;
-            const real *restrict tc = tanh_c + (t * B + b) * H;
+            real *restrict m_tb = m + (s * B + b) * H;
+            const real *restrict o = gates + (s * B + b) * 4 * H + 3 * H;
+            const real *restrict tc = tanh_c + (s * B + b) * H;
             for (ptrdiff_t j = 0; j < H; j++)
-                m_tb[j] = fr_step_valid(lengths, t, b) ? o[j] * tc[j] : 0;
+                m_tb[j] = fr_step_valid(lengths, t0 + s, b) ? o[j] * tc[j] : 0;
         }
     FR_FN(gemm)(1, 0, P, H, T * B, 1, dhs, P, m, H, 1, dw_hr, H);
     free(m);
@@ -414,17 +420,17 @@ static int lstm_projection_grads(real *dw_hr, const real *dhs, const real *gates
 
 /* What the backward time loop reads and writes, for any block of rows. */
 typedef struct {
-    real *dG, *dh, *dc;                /* (T, B, 4H), carried (B, P), (B, H) */
+    real *dG, *dh, *dc;                /* (steps, B, 4H) the chunk's, carried (B, P), (B, H) */
     const real *dy, *gates, *tanh_c;   /* (T, B, P) or NULL, (T, B, 4H), (T, B, H) */
     const real *c, *c0, *zeros;        /* saved c (T, B, H), c0 (B, H) or NULL, zeros */
     const real *w_p;                   /* (3H) or NULL */
     const real *mask;                  /* (B, P) recurrent dropout mask, or NULL */
     real *tmp;                         /* (B, P) workspace of the masked product */
-    real *dhs, *dm, *zero_h;           /* proj: (T, B, P) dL/dh_t, (B, H) dL/dm_t, (B, H) 0 */
+    real *dhs, *dm, *zero_h;           /* proj: (steps, B, P) dL/dh_t, (B, H) dL/dm_t, (B, H) 0 */
     const fr_recurrent *rec, *proj;    /* dG w_hh; dh w_hr (NULL without a projection) */
     const fr_input_grad *dx;           /* dx_t = dG_t w_ih, step by step */
     const int64_t *lengths;
-    ptrdiff_t T, B, H, P;
+    ptrdiff_t t_lo, t_hi, B, H, P;     /* the chunk's steps [t_lo, t_hi), run newest first */
 } lstm_backward_loop;
 
 static void lstm_backward_rows(const void *ctx, fr_rows r) {
@@ -432,16 +438,17 @@ static void lstm_backward_rows(const void *ctx, fr_rows r) {
     const ptrdiff_t B = a->B, H = a->H, P = a->P, G = 4 * H;
     real *dh = a->dh + r.b0 * P, *dc = a->dc + r.b0 * H;
     const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
-    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
-        ptrdiff_t row = t * B + r.b0; /* first row of this block at step t */
-        real *dG_t = a->dG + row * G;
+    for (ptrdiff_t t = a->t_hi - 1; t >= a->t_lo; t--) {
+        ptrdiff_t row = t * B + r.b0;                /* first row of this block at step t */
+        ptrdiff_t chunk_row = row - a->t_lo * B;     /* the same row in the chunk's buffers */
+        real *dG_t = a->dG + chunk_row * G;
         const real *c_prev = t > 0  ? a->c + (row - B) * H
                              : a->c0 ? a->c0 + r.b0 * H
                                      : a->zeros;
         const real *dy_t = a->dy ? a->dy + row * P : a->zeros;
         ptrdiff_t c_stride = (t > 0 || a->c0) ? H : 0;
         if (a->proj) { /* h_t = m_t w_hr^T: dL/dm_t = dL/dh_t w_hr, then the cell as usual */
-            real *dhs_t = a->dhs + row * P, *dm = a->dm + r.b0 * H;
+            real *dhs_t = a->dhs + chunk_row * P, *dm = a->dm + r.b0 * H;
             lstm_proj_step_backward(dhs_t, dh, dy_t, a->dy ? P : 0, lengths, t, r.rows, P);
             FR_FN(recurrent_product)(a->proj, dm, H, dhs_t, P, r.rows, 0);
             lstm_step_backward(dG_t, a->zero_h + r.b0 * H, dc, dm, H, a->gates + row * G,
@@ -458,6 +465,30 @@ static void lstm_backward_rows(const void *ctx, fr_rows r) {
     }
 }
 
+/* The weight gradients (accumulated) and what they read besides the loop's buffers. */
+typedef struct {
+    real *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_p, *dw_hr; /* dw_p, dw_hr: NULL to skip */
+    const real *x, *y, *h0;                             /* (T, B, I), (T, B, P), (B, P) */
+    real *hm;                                           /* (steps, B, P) if masked */
+    ptrdiff_t I;
+} lstm_weight_grads;
+
+/* After the chunk [a->t_lo, a->t_hi) of the time loop: its share of every weight gradient.
+ * Returns 0 or FR_ERR_NOMEM. */
+static int lstm_chunk_grads(const lstm_weight_grads *w, const lstm_backward_loop *a) {
+    const ptrdiff_t t0 = a->t_lo, n = a->t_hi - a->t_lo, B = a->B, H = a->H, P = a->P;
+    if (w->dw_p && a->w_p)
+        lstm_peephole_grads(w->dw_p, a->dG, a->c + t0 * B * H,
+                            t0 > 0 ? a->c + (t0 - 1) * B * H : a->c0, a->lengths, t0, n, B, H);
+    FR_FN(weight_grads)(w->dw_ih, w->dw_hh, w->db_ih, w->db_hh, a->dG, w->x + t0 * B * w->I,
+                        t0 > 0 ? w->y + (t0 - 1) * B * P : w->h0, w->y + t0 * B * P, a->mask,
+                        w->hm, n, B, w->I, P, 4 * H);
+    if (w->dw_hr && a->proj)
+        return lstm_projection_grads(w->dw_hr, a->dhs, a->gates + t0 * B * 4 * H,
+                                     a->tanh_c + t0 * B * H, a->lengths, t0, n, B, H, P);
+    return FR_OK;
+}
+
 int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,
                          real *db_ih, real *db_hh, real *dw_p, real *dw_hr, const real *dy,
                          const real *dh_n, const real *dc_n, const real *saved, const real *y,
@@ -465,17 +496,18 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                          const real *w_hh, const real *w_p, const real *w_hr,
                          const int64_t *lengths, const real *h_mask, ptrdiff_t T, ptrdiff_t B,
                          ptrdiff_t I, ptrdiff_t H, ptrdiff_t P, const void *pack) {
-    const ptrdiff_t G = 4 * H;
-    real *dG = FR_FN(alloc)(T * B * G); /* (T, B, 4H) dL/d pre-activations */
+    const ptrdiff_t G = 4 * H, steps = FR_FN(grad_chunk_steps)(T, B);
+    real *dG = FR_FN(alloc)(steps * B * G); /* (steps, B, 4H) dL/d pre-activations */
     real *zeros = FR_FN(alloc_zeroed)(H > P ? H : P); /* stands in for a NULL dy or c0 row */
-    real *tmp = h_mask ? FR_FN(alloc)(B * P) : NULL;    /* (B, P) */
-    real *dhs = w_hr ? FR_FN(alloc)(T * B * P) : NULL;  /* (T, B, P) */
-    real *dm = w_hr ? FR_FN(alloc)(B * H) : NULL;       /* (B, H) */
+    real *tmp = h_mask ? FR_FN(alloc)(B * P) : NULL;       /* (B, P) */
+    real *hm = h_mask ? FR_FN(alloc)(steps * B * P) : NULL; /* (steps, B, P) h_{t-1} * mask */
+    real *dhs = w_hr ? FR_FN(alloc)(steps * B * P) : NULL; /* (steps, B, P) */
+    real *dm = w_hr ? FR_FN(alloc)(B * H) : NULL;          /* (B, H) */
     real *zero_h = w_hr ? FR_FN(alloc_zeroed)(B * H) : NULL;
     fr_recurrent rec[2], proj;
     fr_input_grad dx_steps;
     int status = FR_ERR_NOMEM;
-    if (!dG || !zeros || (h_mask && !tmp) || (w_hr && (!dhs || !dm || !zero_h)) ||
+    if (!dG || !zeros || (h_mask && (!tmp || !hm)) || (w_hr && (!dhs || !dm || !zero_h)) ||
         lstm_products(rec, &proj, 1, w_hh, w_hr, T, B, H, P, pack) != FR_OK)
         goto done;
     if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, G) != FR_OK) {
@@ -492,21 +524,23 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                                s.tanh_c, s.c, c0,    zeros,  w_p,
                                h_mask, tmp, dhs,     dm,     zero_h,
                                rec, w_hr ? &proj : NULL, &dx_steps, lengths,
-                               T,   B,      H,       P};
-    fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
+                               0,   T,      B,       H,      P};
+    lstm_weight_grads grads = {dw_ih, dw_hh, db_ih, db_hh, dw_p, dw_hr, x, y, h0, hm, I};
+    status = FR_OK;
+    for (ptrdiff_t t_hi = T; t_hi > 0 && status == FR_OK; t_hi = loop.t_lo) {
+        loop.t_lo = t_hi > steps ? t_hi - steps : 0;
+        loop.t_hi = t_hi;
+        fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
+        status = lstm_chunk_grads(&grads, &loop);
+    }
     FR_FN(recurrent_free)(rec);
     FR_FN(recurrent_free)(&proj);
     FR_FN(input_grad_free)(&dx_steps);
-    if (w_p && dw_p)
-        lstm_peephole_grads(dw_p, dG, s.c, c0, lengths, T, B, H);
-    status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, h_mask, w_ih,
-                                 T, B, I, P, G);
-    if (status == FR_OK && w_hr && dw_hr)
-        status = lstm_projection_grads(dw_hr, dhs, s.gates, s.tanh_c, lengths, T, B, H, P);
 done:
     free(dG);
     free(zeros);
     free(tmp);
+    free(hm);
     free(dhs);
     free(dm);
     free(zero_h);

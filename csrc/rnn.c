@@ -144,7 +144,7 @@ static void rnn_step_backward(real *dG_t, real *dh, const real *dy_t, ptrdiff_t 
 
 /* What the backward time loop reads and writes, for any block of rows. */
 typedef struct {
-    real *dG, *dh;                /* (T, B, H), carried (B, H) */
+    real *dG, *dh;                /* (steps, B, H) the chunk's, carried (B, H) */
     const real *dy, *y, *zeros;   /* (T, B, H) or NULL, (T, B, H), (H) zeros */
     const real *mask;             /* (B, H) recurrent dropout mask, or NULL */
     real *tmp;                    /* (B, H) workspace of the masked product */
@@ -152,7 +152,7 @@ typedef struct {
     const fr_input_grad *dx;      /* dx_t = dG_t w_ih, step by step */
     const int64_t *lengths;
     int relu;
-    ptrdiff_t T, B, H;
+    ptrdiff_t t_lo, t_hi, B, H;   /* the chunk's steps [t_lo, t_hi), run newest first */
 } rnn_backward_loop;
 
 static void rnn_backward_rows(const void *ctx, fr_rows r) {
@@ -160,8 +160,8 @@ static void rnn_backward_rows(const void *ctx, fr_rows r) {
     const ptrdiff_t B = a->B, H = a->H;
     real *dh = a->dh + r.b0 * H;
     const int64_t *lengths = a->lengths ? a->lengths + r.b0 : NULL;
-    for (ptrdiff_t t = a->T - 1; t >= 0; t--) {
-        real *dG_t = a->dG + (t * B + r.b0) * H;
+    for (ptrdiff_t t = a->t_hi - 1; t >= a->t_lo; t--) {
+        real *dG_t = a->dG + ((t - a->t_lo) * B + r.b0) * H;
         rnn_step_backward(dG_t, dh, a->dy ? a->dy + (t * B + r.b0) * H : a->zeros,
                           a->dy ? H : 0, a->y + (t * B + r.b0) * H, lengths, a->relu, t,
                           r.rows, H);
@@ -177,16 +177,19 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                         const real *x, const real *h0, const real *w_ih, const real *w_hh,
                         const int64_t *lengths, const real *h_mask, int relu, ptrdiff_t T,
                         ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, const void *pack) {
-    real *dG = FR_FN(alloc)(T * B * H); /* (T, B, H) dL/da_t */
-    real *zeros = FR_FN(alloc_zeroed)(H);      /* stands in for a NULL dy row */
+    const ptrdiff_t steps = FR_FN(grad_chunk_steps)(T, B);
+    real *dG = FR_FN(alloc)(steps * B * H);         /* (steps, B, H) dL/da_t of a chunk */
+    real *zeros = FR_FN(alloc_zeroed)(H);            /* stands in for a NULL dy row */
     real *tmp = h_mask ? FR_FN(alloc)(B * H) : NULL; /* (B, H) */
+    real *hm = h_mask ? FR_FN(alloc)(steps * B * H) : NULL; /* (steps, B, H) h_{t-1} * mask */
     fr_recurrent rec[2];
     fr_input_grad dx_steps;
-    if (!dG || !zeros || (h_mask && !tmp) ||
+    if (!dG || !zeros || (h_mask && (!tmp || !hm)) ||
         FR_FN(recurrent_setup_cell)(rec, FR_CELL_RNN, 1, w_hh, H, T, B, pack) != FR_OK) {
         free(dG);
         free(zeros);
         free(tmp);
+        free(hm);
         return FR_ERR_NOMEM;
     }
     if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, H) != FR_OK) {
@@ -194,19 +197,27 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
         free(dG);
         free(zeros);
         free(tmp);
+        free(hm);
         return FR_ERR_NOMEM;
     }
     /* dh0 (B, H) carries dL/dh_t back through time and ends as dL/dh0 */
     FR_FN(init_state)(dh0, dh_n, B * H);
-    rnn_backward_loop loop = {dG,  dh0, dy,        y,       zeros, h_mask, tmp,
-                              rec, &dx_steps, lengths, relu,  T,      B,   H};
-    fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);
+    rnn_backward_loop loop = {dG,      dh0,  dy, y, zeros, h_mask, tmp, rec, &dx_steps,
+                              lengths, relu, 0,  T, B,     H};
+    for (ptrdiff_t t_hi = T; t_hi > 0; t_hi = loop.t_lo) {
+        ptrdiff_t t0 = t_hi > steps ? t_hi - steps : 0;
+        loop.t_lo = t0;
+        loop.t_hi = t_hi;
+        fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);
+        FR_FN(weight_grads)(dw_ih, dw_hh, db_ih, db_hh, dG, x + t0 * B * I,
+                            t0 > 0 ? y + (t0 - 1) * B * H : h0, y + t0 * B * H, h_mask, hm,
+                            t_hi - t0, B, I, H, H);
+    }
     FR_FN(recurrent_free)(rec);
     FR_FN(input_grad_free)(&dx_steps);
-    int status = FR_FN(weight_grads)(NULL, dw_ih, dw_hh, db_ih, db_hh, dG, x, h0, y, h_mask,
-                                     w_ih, T, B, I, H, H);
     free(dG);
     free(zeros);
     free(tmp);
-    return status;
+    free(hm);
+    return FR_OK;
 }

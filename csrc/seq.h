@@ -121,67 +121,54 @@ static inline void FR_FN(mask_state)(real *hm, const real *h, const real *mask, 
         memset(hm, 0, (size_t)n * sizeof(real));
 }
 
-/* After the time loop, the weight gradients of a cell whose recurrent pre-activations
- * share their gradient dG with the input side (RNN, LSTM) as one GEMM per block of rows:
- *   [dw_ih | dw_hh] (N, I+H) += dG^T (N, T*B) . [x | h_prev] (T*B, I+H)
- * with h_prev at step t = h_first (t = 0; NULL = zeros) or y[t-1], times mask (B, H) under
- * recurrent dropout (NULL: none); db_ih and db_hh (NULL: skipped) both get the column sums
- * of dG; dx (T*B, I) = dG . w_ih unless dx is NULL (the time loop computed it step by step:
- * input_grad_step). [x | h_prev] is built FR_GRAD_ROWS rows at a time, so the extra memory
- * stays small. Returns 0 or FR_ERR_NOMEM. */
-#define FR_GRAD_ROWS 2048
+/* The states the recurrent products of a forward read, for the weight gradients after the
+ * backward loop: h_first (B, H) fed step 0 and h_rest ((T-1)*B, H) steps 1..T-1; h0 (NULL:
+ * zeros) and y as they are without a mask, else their masked copies in hm (T, B, H). */
+static inline void FR_FN(product_inputs)(const real **h_first, const real **h_rest, real *hm,
+                                         const real *h0, const real *y, const real *mask,
+                                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
+    *h_first = h0;
+    *h_rest = y;
+    if (!mask)
+        return;
+    FR_FN(mask_state)(hm, h0, mask, B * H);
+    for (ptrdiff_t t = 1; t < T; t++)
+        FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, mask, B * H);
+    *h_first = hm;
+    *h_rest = hm + B * H;
+}
 
-static inline int FR_FN(weight_grads)(real *dx, real *dw_ih, real *dw_hh, real *db_ih,
-                                      real *db_hh, const real *dG, const real *x,
-                                      const real *h_first, const real *y, const real *mask,
-                                      const real *w_ih, ptrdiff_t T, ptrdiff_t B, ptrdiff_t I,
-                                      ptrdiff_t H, ptrdiff_t N) {
-    const ptrdiff_t rows = T * B, K = I + H;
-    const ptrdiff_t chunk = rows < FR_GRAD_ROWS ? rows : FR_GRAD_ROWS;
-    real *xh = FR_FN(alloc)(chunk * K); /* (chunk, I+H) */
-    real *dw = FR_FN(alloc)(N * K);     /* (N, I+H) */
-    if (!xh || !dw) {
-        free(xh);
-        free(dw);
-        return FR_ERR_NOMEM;
-    }
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += chunk) {
-        ptrdiff_t n = rows - r0 < chunk ? rows - r0 : chunk;
-        for (ptrdiff_t r = 0; r < n; r++) {
-            ptrdiff_t row = r0 + r; /* row = t * B + b */
-            memcpy(xh + r * K, x + row * I, (size_t)I * sizeof(real));
-            if (row >= B)
-                memcpy(xh + r * K + I, y + (row - B) * H, (size_t)H * sizeof(real));
-            else if (h_first)
-                memcpy(xh + r * K + I, h_first + row * H, (size_t)H * sizeof(real));
-            else
-                memset(xh + r * K + I, 0, (size_t)H * sizeof(real));
-            for (ptrdiff_t j = 0; mask && j < H; j++) /* h_prev * mask, in place */
-                xh[r * K + I + j] *= mask[(row % B) * H + j];
-        }
-        FR_FN(gemm)(1, 0, N, K, n, 1, dG + r0 * N, N, xh, K, r0 > 0, dw, K);
-    }
-    for (ptrdiff_t g = 0; g < N; g++) {
-        for (ptrdiff_t i = 0; i < I; i++)
-            dw_ih[g * I + i] += dw[g * K + i];
-        for (ptrdiff_t j = 0; j < H; j++)
-            dw_hh[g * H + j] += dw[g * K + I + j];
-    }
-    if (dx)
-        FR_FN(gemm)(0, 0, rows, I, N, 1, dG, N, w_ih, I, 0, dx, I);
-    if (db_ih || db_hh) { /* both biases get the same sums: one pass over dG */
-        memset(dw, 0, (size_t)N * sizeof(real));
-        FR_FN(add_column_sums)(dw, dG, rows, N, N);
-        for (ptrdiff_t g = 0; g < N; g++) {
-            if (db_ih)
-                db_ih[g] += dw[g];
-            if (db_hh)
-                db_hh[g] += dw[g];
-        }
-    }
-    free(xh);
-    free(dw);
-    return FR_OK;
+/* Backward runs its time loop in chunks of steps, the newest first, so that dG is kept for
+ * one chunk only: each chunk's weight gradients are taken (GEMMs with K = the chunk's
+ * rows) right after its steps, and the next chunk reuses dG's buffer (LSTM medium: 26 MB
+ * of dG down to 2 MB, and the GEMMs read dG from cache). A chunk holds at least
+ * FR_GRAD_ROWS rows (steps * B) so the GEMMs stay efficient; its boundaries do not depend
+ * on the thread count (the GEMMs run after each chunk's threads have joined). */
+#define FR_GRAD_ROWS 512
+
+static inline ptrdiff_t FR_FN(grad_chunk_steps)(ptrdiff_t T, ptrdiff_t B) {
+    ptrdiff_t steps = B >= FR_GRAD_ROWS ? 1 : (FR_GRAD_ROWS + B - 1) / B;
+    return steps < T ? steps : (T > 0 ? T : 1);
+}
+
+/* After a chunk of T steps, the weight gradients of a cell whose recurrent pre-activations
+ * share their gradient dG (T*B, N) with the input side (RNN, LSTM), accumulated:
+ *   dw_ih (N, I) += dG^T . x (T*B, I)        db_ih, db_hh (N) += column sums of dG
+ *   dw_hh (N, H) += dG^T . h_prev (T*B, H)   (NULL biases: skipped)
+ * with h_prev at the chunk's first step h_first (NULL = zeros), then y (the chunk's
+ * outputs, (T, B, H)) one step behind, times mask (B, H) under recurrent dropout (NULL:
+ * none; hm (T*B, H) is then the masked copy's workspace). x and y are read where they are:
+ * an earlier version built [x | h_prev] and an (N, I+H) result for one GEMM, two
+ * workspaces that took training's peak memory above PyTorch's for RNN. */
+static inline void FR_FN(weight_grads)(real *dw_ih, real *dw_hh, real *db_ih, real *db_hh,
+                                       const real *dG, const real *x, const real *h_first,
+                                       const real *y, const real *mask, real *hm, ptrdiff_t T,
+                                       ptrdiff_t B, ptrdiff_t I, ptrdiff_t H, ptrdiff_t N) {
+    const real *hp_first, *hp_rest; /* h_prev [* mask] */
+    FR_FN(gemm)(1, 0, N, I, T * B, 1, dG, N, x, I, 1, dw_ih, I);
+    FR_FN(add_column_sums)(db_ih, dG, T * B, N, N);
+    FR_FN(product_inputs)(&hp_first, &hp_rest, hm, h_first, y, mask, T, B, H);
+    FR_FN(hidden_grads)(dw_hh, db_hh, dG, N, hp_first, hp_rest, T, B, H, N);
 }
 
 /* The weight side of the per-step recurrent products, set up once per sequence.
@@ -480,22 +467,6 @@ static inline void FR_FN(input_grad_step)(const fr_input_grad *g, const real *dG
 
 static inline void FR_FN(input_grad_free)(fr_input_grad *g) { FR_FN(recurrent_free)(&g->rec); }
 
-/* The states the recurrent products of a forward read, for the weight gradients after the
- * backward loop: h_first (B, H) fed step 0 and h_rest ((T-1)*B, H) steps 1..T-1; h0 (NULL:
- * zeros) and y as they are without a mask, else their masked copies in hm (T, B, H). */
-static inline void FR_FN(product_inputs)(const real **h_first, const real **h_rest, real *hm,
-                                         const real *h0, const real *y, const real *mask,
-                                         ptrdiff_t T, ptrdiff_t B, ptrdiff_t H) {
-    *h_first = h0;
-    *h_rest = y;
-    if (!mask)
-        return;
-    FR_FN(mask_state)(hm, h0, mask, B * H);
-    for (ptrdiff_t t = 1; t < T; t++)
-        FR_FN(mask_state)(hm + t * B * H, y + (t - 1) * B * H, mask, B * H);
-    *h_first = hm;
-    *h_rest = hm + B * H;
-}
 
 /* Backward of a product that read masked rows (recurrent dropout):
  *   C (B, N) += (A (B, K) . op(W)) * mask      mask (B, N), through tmp (B, N)

@@ -57,6 +57,20 @@ def test_float64_wide_shapes(cell):
     compare(cell, (3, 20, 33, 65), np.float64)
 
 
+# Backward runs its time loop in chunks of ceil(512 / B) steps (seq.h grad_chunk_steps),
+# taking each chunk's weight gradients before the next: one step short of a chunk, exactly
+# chunks, one step over, and B past 512 (a chunk per step).
+CHUNK_SHAPES = [(512, 1, 3, 5), (513, 1, 3, 5), (206, 5, 4, 7), (207, 5, 4, 7),
+                (3, 600, 2, 3)]
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_backward_chunks_of_steps(cell, shape):
+    compare(cell, shape, np.float64)
+
+
 def outputs_and_grads(cell, case):
     out, grads = run(ops, cell, case)
     return list(out) + list(grads)
@@ -65,8 +79,10 @@ def outputs_and_grads(cell, case):
 @pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("shape", [(5, 40, 9, 33), (4, 2, 16, 256), (3, 1, 8, 256)],
-                         ids=["batch-split", "hidden-split-2rows", "hidden-split-1row"])
+@pytest.mark.parametrize("shape", [(5, 40, 9, 33), (4, 2, 16, 256), (3, 1, 8, 256),
+                                   (30, 40, 9, 33)],
+                         ids=["batch-split", "hidden-split-2rows", "hidden-split-1row",
+                              "batch-split-backward-chunks"])
 def test_threads_bitwise_equal_one_thread(cell, shape, dtype, restore_threads):
     """Batch split (40 rows) and hidden-unit split (1-2 rows, 256 units: a step is big enough
     to split) on 2 and 3 threads give exactly the 1-thread results."""

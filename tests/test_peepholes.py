@@ -16,7 +16,8 @@ from fastrnn import LSTM, PeepholeLSTMGrads, ops, reference
 from helpers import assert_runs_close, numeric_grad
 
 SHAPES = [(1, 1, 1, 1), (5, 2, 7, 7), (3, 4, 5, 33), (4, 2, 65, 65), (3, 17, 5, 9),
-          (2, 40, 7, 33)]
+          (2, 40, 7, 33),
+          (110, 5, 3, 9)]   # backward in two chunks of steps (103 steps * 5 rows >= 512)
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-10}
 
 

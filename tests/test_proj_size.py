@@ -17,7 +17,8 @@ from fastrnn import LSTM, ProjectedLSTMGrads, ops, reference
 from helpers import assert_runs_close, numeric_grad
 
 SHAPES = [(1, 1, 1, 2, 1), (5, 3, 4, 7, 3), (3, 4, 5, 33, 17), (4, 2, 65, 65, 64),
-          (3, 20, 5, 9, 4), (2, 40, 7, 33, 5)]   # (T, B, I, H, P)
+          (3, 20, 5, 9, 4), (2, 40, 7, 33, 5),
+          (110, 5, 3, 9, 4)]   # (T, B, I, H, P); the last: backward in two chunks of steps
 TOLERANCE = {np.float32: 3e-5, np.float64: 1e-10}
 
 
@@ -72,8 +73,10 @@ def test_kernels_match_reference(shape, dtype, lengths):
 @pytest.mark.parametrize("variant", [{"peepholes": True}, {"mask": True},
                                      {"peepholes": True, "mask": True, "bias": False}],
                          ids=["peepholes", "recurrent-dropout", "all-no-bias"])
-def test_kernels_with_other_variants_match_reference(variant):
-    case = make_case((4, 3, 5, 9, 4), np.float64, **variant)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 9, 4), (180, 3, 5, 9, 4)],
+                         ids=["one-chunk", "two-chunks"])
+def test_kernels_with_other_variants_match_reference(variant, shape):
+    case = make_case(shape, np.float64, **variant)
     got, want = run(ops, case), run(reference, case)
     assert_all_close(got, want, np.float64)
     assert (got[1].dw_p is None) == ("peepholes" not in variant)
