@@ -498,7 +498,8 @@ static inline void FR_FN(recurrent_product_masked)(const fr_recurrent *r, real *
  * below that as tiles stored before the loop (`start`, in the panel's block layout) that
  * each step's tile starts from. Either way a row's sums run in the same order, so its bits
  * never depend on how many rows share its batch; the epilogue adds the biases. Otherwise
- * (GRU, or too few rows for panels) small batches take one BLAS GEMM over all T*B rows. */
+ * (GRU) small batches run all T*B rows through the w_ih panel before the loop (the same
+ * sums as step by step), and calls of fewer than FR_PACK_ROWS rows in all take BLAS. */
 #define FR_STEP_PROJECTION_ROWS 16
 #define FR_INPUT_ROWS 96 /* rows per pass of a projection before the loop on a panel */
 
@@ -586,13 +587,16 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     in->rec.owned = 0;
     in->rec.rows = NULL;
     in->rec.panel.data = NULL;
-    if (!in->per_step && !fuse && !packed) {
+    const int before_loop = !in->per_step && !fuse; /* all T*B rows now, into P */
+    if (before_loop && !packed && T * B < FR_PACK_ROWS) { /* too few rows for a panel */
         FR_FN(input_projection)(P, x, w_ih, bias_a, bias_b, T * B, I, G * H);
         return FR_OK;
     }
     fr_recurrent_spec spec = {0, I, G, 1};
-    /* a reduced pack before the loop: all T*B rows through its panel, a chunk at a time */
-    ptrdiff_t chunk = in->per_step || !packed ? B
+    /* before the loop: all T*B rows through the panel, a chunk at a time (no BLAS call, so
+     * no BLAS threads woken for a small product, and a row's sums run in the same order as
+     * in the per-step projection of a bigger batch) */
+    ptrdiff_t chunk = !before_loop            ? B
                       : T * B < FR_INPUT_ROWS ? T * B
                                               : FR_INPUT_ROWS;
     in->bias = FR_FN(alloc)(G * H);
@@ -604,7 +608,7 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     if (in->fused && !in->per_step)
         return FR_FN(input_start_tiles)(in, T * B);
     fr_bias_store s = {P, in->bias, G, H};
-    for (ptrdiff_t r0 = 0; packed && !in->per_step && r0 < T * B; r0 += chunk) {
+    for (ptrdiff_t r0 = 0; before_loop && r0 < T * B; r0 += chunk) {
         fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL};
         FR_FN(recurrent_apply)(&in->rec, x, I, &rows, FR_FN(bias_store_epilogue), &s, NULL);
     }

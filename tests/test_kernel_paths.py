@@ -147,14 +147,15 @@ def _rows(case, rows):
 
 
 @pytest.mark.usefixtures("isa")
-@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "gru_reset_before"])
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 def test_a_rows_forward_does_not_depend_on_its_batch(cell, training):
     """RNN and LSTM sum a row's input and recurrent products in one order at every batch
-    size (in the tile from 16 rows on, from stored tiles below), so a row's forward gives
-    the same bits alone, in a small batch and in a big one (batch-composition invariance:
-    what bit-equal distributed scoring relies on). T * B >= 8 rows: panels, not the direct
-    product of tiny calls."""
+    size (in the tile from 16 rows on, from stored tiles below); GRU projects its input on
+    the w_ih panel step by step from 16 rows on and for the whole sequence below, with the
+    same sums. So a row's forward gives the same bits alone, in a small batch and in a big
+    one (batch-composition invariance: what bit-equal distributed scoring relies on).
+    T * B >= 8 rows: panels, not the direct product of tiny calls."""
     case = make_case(cell, (8, 40, 9, 33), np.float32, lengths=True, bias=True, initial=True)
     whole = run(ops, cell, case, training=training)[0]
     for rows in (slice(0, 1), slice(3, 10), slice(5, 22), slice(8, 40)):
