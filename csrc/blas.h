@@ -29,6 +29,18 @@ void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm);
 #define FR_BLAS_GEMM fr_sgemm
 #endif
 
+/* Row-major C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C, of doubles when
+ * `f64`, else of floats (alpha, beta point to one of the same type). C is computed in fixed
+ * blocks of FR_GEMM_ROWS rows, one BLAS call per block with the BLAS held to one thread,
+ * the blocks spread over our own threads (threads.h fr_for_items). So BLAS never wakes
+ * threads of its own for us (its idle threads spin for tens of milliseconds after a
+ * threaded call, on the cores our next time loop needs), and a block's bits never depend
+ * on the thread count. */
+#define FR_GEMM_ROWS 128
+void fr_gemm_blocks(int f64, int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                    const void *alpha, const void *A, ptrdiff_t lda, const void *B,
+                    ptrdiff_t ldb, const void *beta, void *C, ptrdiff_t ldc);
+
 /* Row-major C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C.
  * op(A) = A (M, K) with leading dimension lda, or A^T when trans_a (A stored (K, M));
  * likewise for B. All dimensions fit in int (checked by the Python layer). */
@@ -36,10 +48,12 @@ static inline void FR_FN(gemm)(int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t 
                                ptrdiff_t K, real alpha, const real *A, ptrdiff_t lda,
                                const real *B, ptrdiff_t ldb, real beta, real *C,
                                ptrdiff_t ldc) {
-    char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-    int m = (int)N, n = (int)M, k = (int)K;
-    int la = (int)ldb, lb = (int)lda, lc = (int)ldc;
-    FR_BLAS_GEMM(&ta, &tb, &m, &n, &k, &alpha, (real *)B, &la, (real *)A, &lb, &beta, C, &lc);
+#ifdef FR_F64
+    const int f64 = 1;
+#else
+    const int f64 = 0;
+#endif
+    fr_gemm_blocks(f64, trans_a, trans_b, M, N, K, &alpha, A, lda, B, ldb, &beta, C, ldc);
 }
 
 #endif

@@ -62,6 +62,21 @@ void fr_for_row_blocks(ptrdiff_t B, int split, fr_rows_fn fn, const void *ctx) {
         fr_blas_set_threads(fr_num_threads);
 }
 
+void fr_for_items(ptrdiff_t n, fr_item_fn fn, const void *ctx) {
+    int threads = n < fr_num_threads ? (int)n : fr_num_threads;
+    if (fr_blas_set_threads)
+        fr_blas_set_threads(1);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(static, 1) if (threads > 1)
+#else
+    (void)threads;
+#endif
+    for (ptrdiff_t i = 0; i < n; i++)
+        fn(ctx, i);
+    if (fr_blas_set_threads)
+        fr_blas_set_threads(fr_num_threads);
+}
+
 /* A reusable barrier: the last thread to arrive opens the next phase. */
 struct fr_barrier {
     atomic_int arrived, phase, n;

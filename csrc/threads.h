@@ -22,6 +22,12 @@ int fr_get_num_threads(void);
  * per-step products run on our own kernel) and the batch is large enough, else one block. */
 void fr_for_row_blocks(ptrdiff_t B, int split, fr_rows_fn fn, const void *ctx);
 
+/* fn(ctx, i) for every i in [0, n), the items spread over our threads (any order, one
+ * thread per item), with the BLAS held to one thread meanwhile: what an item computes
+ * must not depend on which thread runs it or on how many there are. */
+typedef void (*fr_item_fn)(const void *ctx, ptrdiff_t i);
+void fr_for_items(ptrdiff_t n, fr_item_fn fn, const void *ctx);
+
 /* The split of one time loop across threads (see threads.c): a thread owns rows
  * [row0, row0 + rows) of the batch. With the batch split every thread owns all hidden
  * units of its rows and runs its own time loop; with the hidden split every thread owns all

@@ -10,12 +10,16 @@ from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
-cdef extern from "blas.h":
+cdef extern from "blas.h" nogil:
     ctypedef void (*fr_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
                                  float*, int*, float*, float*, int*) noexcept nogil
     ctypedef void (*fr_dgemm_fn)(char*, char*, int*, int*, int*, double*, double*, int*,
                                  double*, int*, double*, double*, int*) noexcept nogil
     void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm)
+    void fr_gemm_blocks(int f64, int trans_a, int trans_b, Py_ssize_t M, Py_ssize_t N,
+                        Py_ssize_t K, const void *alpha, const void *A, Py_ssize_t lda,
+                        const void *B, Py_ssize_t ldb, const void *beta, void *C,
+                        Py_ssize_t ldc)
 
 cdef extern from "fastrnn.h" nogil:
     int FR_OK
@@ -626,23 +630,14 @@ def gru_step(floating[:, ::1] y, floating[:, ::1] h_n, const floating[:, ::1] x,
 
 def gemm(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] B,
          bint trans_a, bint trans_b, floating beta):
-    """C = op(A) op(B) + beta C, row-major, shapes checked by fastrnn.ops.gemm.
-
-    BLAS is column-major: the row-major C = op(A) op(B) is the column-major
-    C^T = op(B)^T op(A)^T, so A and B trade places."""
-    cdef int M = C.shape[0], N = C.shape[1]
-    cdef int K = A.shape[0] if trans_a else A.shape[1]
-    cdef int lda = A.shape[1], ldb = B.shape[1], ldc = N
-    cdef char ta = b'T' if trans_b else b'N'
-    cdef char tb = b'T' if trans_a else b'N'
+    """C = op(A) op(B) + beta C, row-major, shapes checked by fastrnn.ops.gemm: in blocks
+    of rows on our threads, each a single-threaded BLAS call (csrc/blas.h)."""
+    cdef Py_ssize_t M = C.shape[0], N = C.shape[1]
+    cdef Py_ssize_t K = A.shape[0] if trans_a else A.shape[1]
     cdef floating one = 1
     with nogil:
-        if floating is float:
-            sgemm(&ta, &tb, &N, &M, &K, &one, <float*>&B[0, 0], &ldb, <float*>&A[0, 0], &lda,
-                  &beta, &C[0, 0], &ldc)
-        else:
-            dgemm(&ta, &tb, &N, &M, &K, &one, <double*>&B[0, 0], &ldb, <double*>&A[0, 0], &lda,
-                  &beta, &C[0, 0], &ldc)
+        fr_gemm_blocks(floating is double, trans_a, trans_b, M, N, K, &one, &A[0, 0],
+                       A.shape[1], &B[0, 0], B.shape[1], &beta, &C[0, 0], N)
 
 
 # -- a stepper: one streaming step of a whole stack from Python at the least cost ------------
