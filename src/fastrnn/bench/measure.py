@@ -30,13 +30,17 @@ class Settings:
         return cls(rounds=2, sample_s=0.01, max_call_s=0.2, **kw)
 
 
-def _max_rel_error(a: dict, b: dict):
+def max_rel_error(a: dict, b: dict):
+    """max |a - b| / max |b| over the outputs both hold (inf on a shape mismatch)."""
     errors = [float(np.abs(a[k] - b[k]).max() / max(float(np.abs(b[k]).max()), 1e-30))
               for k in b if k in a and a[k].shape == b[k].shape]
     shape_mismatch = [k for k in b if k in a and a[k].shape != b[k].shape]
     if shape_mismatch:
         return float("inf")
     return max(errors) if errors else None
+
+
+_max_rel_error = max_rel_error
 
 
 def _flagged(record: dict, tolerance: float = 1e-3) -> set:
