@@ -44,9 +44,7 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from typing import Callable, NamedTuple
 
@@ -217,36 +215,22 @@ def _torch_engines(model) -> dict:
     return {"torch float32": run(False), "torch bf16 autocast": run(True)}
 
 
-def _ort_engines(model, workdir: str, tag: str) -> dict:
-    try:
-        import logging
-
-        import onnx
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
+def _ort_engines(model) -> dict:
+    """The model exported to ONNX, in ONNX Runtime as is and after its quantize_dynamic."""
+    if not all(_importable(m) for m in ("onnx", "onnxruntime")):
         return {}
-    path = os.path.join(workdir, f"{tag}.onnx")
-    qpath = os.path.join(workdir, f"{tag}.int8.onnx")
-    fastrnn.onnx.export(model, path)
-    logging.disable(logging.WARNING)             # "consider pre-processing": not needed here
-    try:
-        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
-    finally:
-        logging.disable(logging.NOTSET)
-    ops = {n.op_type for n in onnx.load(qpath).graph.node}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    from fastrnn.bench.peers import ort_quantize_dynamic, ort_session
+    exported = fastrnn.onnx.export(model)
+    quantized, int8_lstm = ort_quantize_dynamic(exported)
     engines = {}
-    int8_name = "ort int8" + ("" if "DynamicQuantizeLSTM" in ops else " (LSTM kept float32)")
-    for name, file in (("ort float32", path), (int8_name, qpath)):
-        session = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
-        feed_name = session.get_inputs()[0].name
-        ids = session.get_inputs()[0].type == "tensor(int64)"
+    for name, graph in (("ort float32", exported),
+                        ("ort int8" + ("" if int8_lstm else " (LSTM kept float32)"), quantized)):
+        session = ort_session(graph, 1)
+        feed = session.get_inputs()[0]
+        ids = feed.type == "tensor(int64)"
 
-        def forward(inputs, s=session, n=feed_name, ids=ids):
-            x = inputs.astype(np.int64) if ids else inputs
-            return s.run(None, {n: x})[0]
+        def forward(inputs, s=session, n=feed.name, ids=ids):
+            return s.run(None, {n: inputs.astype(np.int64) if ids else inputs})[0]
         engines[name] = forward
     return engines
 
@@ -257,10 +241,10 @@ def _meets(metric: str, value: float, base: float) -> bool:
     return value >= base - slack if direction == "higher" else value <= base + slack
 
 
-def evaluate_task(task: Task, workdir: str, log=print) -> dict:
+def evaluate_task(task: Task, log=print) -> dict:
     """Every engine's score on the task, and whether it meets the target vs float32."""
     engines = {**_fastrnn_engines(task.model), **_torch_engines(task.model),
-               **_ort_engines(task.model, workdir, task.metric)}
+               **_ort_engines(task.model)}
     scores, seconds = {}, {}
     for name, forward in engines.items():
         start = time.perf_counter()
@@ -370,17 +354,16 @@ def main(argv=None) -> dict:
         parser.error(f"--shapes: unknown {bad}; choose from {', '.join(SHAPES)}")
     fastrnn.set_num_threads(1)
     results, skipped = [], {}
-    with tempfile.TemporaryDirectory() as workdir:
-        for name in tasks:
-            need = _TASK_NEEDS.get(name)
-            if need and not _importable(need):
-                skipped[name] = f"{need} is not installed"
-                print(f"  {name}: skipped ({skipped[name]})")
-                continue
-            start = time.perf_counter()
-            task = TASKS[name](args.quick, args.seed)
-            task.info["train_seconds"] = round(time.perf_counter() - start, 1)
-            results.append(evaluate_task(task, workdir))
+    for name in tasks:
+        need = _TASK_NEEDS.get(name)
+        if need and not _importable(need):
+            skipped[name] = f"{need} is not installed"
+            print(f"  {name}: skipped ({skipped[name]})")
+            continue
+        start = time.perf_counter()
+        task = TASKS[name](args.quick, args.seed)
+        task.info["train_seconds"] = round(time.perf_counter() - start, 1)
+        results.append(evaluate_task(task))
     errors = bench_shape_errors(shapes) if shapes else []
     machine = _machine()
     print()

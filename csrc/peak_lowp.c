@@ -56,62 +56,45 @@ static int32_t fr_lowp_fold(const void *v, size_t bytes) {
     return total;
 }
 
-__attribute__((target("avx512f,avx512bf16"))) static int64_t
-fr_lowp_bf16_avx512(int64_t iterations, int32_t *sink) {
-    /* a = 0.5, b = 2^-20 in every bf16 lane: the sums grow slowly, never to inf. */
-    const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f00);
-    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3580);
-    __m512 acc[FR_LOWP_CHAINS];
-    for (int r = 0; r < FR_LOWP_CHAINS; r++) acc[r] = _mm512_set1_ps((float)r);
-#define FR_STEP_BF16(v) _mm512_dpbf16_ps(v, a, b)
-    FR_LOWP_LOOP(acc, FR_LOWP_CHAINS, iterations, FR_STEP_BF16)
-#undef FR_STEP_BF16
-    FR_LOWP_SINK(acc, FR_LOWP_CHAINS, sink);
-    return iterations * FR_LOWP_CHAINS * 32 * 2;
-}
+/* One peak kernel `name`, compiled for `isa`: `chains` accumulators of vec_t, acc[r] =
+ * SET1(r), then STEP(acc[r]) `iterations` times each; returns the operations done,
+ * iterations x chains x pairs (multiplied per STEP) x 2. */
+#define FR_LOWP_KERNEL(name, isa, vec_t, chains, SET1, STEP, pairs)                     \
+    __attribute__((target(isa))) static int64_t name(int64_t iterations, int32_t *sink) { \
+        vec_t acc[chains];                                                              \
+        for (int r = 0; r < (chains); r++) acc[r] = SET1(r);                            \
+        FR_LOWP_LOOP(acc, chains, iterations, STEP)                                     \
+        FR_LOWP_SINK(acc, chains, sink);                                                \
+        return iterations * (chains) * (pairs) * 2;                                     \
+    }
 
-__attribute__((target("avx512f,avx512vnni"))) static int64_t
-fr_lowp_int8_avx512_vnni(int64_t iterations, int32_t *sink) {
-    const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-5);
-    __m512i acc[FR_LOWP_CHAINS];
-    for (int r = 0; r < FR_LOWP_CHAINS; r++) acc[r] = _mm512_set1_epi32(r);
-#define FR_STEP_VNNI512(v) _mm512_dpbusd_epi32(v, a, b)
-    FR_LOWP_LOOP(acc, FR_LOWP_CHAINS, iterations, FR_STEP_VNNI512)
-#undef FR_STEP_VNNI512
-    FR_LOWP_SINK(acc, FR_LOWP_CHAINS, sink);
-    return iterations * FR_LOWP_CHAINS * 64 * 2;
-}
+/* bf16 operands 0.5 (0x3f00) and 2^-20 (0x3580) in every lane: the float32 sums grow
+ * slowly, never to inf. int8 operands 3 (u8) and -5 (s8); int32 sums wrap harmlessly. */
+#define FR_BF16_A ((__m512bh)_mm512_set1_epi16(0x3f00))
+#define FR_BF16_B ((__m512bh)_mm512_set1_epi16(0x3580))
+#define FR_STEP_BF16(v) _mm512_dpbf16_ps(v, FR_BF16_A, FR_BF16_B)
+#define FR_STEP_VNNI512(v) _mm512_dpbusd_epi32(v, _mm512_set1_epi8(3), _mm512_set1_epi8(-5))
+#define FR_STEP_VNNI256(v) _mm256_dpbusd_avx_epi32(v, _mm256_set1_epi8(3), _mm256_set1_epi8(-5))
+/* AVX2: acc's own bytes are the u8 operand (so the multiplies cannot be hoisted): 32
+ * u8 x s8 products, pairwise into 16 int16, pairwise into 8 int32 (vpmaddwd by ones). */
+#define FR_STEP_AVX2(v)                                                                 \
+    _mm256_add_epi32(v, _mm256_madd_epi16(_mm256_maddubs_epi16(v, _mm256_set1_epi8(-5)),  \
+                                          _mm256_set1_epi16(1)))
+#define FR_SET1_PS512(r) _mm512_set1_ps((float)(r))
 
+FR_LOWP_KERNEL(fr_lowp_bf16_avx512, "avx512f,avx512bf16", __m512, FR_LOWP_CHAINS,
+               FR_SET1_PS512, FR_STEP_BF16, 32)
+FR_LOWP_KERNEL(fr_lowp_int8_avx512_vnni, "avx512f,avx512vnni", __m512i, FR_LOWP_CHAINS,
+               _mm512_set1_epi32, FR_STEP_VNNI512, 64)
 #if defined(__clang__) || __GNUC__ >= 11 /* -mavxvnni */
 #define FR_HAVE_AVX_VNNI 1
-__attribute__((target("avx2,avxvnni"))) static int64_t
-fr_lowp_int8_avx_vnni(int64_t iterations, int32_t *sink) {
-    const __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5);
-    __m256i acc[FR_LOWP_CHAINS_256];
-    for (int r = 0; r < FR_LOWP_CHAINS_256; r++) acc[r] = _mm256_set1_epi32(r);
-#define FR_STEP_VNNI256(v) _mm256_dpbusd_avx_epi32(v, a, b)
-    FR_LOWP_LOOP(acc, FR_LOWP_CHAINS_256, iterations, FR_STEP_VNNI256)
-#undef FR_STEP_VNNI256
-    FR_LOWP_SINK(acc, FR_LOWP_CHAINS_256, sink);
-    return iterations * FR_LOWP_CHAINS_256 * 32 * 2;
-}
+FR_LOWP_KERNEL(fr_lowp_int8_avx_vnni, "avx2,avxvnni", __m256i, FR_LOWP_CHAINS_256,
+               _mm256_set1_epi32, FR_STEP_VNNI256, 32)
 #else
 #define FR_HAVE_AVX_VNNI 0
 #endif
-
-__attribute__((target("avx2"))) static int64_t fr_lowp_int8_avx2(int64_t iterations,
-                                                                 int32_t *sink) {
-    const __m256i b = _mm256_set1_epi8(-5), one = _mm256_set1_epi16(1);
-    __m256i acc[FR_LOWP_CHAINS_256];
-    for (int r = 0; r < FR_LOWP_CHAINS_256; r++) acc[r] = _mm256_set1_epi32(r);
-    /* acc's own bytes are the u8 operand: 32 u8 x s8 products, pairwise into 16 int16,
-     * pairwise into 8 int32 (vpmaddwd by ones), added to acc. */
-#define FR_STEP_AVX2(v) _mm256_add_epi32(v, _mm256_madd_epi16(_mm256_maddubs_epi16(v, b), one))
-    FR_LOWP_LOOP(acc, FR_LOWP_CHAINS_256, iterations, FR_STEP_AVX2)
-#undef FR_STEP_AVX2
-    FR_LOWP_SINK(acc, FR_LOWP_CHAINS_256, sink);
-    return iterations * FR_LOWP_CHAINS_256 * 32 * 2;
-}
+FR_LOWP_KERNEL(fr_lowp_int8_avx2, "avx2", __m256i, FR_LOWP_CHAINS_256, _mm256_set1_epi32,
+               FR_STEP_AVX2, 32)
 
 static int fr_lowp_supported(int kind) {
     __builtin_cpu_init();

@@ -273,8 +273,8 @@ class OnnxRuntimePeer(Peer):
         self.threads = n          # ONNX Runtime takes it per session
 
     def _session(self, case, p, with_state, int8=False):
-        """An inference session of the cell's operator; ``int8``: after ONNX Runtime's
-        ``quantize_dynamic`` (returns the session and whether an int8 operator runs)."""
+        """(an inference session of the cell's operator -- with ``int8``, after ONNX
+        Runtime's ``quantize_dynamic`` --, a note when ORT kept the operator float32)."""
         from onnx import TensorProto, helper, numpy_helper
         cell = CELLS[case.cell]
         H = case.H
@@ -301,56 +301,21 @@ class OnnxRuntimePeer(Peer):
             initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
+        note = None
         if int8:
-            model, quantized = self._quantized(model)
-            return self._open(model), quantized
-        return self._open(model)
-
-    def _quantized(self, model):
-        """``quantize_dynamic`` of the model (int8 weights, QInt8): LSTM becomes
-        DynamicQuantizeLSTM; ORT has no quantized GRU / RNN and keeps those float32."""
-        import logging
-        import os
-        import tempfile
-
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        with tempfile.TemporaryDirectory() as folder:
-            src, dst = os.path.join(folder, "f32.onnx"), os.path.join(folder, "int8.onnx")
-            onnx.save(model, src)
-            logging.disable(logging.WARNING)       # "consider pre-processing": not needed
-            try:
-                quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-            finally:
-                logging.disable(logging.NOTSET)
-            model = onnx.load(dst)
-        return model, any(n.op_type.startswith("DynamicQuantize") for n in model.graph.node)
-
-    def _open(self, model):
-        options = self.ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-        return self.ort.InferenceSession(model.SerializeToString(), options,
-                                         providers=["CPUExecutionProvider"])
-
-    _KEPT = "float32: ORT has no int8 {}"
+            model, quantized = ort_quantize_dynamic(model)
+            note = None if quantized else f"float32: ORT has no int8 {cell.name.upper()}"
+        return ort_session(model, self.threads), note
 
     def forward(self, case, p, int8=False):
-        session, note = self._session(case, p, with_state=False, int8=int8), None
-        if int8:
-            session, quantized = session
-            note = None if quantized else self._KEPT.format(case.cell.upper())
+        session, note = self._session(case, p, with_state=False, int8=int8)
         feeds = {"X": p.x}
         call = lambda: session.run(["Y"], feeds)[0]  # noqa: E731
         return Runner(call, lambda: {"y": call()[:, 0]}, note)
 
     def step(self, case, p, int8=False):
         n = CELLS[case.cell].states
-        session, note = self._session(case, p, with_state=True, int8=int8), None
-        if int8:
-            session, quantized = session
-            note = None if quantized else self._KEPT.format(case.cell.upper())
+        session, note = self._session(case, p, with_state=True, int8=int8)
         names = ["initial_h", "initial_c"][:n]
         state_outputs = ["Y_h", "Y_c"][:n]
         zeros = [np.zeros((1, 1, case.H), np.float32)] * n
@@ -368,6 +333,41 @@ class OnnxRuntimePeer(Peer):
 
     def step_int8(self, case, p):
         return self.step(case, p, int8=True)
+
+
+def ort_session(model, threads: int = 1):
+    """An ONNX Runtime CPU session of ``model`` (a ModelProto or a path): ``threads``
+    intra-op threads, one inter-op, sequential execution."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def ort_quantize_dynamic(model):
+    """ONNX Runtime's ``quantize_dynamic`` of ``model`` (a ModelProto; QInt8 weights), as an
+    ONNX Runtime user runs it: returns the quantized ModelProto and whether a recurrent
+    operator became int8 (LSTM -> DynamicQuantizeLSTM; ORT has no int8 GRU or RNN and
+    keeps those float32; MatMul / Gemm heads are quantized either way)."""
+    import logging
+    import os
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as folder:
+        src, dst = os.path.join(folder, "f32.onnx"), os.path.join(folder, "int8.onnx")
+        onnx.save(model, src)
+        logging.disable(logging.WARNING)       # "consider pre-processing": not needed
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        model = onnx.load(dst)
+    return model, any(n.op_type == "DynamicQuantizeLSTM" for n in model.graph.node)
 
 
 class JaxPeer(Peer):
