@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import LOWP_PEERS, PEERS
+from .grid import LOWP_PEERS, PEERS, PRECISIONS
 from .measure import _flagged
 from .peak import LOWP_INSTRUCTIONS, matching_peak
 
@@ -187,7 +187,8 @@ def format_report(result: dict) -> str:
                   "**% peak** is held to the instruction fastrnn's products run on at this "
                   "ISA level; **error** = max |y − y_float32| ÷ max |y_float32| against "
                   "fastrnn's float32 output.", ""]
-    for (precision, threads), recs in lowp.items():
+    for (precision, threads), recs in sorted(lowp.items(),
+                                             key=lambda kv: (PRECISIONS.index(kv[0][0]), kv[0][1])):
         lines += _lowp_table(result, precision, threads, recs)
     memory = result.get("memory") or []
     if memory:
@@ -226,7 +227,8 @@ def write_chart(result: dict, path: Path, log=print):
     colors = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.8 * len(groups)), squeeze=False)
     for ax, ((mode, threads, precision), items) in zip(axes[:, 0], groups.items()):
-        labels = [f"{r['case']['cell']}\n{r['case']['shape']}" for r, _ in items]
+        labels = [f"{r['case']['cell']}{' †' if r.get('notes') else ''}\n{r['case']['shape']}"
+                  for r, _ in items]
         ratios = [s["ratio"] for _, s in items]
         ax.bar(range(len(items)), ratios, color=[colors[r["case"]["cell"]] for r, _ in items])
         ax.axhline(1.0, color="black", linewidth=0.8)
@@ -236,6 +238,8 @@ def write_chart(result: dict, path: Path, log=print):
         ax.set_xticks(range(len(items)), labels, fontsize=7)
         ax.set_ylabel("fastest peer / fastrnn")
         what = mode if precision == "float32" else f"{precision} {mode}"
+        if any(r.get("notes") for r, _ in items):
+            what += " (†: the peer ran float32)"
         ax.set_title(f"{what}, {threads} thread{'s' * (threads > 1)} (> 1: fastrnn faster)",
                      fontsize=9)
         for i, v in enumerate(ratios):
