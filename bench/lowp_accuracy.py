@@ -378,7 +378,10 @@ def main(argv=None) -> dict:
 
 def _importable(module: str) -> bool:
     import importlib.util
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):      # a parent package missing, or a blocked module
+        return False
 
 
 if __name__ == "__main__":

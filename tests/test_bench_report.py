@@ -205,7 +205,7 @@ def test_format_report_reduced_precision_tables():
               "lowp_peak_gops": {"bf16_avx512": 200.0, "int8_avx512_vnni": 400.0}}
     text = bench.format_report(result)
     assert "**bf16 inference: fastrnn bf16 vs PyTorch bf16 autocast, 1 thread**" in text
-    assert "vdpbf16ps zmm: 200.0 GOP/s" in text and "vpdpbusd zmm: 400.0 GOP/s" in text
+    assert "vdpbf16ps zmm: 200.0 GFLOP/s" in text and "vpdpbusd zmm: 400.0 GOP/s" in text
     # ratio, fastrnn float32 of the same run, x float32, GOP/s, % of 200, errors
     assert "| LSTM medium | 20 | 30 | 1.50 | 40 | 2.00 | 50.0 | 25% | 1.0e-03 | 2.0e-03 |" in text
     assert "| LSTM medium | 10 | 20 | 2.00 | 40 | 4.00 | 100.0 | 25% | 3.0e-03 | 4.0e-03 |" in text

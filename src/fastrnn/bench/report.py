@@ -84,7 +84,7 @@ def _lowp_peak(result: dict, precision: str):
     kind = matching_peak(precision, fma.get("isa", "?"))
     value = (result.get("lowp_peak_gops") or {}).get(kind)
     if kind != "float32" and value:
-        return value, f"{LOWP_INSTRUCTIONS[kind]}: {value:.1f} GOP/s"
+        return value, f"{LOWP_INSTRUCTIONS[kind]}: {value:.1f} {_unit(precision)}"
     if fma.get("float32"):      # products on the float32 microkernel at this ISA level
         return fma["float32"], f"float32 FMA ({fma.get('isa', '?')}): {fma['float32']:.1f} GFLOP/s"
     return None, "not measured"
@@ -92,6 +92,10 @@ def _lowp_peak(result: dict, precision: str):
 
 _LOWP_TITLES = {"bf16": "bf16 inference: fastrnn bf16 vs PyTorch bf16 autocast",
                 "int8": "int8 inference: fastrnn int8 vs ONNX Runtime quantize_dynamic"}
+
+
+def _unit(precision: str) -> str:
+    return "GOP/s" if precision == "int8" else "GFLOP/s"
 
 
 def _error(value):
@@ -108,7 +112,7 @@ def _lowp_table(result: dict, precision: str, threads: int, recs: list) -> list:
     lines = [f"**{_LOWP_TITLES[precision]}, {threads} thread{'s' * (threads > 1)}** "
              f"(% peak of one core's {peak_text})", "",
              f"| case | fastrnn {precision} | {peer} | ratio | fastrnn float32 | × float32 "
-             f"| GOP/s | % peak | error fastrnn | error {peer} |",
+             f"| {_unit(precision)} | % peak | error fastrnn | error {peer} |",
              "|---|" + "---:|" * 9]
     marked = False
     for rec in recs:
@@ -183,7 +187,7 @@ def format_report(result: dict) -> str:
     if lowp:
         lines += ["Reduced precision (inference, same weights and inputs): **ratio** = the "
                   "peer's median ÷ fastrnn's; **× float32** = fastrnn float32 ÷ fastrnn in "
-                  "this precision, same run; GOP/s counts the float32 table's FLOPs; "
+                  "this precision, same run; GFLOP/s (GOP/s) count the float32 table's FLOPs; "
                   "**% peak** is held to the instruction fastrnn's products run on at this "
                   "ISA level; **error** = max |y − y_float32| ÷ max |y_float32| against "
                   "fastrnn's float32 output.", ""]
