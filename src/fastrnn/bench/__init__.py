@@ -40,7 +40,8 @@ How it measures
   that kept more CPUs busy than asked for is reported (``cpu_per_wall`` in the JSON).
 * **Reduced precision** (``--precision``, default ``float32,bf16,int8``): beside the
   float32 tables, inference tables per thread count of fastrnn bf16 (``precision=
-  "bfloat16"`` on a bf16 pack) against PyTorch's bf16 autocast of the same ``nn.LSTM``,
+  "bfloat16"`` on a bf16 pack made once) against PyTorch's bf16 autocast of the same
+  ``nn.LSTM`` (autocast casts its float32 weights as a user's call does),
   and of fastrnn int8 (an int8 pack: per-row weight scales, activations quantized on the
   fly) against ONNX Runtime's ``quantize_dynamic`` of the same graph
   (``DynamicQuantizeLSTM``; ORT has no int8 GRU or RNN, so there its float32 operator
