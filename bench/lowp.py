@@ -15,9 +15,7 @@ marked so in the table. Peers that are not installed are skipped.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 
 import numpy as np
@@ -50,25 +48,19 @@ def _torch_entries(layer, cell, x, threads):
     return {"torch float32": f32, "torch bf16 autocast": bf16}
 
 
-def _ort_entries(layer, cell, x, threads, workdir):
+def _ort_entries(layer, cell, x, threads):
     try:
-        import onnx
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        from fastrnn.bench.peers import ort_quantize_dynamic, ort_session
     except ImportError:
         return {}
-    path = os.path.join(workdir, f"{cell}.onnx")
-    qpath = os.path.join(workdir, f"{cell}.int8.onnx")
-    fastrnn.onnx.export(layer, path)
-    quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
-    quantized = any(n.op_type.startswith("DynamicQuantize") for n in onnx.load(qpath).graph.node)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    exported = fastrnn.onnx.export(layer)
+    quantized, int8 = ort_quantize_dynamic(exported)
     entries = {}
-    for name, file in (("ort float32", path),
-                       ("ort int8" if quantized else "ort int8 (kept float32)", qpath)):
-        session = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+    for name, graph in (("ort float32", exported),
+                        ("ort int8" if int8 else "ort int8 (kept float32)", quantized)):
+        session = ort_session(graph, threads)
         feed = {session.get_inputs()[0].name: x}
         entries[name] = (lambda s=session, f=feed: s.run(None, f)[0])
     return entries
@@ -87,13 +79,13 @@ def _fastrnn_entries(layer, x):
             "fastrnn int8": lambda: run(low)}
 
 
-def bench_case(cell, shape, threads, repeats, workdir):
+def bench_case(cell, shape, threads, repeats):
     B, T, I, H = SHAPES[shape]
     layer = CLASSES[cell](I, H, seed=0)
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
     fastrnn.set_num_threads(threads)
     entries = {**_fastrnn_entries(layer, x), **_torch_entries(layer, cell, x, threads),
-               **_ort_entries(layer, cell, x, threads, workdir)}
+               **_ort_entries(layer, cell, x, threads)}
     reference = entries["fastrnn float32"]()
     errors = {name: float(np.abs(f() - reference).max()) for name, f in entries.items()}
     times = {name: [] for name in entries}
@@ -117,14 +109,13 @@ def main(argv=None):
           + ", ".join(f"{s} {SHAPES[s]}" for s in args.shapes.split(",")))
     print("\n| cell | shape | entry | ms | vs fastrnn f32 | max abs error vs float32 |")
     print("|---|---|---|---:|---:|---:|")
-    with tempfile.TemporaryDirectory() as workdir:
-        for cell in args.cells.split(","):
-            for shape in args.shapes.split(","):
-                results = bench_case(cell, shape, args.threads, args.repeats, workdir)
-                base = results["fastrnn float32"][0]
-                for name, (seconds, error) in results.items():
-                    print(f"| {cell} | {shape} | {name} | {seconds * 1e3:.2f} | "
-                          f"{base / seconds:.2f}x | {error:.1e} |")
+    for cell in args.cells.split(","):
+        for shape in args.shapes.split(","):
+            results = bench_case(cell, shape, args.threads, args.repeats)
+            base = results["fastrnn float32"][0]
+            for name, (seconds, error) in results.items():
+                print(f"| {cell} | {shape} | {name} | {seconds * 1e3:.2f} | "
+                      f"{base / seconds:.2f}x | {error:.1e} |")
 
 
 if __name__ == "__main__":

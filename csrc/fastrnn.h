@@ -306,6 +306,16 @@ FR_DECLARE_KERNELS(double, f64_avx512)
 #define fr_fma_peak_f32 FR_DISPATCH(fr_fma_peak_f32)
 #define fr_fma_peak_f64 FR_DISPATCH(fr_fma_peak_f64)
 
+/* The reduced-precision peaks (peak_lowp.c, built once): `iterations` rounds of
+ * register-only dot products of one instruction; returns the operations done (2 per pair),
+ * -1 when this CPU (or build) lacks the instruction, -2 for an unknown kind. */
+#define FR_LOWP_PEAK_BF16_AVX512 0      /* vdpbf16ps zmm */
+#define FR_LOWP_PEAK_INT8_AVX512_VNNI 1 /* vpdpbusd zmm */
+#define FR_LOWP_PEAK_INT8_AVX_VNNI 2    /* vpdpbusd ymm (VEX, AVX-VNNI) */
+#define FR_LOWP_PEAK_INT8_AVX2 3        /* vpmaddubsw + vpmaddwd + vpaddd */
+#define FR_LOWP_PEAK_KINDS 4
+int64_t fr_lowp_peak(int kind, int64_t iterations, int32_t *sink);
+
 /* The bf16 pack (float32 kernels only): bytes for (cell, I, H), and the pack of w_ih
  * (G*H, I) and w_hh (G*H, H) written to dst (64-byte aligned). Returns 0 or FR_ERR_NOMEM. */
 #define FR_DECLARE_BF16_PACK(sfx)                                                          \

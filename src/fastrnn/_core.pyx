@@ -6,7 +6,7 @@ C-contiguous, flattened to 1-D, one dtype (float32 or float64) for all of them, 
 None where the C API accepts NULL. The GIL is released around every kernel.
 """
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
@@ -468,6 +468,28 @@ def fma_peak_flops(int64_t iterations, bint double=False):
         else:
             flops = fr_fma_peak_f32(iterations, &sink32)
     return flops
+
+
+cdef extern from "fastrnn.h":
+    int64_t fr_lowp_peak(int kind, int64_t iterations, int32_t *sink) nogil
+
+LOWP_PEAK_KINDS = ("bf16_avx512", "int8_avx512_vnni", "int8_avx_vnni", "int8_avx2")
+
+
+def lowp_peak_ops(str kind, int64_t iterations):
+    """Run ``iterations`` rounds of register-only dot products of one reduced-precision
+    instruction (csrc/peak_lowp.c; ``kind`` one of LOWP_PEAK_KINDS), GIL released; returns
+    the operations done (2 per multiplied pair), or None when this CPU lacks it."""
+    if kind not in LOWP_PEAK_KINDS:
+        raise ValueError(f"kind must be one of {LOWP_PEAK_KINDS}, got {kind!r}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    cdef int code = LOWP_PEAK_KINDS.index(kind)
+    cdef int32_t sink
+    cdef int64_t ops
+    with nogil:
+        ops = fr_lowp_peak(code, iterations, &sink)
+    return None if ops < 0 else ops
 
 
 cdef extern from "threads.h":

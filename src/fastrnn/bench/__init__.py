@@ -38,6 +38,19 @@ How it measures
   times its own calls; the main process waits meanwhile, so the interleaving is kept and
   the IPC is not timed. Every sample also records process CPU time / wall time; an entry
   that kept more CPUs busy than asked for is reported (``cpu_per_wall`` in the JSON).
+* **Reduced precision** (``--precision``, default ``float32,bf16,int8``): beside the
+  float32 tables, inference tables per thread count of fastrnn bf16 (``precision=
+  "bfloat16"`` on a bf16 pack made once) against PyTorch's bf16 autocast of the same
+  ``nn.LSTM`` (autocast casts its float32 weights as a user's call does),
+  and of fastrnn int8 (an int8 pack: per-row weight scales, activations quantized on the
+  fly) against ONNX Runtime's ``quantize_dynamic`` of the same graph
+  (``DynamicQuantizeLSTM``; ORT has no int8 GRU or RNN, so there its float32 operator
+  runs, marked †). Same problems, same interleaved sampling; each table shows fastrnn's
+  float32 time of the same run, every entry's error against fastrnn's float32 output
+  (max |y - y32| / max |y32|), and **% peak** against the instruction fastrnn's products
+  run on: ``vdpbf16ps`` / ``vpdpbusd`` (``csrc/peak_lowp.c``, measured where the CPU has
+  them, beside AVX-VNNI's and AVX2's int8 sequences), or the float32 FMA peak where the
+  ISA level runs reduced precision on the float32 microkernel.
 * **Memory** (``train`` cases, fastrnn and torch, 1 thread): each measurement runs in a
   fresh process. It builds the inputs and weights, warms the library up on a tiny problem,
   resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` <- 5, so ``VmHWM`` =
@@ -48,12 +61,14 @@ How it measures
   baseline are not counted, in either library.
 """
 from .cli import add_arguments, main, run
-from .grid import CELLS, ENTRIES, MODES, PEERS, SHAPES, Case, Problem, make_cases, make_problem
+from .grid import (CELLS, ENTRIES, LOWP_PEERS, MODES, PEERS, PRECISIONS, SHAPES, Case, Problem,
+                   case_entries, make_cases, make_problem)
 from .measure import Settings, measure_case, run_grid, sgemm_peak
 from .memory import measure_memory, run_memory
-from .peak import fma_peak_gflops
+from .peak import LOWP_INSTRUCTIONS, fma_peak_gflops, lowp_peak_gops, lowp_peaks, matching_peak
 from .peers import PEER_FACTORIES, FastrnnPeer, Peer, Runner, available_entries
 from .report import format_report, summarize, write_chart
 
 __all__ = ["Case", "Settings", "SHAPES", "CELLS", "PEERS", "make_cases", "run_grid",
-           "format_report", "add_arguments", "run", "main", "fma_peak_gflops"]
+           "format_report", "add_arguments", "run", "main", "fma_peak_gflops", "PRECISIONS",
+           "lowp_peak_gops", "matching_peak"]

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .grid import CELLS, ENTRIES, MODES, SHAPES, make_cases
+from .grid import CELLS, ENTRIES, MODES, PRECISIONS, SHAPES, make_cases
 from .measure import Settings, run_grid
 from .memory import run_memory
 from .peers import available_entries
@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="forward (inference) and/or train (forward+backward)")
     parser.add_argument("--threads", type=_threads, default=[1, 2],
                         help="comma-separated thread counts (default: 1,2)")
+    parser.add_argument("--precision", type=_csv(PRECISIONS), default=list(PRECISIONS),
+                        help="comma-separated precisions (default: float32,bf16,int8): bf16 "
+                             "and int8 add inference tables, fastrnn vs PyTorch bf16 "
+                             "autocast and vs ONNX Runtime quantize_dynamic")
     parser.add_argument("--entries", type=_csv(ENTRIES), default=list(ENTRIES),
                         help="what to time (default: all importable of " + ",".join(ENTRIES) + ")")
     parser.add_argument("--quick", action="store_true",
@@ -73,7 +77,7 @@ def run(args) -> int:
     if "fastrnn" not in entries:
         print("fastrnn's C extension is not importable: build it with `pip install -e .`")
         return 1
-    cases = make_cases(args.cells, args.shapes, args.modes, args.threads)
+    cases = make_cases(args.cells, args.shapes, args.modes, args.threads, args.precision)
     start = time.perf_counter()
     result = run_grid(cases, entries, settings)
     if settings.memory and "train" in args.modes:

@@ -37,6 +37,20 @@ CELLS = {
 PEERS = ("torch", "onnxruntime", "jax")          # what the ratio is taken against
 ENTRIES = ("fastrnn", "reference") + PEERS + ("sgemm",)
 
+# Reduced precision (inference only): fastrnn in that precision against the peer's own
+# mode of it -- PyTorch bf16 autocast; ONNX Runtime quantize_dynamic (DynamicQuantizeLSTM;
+# ORT has no int8 GRU/RNN, there it runs its float32 operator, marked in the table).
+PRECISIONS = ("float32", "bf16", "int8")
+LOWP_PEERS = {"bf16": ("torch",), "int8": ("onnxruntime",)}
+
+
+def case_entries(entries, precision: str):
+    """The entries that run a case of ``precision``: all of them in float32; fastrnn and
+    that precision's peer otherwise."""
+    if precision == "float32":
+        return list(entries)
+    return [e for e in entries if e == "fastrnn" or e in LOWP_PEERS[precision]]
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -48,10 +62,11 @@ class Case:
     T: int
     I: int
     H: int
+    precision: str = "float32"   # "bf16" / "int8": reduced-precision inference
 
     @classmethod
-    def of(cls, cell, shape, mode, threads, dims=None):
-        return cls(cell, shape, mode, threads, *(dims or SHAPES[shape]))
+    def of(cls, cell, shape, mode, threads, dims=None, precision="float32"):
+        return cls(cell, shape, mode, threads, *(dims or SHAPES[shape]), precision)
 
     @property
     def streaming(self) -> bool:
@@ -64,13 +79,16 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.cell}-{self.shape}-{self.mode}-{self.threads}t"
+        tail = "" if self.precision == "float32" else f"-{self.precision}"
+        return f"{self.cell}-{self.shape}-{self.mode}-{self.threads}t{tail}"
 
 
-def make_cases(cells, shapes, modes, threads):
-    """The grid, thread count outermost. The streaming step is forward-only."""
-    return [Case.of(c, s, m, n) for n in threads for m in modes for c in cells for s in shapes
-            if not (s == "step" and m == "train")]
+def make_cases(cells, shapes, modes, threads, precisions=("float32",)):
+    """The grid, thread count outermost, then precision. The streaming step is
+    forward-only; so are the reduced precisions (inference)."""
+    return [Case.of(c, s, m, n, precision=p) for n in threads for p in precisions
+            for m in modes for c in cells for s in shapes
+            if not ((s == "step" or p != "float32") and m == "train")]
 
 
 @dataclasses.dataclass

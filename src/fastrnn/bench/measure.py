@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from .grid import Case, make_problem
-from .peak import fma_peak_gflops
+from .grid import Case, case_entries, make_problem
+from .peak import fma_peak_gflops, lowp_peaks
 from .peers import PEER_FACTORIES, Runner, _isolated, limit_threads
 from .workers import RemotePeer
 
@@ -30,7 +30,8 @@ class Settings:
         return cls(rounds=2, sample_s=0.01, max_call_s=0.2, **kw)
 
 
-def _max_rel_error(a: dict, b: dict):
+def max_rel_error(a: dict, b: dict):
+    """max |a - b| / max |b| over the outputs both hold (inf on a shape mismatch)."""
     errors = [float(np.abs(a[k] - b[k]).max() / max(float(np.abs(b[k]).max()), 1e-30))
               for k in b if k in a and a[k].shape == b[k].shape]
     shape_mismatch = [k for k in b if k in a and a[k].shape != b[k].shape]
@@ -39,13 +40,24 @@ def _max_rel_error(a: dict, b: dict):
     return max(errors) if errors else None
 
 
+_max_rel_error = max_rel_error
+
+
 def _flagged(record: dict, tolerance: float = 1e-3) -> set:
-    """Entries whose outputs differ from fastrnn's by more than ``tolerance`` (relative)."""
+    """Entries whose outputs differ from fastrnn's by more than ``tolerance`` (relative).
+    Reduced-precision cases are not flagged: their error against float32 is reported."""
+    if record["case"].get("precision", "float32") != "float32":
+        return set()
     return {n for n, e in record["max_rel_error"].items() if e is not None and not e <= tolerance}
 
 
-def measure_case(case: Case, runners: dict, settings: Settings, log=print) -> dict:
-    """Interleaved samples of each runner on ``case``; returns a result record."""
+def measure_case(case: Case, runners: dict, settings: Settings, log=print,
+                 reference: dict | None = None) -> dict:
+    """Interleaved samples of each runner on ``case``; returns a result record.
+
+    ``reference``: the float32 outputs of the case (a reduced-precision case), against
+    which every entry's error is recorded (``error_vs_float32``, max |y - y32| / max |y32|).
+    """
     gc.collect()
     outputs, calls, rounds = {}, {}, {}
     for name, runner in runners.items():
@@ -79,6 +91,12 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print) -> di
               "median_s": {n: statistics.median(s) for n, s in samples.items()},
               "samples_s": samples, "calls_per_sample": calls, "max_rel_error": errors,
               "cpu_per_wall": busy}
+    notes = {n: r.note for n, r in runners.items() if getattr(r, "note", None)}
+    if notes:
+        record["notes"] = notes
+    if reference is not None:
+        record["error_vs_float32"] = {n: _max_rel_error(out, reference)
+                                      for n, out in outputs.items()}
     medians = ", ".join(f"{n} {m * 1e3:.3g}" for n, m in record["median_s"].items())
     log(f"  {case.label:28s} ms: {medians}")
     for name in sorted(_flagged(record)):
@@ -107,6 +125,9 @@ def run_grid(cases, entries, settings: Settings, log=print) -> dict:
     limit_threads(1)
     core_peak, isa = fma_peak_gflops("float32")
     log(f"one core's float32 multiply-add peak ({isa}): {core_peak:.1f} GFLOP/s")
+    low_peaks = lowp_peaks() if any(c.precision != "float32" for c in cases) else {}
+    for kind, value in low_peaks.items():
+        log(f"one core's {kind} dot-product peak: {value:.1f} GOP/s")
     for threads in dict.fromkeys(c.threads for c in cases):
         limit_threads(threads)
         for peer in local.values():
@@ -119,17 +140,27 @@ def run_grid(cases, entries, settings: Settings, log=print) -> dict:
             for case in (c for c in cases if c.threads == threads):
                 problem = make_problem(case, settings.seed)
                 runners = {}
-                for name in entries:                 # keep the entry order stable
+                for name in case_entries(entries, case.precision):   # stable order
                     peer = remote.get(name) or local[name]
                     runner = peer.make(case, problem)
                     if runner is not None:
                         runners[name] = runner
-                records.append(measure_case(case, runners, settings, log))
+                records.append(measure_case(case, runners, settings, log,
+                                            _float32_outputs(case, problem, local)))
                 del runners
         finally:
             for peer in remote.values():
                 peer.close()
     return {"records": records, "sgemm_peak_gflops": peaks,
-            "fma_peak_gflops": {"float32": core_peak, "isa": isa}}
+            "fma_peak_gflops": {"float32": core_peak, "isa": isa},
+            "lowp_peak_gops": low_peaks}
+
+
+def _float32_outputs(case: Case, problem, local: dict):
+    """fastrnn's float32 outputs of a reduced-precision case (None for a float32 one)."""
+    if case.precision == "float32" or "fastrnn" not in local:
+        return None
+    full = dataclasses.replace(case, precision="float32")
+    return local["fastrnn"].make(full, problem).check()[0]
 
 

@@ -22,9 +22,11 @@ class Runner:
     layout); streaming step ``h`` (one step from zero state).
     """
 
-    def __init__(self, call: Callable[[], object], outputs: Callable[[], dict]):
+    def __init__(self, call: Callable[[], object], outputs: Callable[[], dict],
+                 note: str | None = None):
         self.call = call
         self.outputs = outputs
+        self.note = note          # shown beside the entry's time (what it really ran)
 
     def time(self, k: int) -> tuple[float, float]:
         """Wall and process CPU seconds for ``k`` back-to-back calls."""
@@ -42,10 +44,12 @@ class Runner:
 
 
 class Peer:
-    """Runner factories of one library: ``forward``, ``train`` and ``step`` per case.
+    """Runner factories of one library: ``forward``, ``train`` and ``step`` per case, and
+    for a reduced precision ``forward_bf16``, ``step_int8``, ...
 
-    A factory returns None when the library cannot do that mode. ``isolated`` peers run in
-    a worker process per thread count (their thread setup is fixed at import).
+    A factory returns None (or is absent) when the library cannot do that mode or
+    precision. ``isolated`` peers run in a worker process per thread count (their thread
+    setup is fixed at import).
     """
     isolated = False
 
@@ -54,7 +58,10 @@ class Peer:
 
     def make(self, case: Case, problem: Problem):
         kind = "step" if case.streaming else case.mode
-        return getattr(self, kind)(case, problem)
+        if case.precision != "float32":
+            kind += "_" + case.precision
+        factory = getattr(self, kind, None)
+        return factory(case, problem) if factory else None
 
     def forward(self, case, p):
         return None
@@ -125,6 +132,37 @@ class FastrnnPeer(Peer):
 
         return Runner(call, lambda: {"h": fwd(x_t, *zeros, *p.weights, training=False)[1]})
 
+    # -- reduced precision: the ops on a bf16 / int8 pack made once; step on the layer ---
+    _PRECISION = {"bf16": "bfloat16", "int8": "int8"}
+
+    def _lowp_forward(self, case, p):
+        if self.module != "fastrnn.ops":
+            return None
+        fwd, _, n = self._functions(case)
+        precision = self._PRECISION[case.precision]
+        packs = self.api.pack_weights(case.cell, p.w_hh, w_ih=p.w_ih, backward=False,
+                                      precision=precision)
+        call = lambda: fwd(p.x, *[None] * n, *p.weights, training=False,  # noqa: E731
+                           packs=packs, precision=precision)[0]
+        return Runner(call, lambda: {"y": call()})
+
+    def _lowp_step(self, case, p):
+        layer = self._layer(case, p)
+        if layer is None:
+            return None
+        if case.precision == "bf16":
+            layer.to("bfloat16")
+        else:
+            layer = self.fastrnn.quantize_dynamic(layer)
+        state = [None]
+
+        def call():
+            state[0] = layer.step(p.x[0], state[0])[1]
+        return Runner(call, lambda: {"h": layer.step(p.x[0], None)[0]})
+
+    forward_bf16 = forward_int8 = _lowp_forward
+    step_bf16 = step_int8 = _lowp_step
+
     def _layer(self, case, p):
         """An eval-mode ``fastrnn.nn.recurrent`` layer holding the weights (C backend only)."""
         if self.module != "fastrnn.ops":
@@ -166,7 +204,7 @@ class TorchPeer(Peer):
         def call():
             with torch.inference_mode():
                 return m(x)[0]
-        return Runner(call, lambda: {"y": call().numpy()})
+        return Runner(call, lambda: {"y": call().float().numpy()})
 
     def train(self, case, p):
         m = self._module(case, p)
@@ -201,8 +239,25 @@ class TorchPeer(Peer):
 
         def outputs():
             out = one(zeros if lstm else zeros[0])
-            return {"h": (out[0] if lstm else out).numpy()}
+            return {"h": (out[0] if lstm else out).float().numpy()}
         return Runner(call, outputs)
+
+    # -- bf16: the float32 modules under CPU autocast (what a PyTorch user does) ------
+    def _autocast(self, runner):
+        torch, call, outputs = self.torch, runner.call, runner.outputs
+
+        def wrapped(f):
+            def run():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return f()
+            return run
+        return Runner(wrapped(call), wrapped(outputs))
+
+    def forward_bf16(self, case, p):
+        return self._autocast(self.forward(case, p))
+
+    def step_bf16(self, case, p):
+        return self._autocast(self.step(case, p))
 
 
 class OnnxRuntimePeer(Peer):
@@ -217,7 +272,9 @@ class OnnxRuntimePeer(Peer):
     def set_threads(self, n):
         self.threads = n          # ONNX Runtime takes it per session
 
-    def _session(self, case, p, with_state):
+    def _session(self, case, p, with_state, int8=False):
+        """(an inference session of the cell's operator -- with ``int8``, after ONNX
+        Runtime's ``quantize_dynamic`` --, a note when ORT kept the operator float32)."""
         from onnx import TensorProto, helper, numpy_helper
         cell = CELLS[case.cell]
         H = case.H
@@ -244,21 +301,21 @@ class OnnxRuntimePeer(Peer):
             initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        options = self.ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-        return self.ort.InferenceSession(model.SerializeToString(), options,
-                                         providers=["CPUExecutionProvider"])
+        note = None
+        if int8:
+            model, quantized = ort_quantize_dynamic(model)
+            note = None if quantized else f"float32: ORT has no int8 {cell.name.upper()}"
+        return ort_session(model, self.threads), note
 
-    def forward(self, case, p):
-        session, feeds = self._session(case, p, with_state=False), {"X": p.x}
+    def forward(self, case, p, int8=False):
+        session, note = self._session(case, p, with_state=False, int8=int8)
+        feeds = {"X": p.x}
         call = lambda: session.run(["Y"], feeds)[0]  # noqa: E731
-        return Runner(call, lambda: {"y": call()[:, 0]})
+        return Runner(call, lambda: {"y": call()[:, 0]}, note)
 
-    def step(self, case, p):
+    def step(self, case, p, int8=False):
         n = CELLS[case.cell].states
-        session = self._session(case, p, with_state=True)
+        session, note = self._session(case, p, with_state=True, int8=int8)
         names = ["initial_h", "initial_c"][:n]
         state_outputs = ["Y_h", "Y_c"][:n]
         zeros = [np.zeros((1, 1, case.H), np.float32)] * n
@@ -269,7 +326,48 @@ class OnnxRuntimePeer(Peer):
 
         def outputs():
             return {"h": session.run(["Y_h"], {"X": p.x[:1], **dict(zip(names, zeros))})[0][0]}
-        return Runner(call, outputs)
+        return Runner(call, outputs, note)
+
+    def forward_int8(self, case, p):
+        return self.forward(case, p, int8=True)
+
+    def step_int8(self, case, p):
+        return self.step(case, p, int8=True)
+
+
+def ort_session(model, threads: int = 1):
+    """An ONNX Runtime CPU session of ``model`` (a ModelProto or a path): ``threads``
+    intra-op threads, one inter-op, sequential execution."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def ort_quantize_dynamic(model):
+    """ONNX Runtime's ``quantize_dynamic`` of ``model`` (a ModelProto; QInt8 weights), as an
+    ONNX Runtime user runs it: returns the quantized ModelProto and whether a recurrent
+    operator became int8 (LSTM -> DynamicQuantizeLSTM; ORT has no int8 GRU or RNN and
+    keeps those float32; MatMul / Gemm heads are quantized either way)."""
+    import logging
+    import os
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as folder:
+        src, dst = os.path.join(folder, "f32.onnx"), os.path.join(folder, "int8.onnx")
+        onnx.save(model, src)
+        logging.disable(logging.WARNING)       # "consider pre-processing": not needed
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        model = onnx.load(dst)
+    return model, any(n.op_type == "DynamicQuantizeLSTM" for n in model.graph.node)
 
 
 class JaxPeer(Peer):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import PEERS
+from .grid import LOWP_PEERS, PEERS, PRECISIONS
 from .measure import _flagged
+from .peak import LOWP_INSTRUCTIONS, matching_peak
 
 
 # --------------------------------------------------------------------------- report
@@ -27,7 +28,8 @@ def summarize(record: dict, core_peak: float | None = None) -> dict:
     given one core's FMA peak (GFLOP/s), its share of ``threads`` x that peak."""
     med = record["median_s"]
     fast = med.get("fastrnn")
-    peers = {p: med[p] for p in PEERS if p in med}
+    precision = record["case"].get("precision", "float32")
+    peers = {p: med[p] for p in LOWP_PEERS.get(precision, PEERS) if p in med}
     out = {"ratio": None, "fastest_peer": None, "gflops": None, "sgemm_share": None,
            "peak_share": None}
     if fast:
@@ -72,8 +74,72 @@ def _peak_text(result: dict) -> str:
     return f"{peak['float32']:.1f} GFLOP/s ({peak.get('isa', '?')})"
 
 
+def _precision_of(record: dict) -> str:
+    return record["case"].get("precision", "float32")
+
+
+def _lowp_peak(result: dict, precision: str):
+    """(GOP/s of one core, its description) that ``precision``'s products are held to."""
+    fma = result.get("fma_peak_gflops") or {}
+    kind = matching_peak(precision, fma.get("isa", "?"))
+    value = (result.get("lowp_peak_gops") or {}).get(kind)
+    if kind != "float32" and value:
+        return value, f"{LOWP_INSTRUCTIONS[kind]}: {value:.1f} {_unit(precision)}"
+    if fma.get("float32"):      # products on the float32 microkernel at this ISA level
+        return fma["float32"], f"float32 FMA ({fma.get('isa', '?')}): {fma['float32']:.1f} GFLOP/s"
+    return None, "not measured"
+
+
+_LOWP_TITLES = {"bf16": "bf16 inference: fastrnn bf16 vs PyTorch bf16 autocast",
+                "int8": "int8 inference: fastrnn int8 vs ONNX Runtime quantize_dynamic"}
+
+
+def _unit(precision: str) -> str:
+    return "GOP/s" if precision == "int8" else "GFLOP/s"
+
+
+def _error(value):
+    return "–" if value is None else f"{value:.1e}"
+
+
+def _lowp_table(result: dict, precision: str, threads: int, recs: list) -> list:
+    """The markdown lines of one reduced-precision table (see format_report)."""
+    peak, peak_text = _lowp_peak(result, precision)
+    (peer,) = LOWP_PEERS[precision]
+    float32 = {(r["case"]["cell"], r["case"]["shape"], r["case"]["threads"]): r
+               for r in result["records"] if _precision_of(r) == "float32"
+               and r["case"]["mode"] == "forward"}
+    lines = [f"**{_LOWP_TITLES[precision]}, {threads} thread{'s' * (threads > 1)}** "
+             f"(% peak of one core's {peak_text})", "",
+             f"| case | fastrnn {precision} | {peer} | ratio | fastrnn float32 | × float32 "
+             f"| {_unit(precision)} | % peak | error fastrnn | error {peer} |",
+             "|---|" + "---:|" * 9]
+    marked = False
+    for rec in recs:
+        c, med = rec["case"], rec["median_s"]
+        s = summarize(rec, peak)
+        note = (rec.get("notes") or {}).get(peer)
+        marked |= bool(note)
+        full = float32.get((c["cell"], c["shape"], c["threads"]), {}).get("median_s", {})
+        base = full.get("fastrnn")
+        errors = rec.get("error_vs_float32") or {}
+        cells = [_ms(med.get("fastrnn")), _ms(med.get(peer)) + (" †" if note else ""),
+                 f"{s['ratio']:.2f}" if s["ratio"] else "–", _ms(base),
+                 f"{base / med['fastrnn']:.2f}" if base and med.get("fastrnn") else "–",
+                 f"{s['gflops']:.1f}" if s["gflops"] else "–",
+                 f"{100 * s['peak_share']:.0f}%" if s["peak_share"] else "–",
+                 _error(errors.get("fastrnn")), _error(errors.get(peer))]
+        lines.append(f"| {c['cell'].upper()} {c['shape']} | " + " | ".join(cells) + " |")
+    if marked:
+        lines += ["", "†: ONNX Runtime has no int8 operator for this cell (quantize_dynamic "
+                      "keeps it float32): its float32 operator ran."]
+    return lines + [""]
+
+
 def format_report(result: dict) -> str:
-    """Markdown: one table per (mode, threads), then the memory table."""
+    """Markdown: one table per (mode, threads), then per reduced precision and threads
+    (fastrnn against that precision's peer, fastrnn's float32 time of the same run beside
+    it, % of the matching peak, errors against float32), then the memory table."""
     records, entries = result["records"], result["entries"]
     env, core_peak = result["environment"], _core_peak(result)
     lines = [f"fastrnn benchmark — {env['cpu']}, {env['cpus']} CPUs; "
@@ -89,11 +155,15 @@ def format_report(result: dict) -> str:
              + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.1f} GFLOP/s"
                          for t, g in result["sgemm_peak_gflops"].items()) + ".",
              ""]
-    groups = {}
+    groups, lowp = {}, {}
     for rec in records:
-        c = rec["case"]
-        groups.setdefault((c["mode"], c["threads"]), []).append(rec)
-    cols = [e for e in entries if any(e in r["median_s"] for r in records)]
+        c, precision = rec["case"], _precision_of(rec)
+        if precision == "float32":
+            groups.setdefault((c["mode"], c["threads"]), []).append(rec)
+        else:
+            lowp.setdefault((precision, c["threads"]), []).append(rec)
+    cols = [e for e in entries if any(e in r["median_s"] for r in records
+                                      if _precision_of(r) == "float32")]
     any_flagged = False
     for (mode, threads), recs in groups.items():
         title = "forward (inference)" if mode == "forward" else "forward + backward (training)"
@@ -114,6 +184,16 @@ def format_report(result: dict) -> str:
         lines.append("")
     if any_flagged:
         lines += ["⚠: output differs from fastrnn's by more than 1e-3 (relative).", ""]
+    if lowp:
+        lines += ["Reduced precision (inference, same weights and inputs): **ratio** = the "
+                  "peer's median ÷ fastrnn's; **× float32** = fastrnn float32 ÷ fastrnn in "
+                  "this precision, same run; GFLOP/s (GOP/s) count the float32 table's FLOPs; "
+                  "**% peak** is held to the instruction fastrnn's products run on at this "
+                  "ISA level; **error** = max |y − y_float32| ÷ max |y_float32| against "
+                  "fastrnn's float32 output.", ""]
+    for (precision, threads), recs in sorted(lowp.items(),
+                                             key=lambda kv: (PRECISIONS.index(kv[0][0]), kv[0][1])):
+        lines += _lowp_table(result, precision, threads, recs)
     memory = result.get("memory") or []
     if memory:
         lines += ["**Peak extra memory of one training forward+backward** (MB, 1 thread, "
@@ -144,13 +224,15 @@ def write_chart(result: dict, path: Path, log=print):
     for rec in result["records"]:
         s = summarize(rec)
         if s["ratio"]:
-            groups.setdefault((rec["case"]["mode"], rec["case"]["threads"]), []).append((rec, s))
+            key = (rec["case"]["mode"], rec["case"]["threads"], _precision_of(rec))
+            groups.setdefault(key, []).append((rec, s))
     if not groups:
         return None
     colors = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.8 * len(groups)), squeeze=False)
-    for ax, ((mode, threads), items) in zip(axes[:, 0], groups.items()):
-        labels = [f"{r['case']['cell']}\n{r['case']['shape']}" for r, _ in items]
+    for ax, ((mode, threads, precision), items) in zip(axes[:, 0], groups.items()):
+        labels = [f"{r['case']['cell']}{' †' if r.get('notes') else ''}\n{r['case']['shape']}"
+                  for r, _ in items]
         ratios = [s["ratio"] for _, s in items]
         ax.bar(range(len(items)), ratios, color=[colors[r["case"]["cell"]] for r, _ in items])
         ax.axhline(1.0, color="black", linewidth=0.8)
@@ -159,7 +241,10 @@ def write_chart(result: dict, path: Path, log=print):
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(items)), labels, fontsize=7)
         ax.set_ylabel("fastest peer / fastrnn")
-        ax.set_title(f"{mode}, {threads} thread{'s' * (threads > 1)} (> 1: fastrnn faster)",
+        what = mode if precision == "float32" else f"{precision} {mode}"
+        if any(r.get("notes") for r, _ in items):
+            what += " (†: the peer ran float32)"
+        ax.set_title(f"{what}, {threads} thread{'s' * (threads > 1)} (> 1: fastrnn faster)",
                      fontsize=9)
         for i, v in enumerate(ratios):
             ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=7)
