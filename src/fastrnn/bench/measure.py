@@ -21,13 +21,16 @@ class Settings:
     rounds: int = 5            # round-robin samples per entry
     sample_s: float = 0.04     # target duration of one sample (k back-to-back calls)
     max_call_s: float = 1.0    # an entry slower than this per call gets 1 sample
-    settle_s: float = 0.002    # pause before each sample
+    # pause before each sample: OpenBLAS's idle threads spin ~50 ms after a threaded call
+    # (the numpy reference's and sgemm's), torch's OpenMP and ONNX Runtime's pools a few
+    # ms; each entry starts with the others' threads parked, not on a core they spin on
+    settle_s: float = 0.06
     seed: int = 0
     memory: bool = True
 
     @classmethod
     def quick(cls, **kw):
-        return cls(rounds=2, sample_s=0.01, max_call_s=0.2, **kw)
+        return cls(rounds=2, sample_s=0.01, max_call_s=0.2, settle_s=0.01, **kw)
 
 
 def max_rel_error(a: dict, b: dict):
