@@ -3,7 +3,8 @@
  * The Cython module takes sgemm/dgemm from scipy.linalg.cython_blas and hands the
  * pointers to fr_set_blas() once at import, so there is no system BLAS and no extra
  * shared library to find at run time. BLAS is column-major: the row-major product
- * C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T.
+ * C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T, in blocks of
+ * rows on our own threads (fr_gemm_blocks, blas.c).
  */
 #ifndef FASTRNN_BLAS_H
 #define FASTRNN_BLAS_H
@@ -22,12 +23,6 @@ extern fr_dgemm_fn fr_dgemm;
 
 /* Called once at import by fastrnn._core. */
 void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm);
-
-#ifdef FR_F64
-#define FR_BLAS_GEMM fr_dgemm
-#else
-#define FR_BLAS_GEMM fr_sgemm
-#endif
 
 /* Row-major C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C, of doubles when
  * `f64`, else of floats (alpha, beta point to one of the same type). C is computed in fixed

@@ -421,7 +421,7 @@ int FR_FN(gru_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
                               s.gates, s.extra, h_mask, tmp,  rec, lengths, reset_after, 0,
                               T,       B,       H};
     for (ptrdiff_t t_hi = T; t_hi > 0; t_hi = loop.t_lo) {
-        loop.t_lo = t_hi > steps ? t_hi - steps : 0;
+        loop.t_lo = fr_chunk_first(t_hi, steps);
         loop.t_hi = t_hi;
         fr_for_row_blocks(B, 1, gru_backward_rows, &loop);
         gru_chunk_grads(dx, dw_ih, dw_hh, db_ih, db_hh, &loop, x, w_ih, hm, I);

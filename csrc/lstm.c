@@ -396,15 +396,11 @@ static void lstm_proj_step_backward(real *dhs_t, real *dh, const real *dy_t,
 
 /* After a chunk of the time loop (steps [t0, t0 + T)), the projection's gradient:
  *   dw_hr (P, H) += sum_{t,b} dhs[t, b]^T m_t[b],   m_t = o * tanh(c_t)
- * dhs (T, B, P), gates (T, B, 4H), tanh_c (T, B, H) the chunk's; m rebuilt from the saved
- * gates (0 past a length, whose dhs is 0 and saved values unset). Returns 0 or
- * FR_ERR_NOMEM. */
-static int lstm_projection_grads(real *dw_hr, const real *dhs, const real *gates,
-                                 const real *tanh_c, const int64_t *lengths, ptrdiff_t t0,
-                                 ptrdiff_t T, ptrdiff_t B, ptrdiff_t H, ptrdiff_t P) {
-    real *m = FR_FN(alloc)(T * B * H); /* (T*B, H) */
-    if (!m)
-        return FR_ERR_NOMEM;
+ * dhs (T, B, P), gates (T, B, 4H), tanh_c (T, B, H) the chunk's; m (T*B, H), a workspace,
+ * rebuilt from the saved gates (0 past a length, whose dhs is 0 and saved values unset). */
+static void lstm_projection_grads(real *dw_hr, real *m, const real *dhs, const real *gates,
+                                  const real *tanh_c, const int64_t *lengths, ptrdiff_t t0,
+                                  ptrdiff_t T, ptrdiff_t B, ptrdiff_t H, ptrdiff_t P) {
     for (ptrdiff_t s = 0; s < T; s++)
         for (ptrdiff_t b = 0; b < B; b++) {
             real *restrict m_tb = m + (s * B + b) * H;
@@ -414,8 +410,6 @@ static int lstm_projection_grads(real *dw_hr, const real *dhs, const real *gates
                 m_tb[j] = fr_step_valid(lengths, t0 + s, b) ? o[j] * tc[j] : 0;
         }
     FR_FN(gemm)(1, 0, P, H, T * B, 1, dhs, P, m, H, 1, dw_hr, H);
-    free(m);
-    return FR_OK;
 }
 
 /* What the backward time loop reads and writes, for any block of rows. */
@@ -470,12 +464,12 @@ typedef struct {
     real *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_p, *dw_hr; /* dw_p, dw_hr: NULL to skip */
     const real *x, *y, *h0;                             /* (T, B, I), (T, B, P), (B, P) */
     real *hm;                                           /* (steps, B, P) if masked */
+    real *m;                                            /* (steps, B, H) if projected */
     ptrdiff_t I;
 } lstm_weight_grads;
 
-/* After the chunk [a->t_lo, a->t_hi) of the time loop: its share of every weight gradient.
- * Returns 0 or FR_ERR_NOMEM. */
-static int lstm_chunk_grads(const lstm_weight_grads *w, const lstm_backward_loop *a) {
+/* After the chunk [a->t_lo, a->t_hi) of the time loop: its share of every weight gradient. */
+static void lstm_chunk_grads(const lstm_weight_grads *w, const lstm_backward_loop *a) {
     const ptrdiff_t t0 = a->t_lo, n = a->t_hi - a->t_lo, B = a->B, H = a->H, P = a->P;
     if (w->dw_p && a->w_p)
         lstm_peephole_grads(w->dw_p, a->dG, a->c + t0 * B * H,
@@ -484,9 +478,8 @@ static int lstm_chunk_grads(const lstm_weight_grads *w, const lstm_backward_loop
                         t0 > 0 ? w->y + (t0 - 1) * B * P : w->h0, w->y + t0 * B * P, a->mask,
                         w->hm, n, B, w->I, P, 4 * H);
     if (w->dw_hr && a->proj)
-        return lstm_projection_grads(w->dw_hr, a->dhs, a->gates + t0 * B * 4 * H,
-                                     a->tanh_c + t0 * B * H, a->lengths, t0, n, B, H, P);
-    return FR_OK;
+        lstm_projection_grads(w->dw_hr, w->m, a->dhs, a->gates + t0 * B * 4 * H,
+                              a->tanh_c + t0 * B * H, a->lengths, t0, n, B, H, P);
 }
 
 int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_hh,
@@ -502,12 +495,13 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
     real *tmp = h_mask ? FR_FN(alloc)(B * P) : NULL;       /* (B, P) */
     real *hm = h_mask ? FR_FN(alloc)(steps * B * P) : NULL; /* (steps, B, P) h_{t-1} * mask */
     real *dhs = w_hr ? FR_FN(alloc)(steps * B * P) : NULL; /* (steps, B, P) */
+    real *m = w_hr ? FR_FN(alloc)(steps * B * H) : NULL;   /* (steps, B, H) m_t rebuilt */
     real *dm = w_hr ? FR_FN(alloc)(B * H) : NULL;          /* (B, H) */
     real *zero_h = w_hr ? FR_FN(alloc_zeroed)(B * H) : NULL;
     fr_recurrent rec[2], proj;
     fr_input_grad dx_steps;
     int status = FR_ERR_NOMEM;
-    if (!dG || !zeros || (h_mask && (!tmp || !hm)) || (w_hr && (!dhs || !dm || !zero_h)) ||
+    if (!dG || !zeros || (h_mask && (!tmp || !hm)) || (w_hr && (!dhs || !m || !dm || !zero_h)) ||
         lstm_products(rec, &proj, 1, w_hh, w_hr, T, B, H, P, pack) != FR_OK)
         goto done;
     if (FR_FN(input_grad_prepare)(&dx_steps, dx, w_ih, T, B, I, G) != FR_OK) {
@@ -525,14 +519,14 @@ int FR_FN(lstm_backward)(real *dx, real *dh0, real *dc0, real *dw_ih, real *dw_h
                                h_mask, tmp, dhs,     dm,     zero_h,
                                rec, w_hr ? &proj : NULL, &dx_steps, lengths,
                                0,   T,      B,       H,      P};
-    lstm_weight_grads grads = {dw_ih, dw_hh, db_ih, db_hh, dw_p, dw_hr, x, y, h0, hm, I};
-    status = FR_OK;
-    for (ptrdiff_t t_hi = T; t_hi > 0 && status == FR_OK; t_hi = loop.t_lo) {
-        loop.t_lo = t_hi > steps ? t_hi - steps : 0;
+    lstm_weight_grads grads = {dw_ih, dw_hh, db_ih, db_hh, dw_p, dw_hr, x, y, h0, hm, m, I};
+    for (ptrdiff_t t_hi = T; t_hi > 0; t_hi = loop.t_lo) {
+        loop.t_lo = fr_chunk_first(t_hi, steps);
         loop.t_hi = t_hi;
         fr_for_row_blocks(B, 1, lstm_backward_rows, &loop);
-        status = lstm_chunk_grads(&grads, &loop);
+        lstm_chunk_grads(&grads, &loop);
     }
+    status = FR_OK;
     FR_FN(recurrent_free)(rec);
     FR_FN(recurrent_free)(&proj);
     FR_FN(input_grad_free)(&dx_steps);
@@ -542,6 +536,7 @@ done:
     free(tmp);
     free(hm);
     free(dhs);
+    free(m);
     free(dm);
     free(zero_h);
     return status;

@@ -205,7 +205,7 @@ int FR_FN(rnn_backward)(real *dx, real *dh0, real *dw_ih, real *dw_hh, real *db_
     rnn_backward_loop loop = {dG,      dh0,  dy, y, zeros, h_mask, tmp, rec, &dx_steps,
                               lengths, relu, 0,  T, B,     H};
     for (ptrdiff_t t_hi = T; t_hi > 0; t_hi = loop.t_lo) {
-        ptrdiff_t t0 = t_hi > steps ? t_hi - steps : 0;
+        ptrdiff_t t0 = fr_chunk_first(t_hi, steps);
         loop.t_lo = t0;
         loop.t_hi = t_hi;
         fr_for_row_blocks(B, 1, rnn_backward_rows, &loop);

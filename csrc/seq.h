@@ -151,6 +151,11 @@ static inline ptrdiff_t FR_FN(grad_chunk_steps)(ptrdiff_t T, ptrdiff_t B) {
     return steps < T ? steps : (T > 0 ? T : 1);
 }
 
+/* The first step of the chunk that ends (exclusive) at t_hi. */
+static inline ptrdiff_t fr_chunk_first(ptrdiff_t t_hi, ptrdiff_t steps) {
+    return t_hi > steps ? t_hi - steps : 0;
+}
+
 /* After a chunk of T steps, the weight gradients of a cell whose recurrent pre-activations
  * share their gradient dG (T*B, N) with the input side (RNN, LSTM), accumulated:
  *   dw_ih (N, I) += dG^T . x (T*B, I)        db_ih, db_hh (N) += column sums of dG

@@ -31,6 +31,18 @@ void fr_set_num_threads(int n, void (*blas_set_threads)(int)) {
 
 int fr_get_num_threads(void) { return fr_num_threads; }
 
+/* While our threads run, the BLAS is held to one thread (the two pools never nest), and
+ * given back fr_num_threads after. */
+static void hold_blas(void) {
+    if (fr_blas_set_threads)
+        fr_blas_set_threads(1);
+}
+
+static void release_blas(void) {
+    if (fr_blas_set_threads)
+        fr_blas_set_threads(fr_num_threads);
+}
+
 /* Threads for a batch of B rows: at most one per FR_MIN_ROWS_PER_THREAD rows. */
 static int threads_for_rows(ptrdiff_t B) {
 #ifdef _OPENMP
@@ -49,8 +61,7 @@ void fr_for_row_blocks(ptrdiff_t B, int split, fr_rows_fn fn, const void *ctx) {
         fn(ctx, all);
         return;
     }
-    if (fr_blas_set_threads)
-        fr_blas_set_threads(1);
+    hold_blas();
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(n) schedule(static, 1)
 #endif
@@ -58,14 +69,12 @@ void fr_for_row_blocks(ptrdiff_t B, int split, fr_rows_fn fn, const void *ctx) {
         fr_rows block = {B * i / n, B * (i + 1) / n - B * i / n};
         fn(ctx, block);
     }
-    if (fr_blas_set_threads)
-        fr_blas_set_threads(fr_num_threads);
+    release_blas();
 }
 
 void fr_for_items(ptrdiff_t n, fr_item_fn fn, const void *ctx) {
     int threads = n < fr_num_threads ? (int)n : fr_num_threads;
-    if (fr_blas_set_threads)
-        fr_blas_set_threads(1);
+    hold_blas();
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(static, 1) if (threads > 1)
 #else
@@ -73,8 +82,7 @@ void fr_for_items(ptrdiff_t n, fr_item_fn fn, const void *ctx) {
 #endif
     for (ptrdiff_t i = 0; i < n; i++)
         fn(ctx, i);
-    if (fr_blas_set_threads)
-        fr_blas_set_threads(fr_num_threads);
+    release_blas();
 }
 
 /* A reusable barrier: the last thread to arrive opens the next phase. */
@@ -139,8 +147,7 @@ void fr_run_time_loop(ptrdiff_t B, ptrdiff_t blocks, double step_flops, fr_part_
     atomic_init(&barrier.arrived, 0);
     atomic_init(&barrier.phase, 0);
     atomic_init(&barrier.n, n);
-    if (fr_blas_set_threads)
-        fr_blas_set_threads(1);
+    hold_blas();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n)
     {
@@ -159,6 +166,5 @@ void fr_run_time_loop(ptrdiff_t B, ptrdiff_t blocks, double step_flops, fr_part_
         fn(ctx, part);
     }
 #endif
-    if (fr_blas_set_threads)
-        fr_blas_set_threads(fr_num_threads);
+    release_blas();
 }
