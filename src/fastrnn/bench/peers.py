@@ -519,12 +519,14 @@ def limit_threads(n: int) -> None:
 
 
 def _setup_xla(n: int) -> None:
-    """Before jax is imported: 1 thread via XLA's flag; 1 < n < CPUs by pinning to n CPUs
-    (XLA sizes its pool from the affinity mask); n >= CPUs is XLA's default."""
+    """Before jax is imported: n < CPUs by pinning to n CPUs (XLA sizes its pool from the
+    affinity mask), for n = 1 also XLA's single-thread flag -- which jax 0.10 no longer
+    honours alone (its runtime kept 1.5-1.9 CPUs busy on a 1-thread case); n >= CPUs is
+    XLA's default."""
     if n == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_multi_thread_eigen=false").strip()
-    elif hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
+    if hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
 
 
