@@ -232,6 +232,9 @@ def test_reduced_precision_runners_approximate_float32(precision, peer, cell, mo
     runners = {"fastrnn": bench.FastrnnPeer("ops").make(case, problem)}
     if importlib.util.find_spec(peer) is not None:
         runners[peer] = bench.PEER_FACTORIES[peer]().make(case, problem)
+        if runners[peer] is None:        # PyTorch's bf16 LSTM needs AVX512-BF16 (oneDNN)
+            assert (precision, cell) == ("bf16", "lstm"), "only that peer may be missing"
+            del runners[peer]
     for name, runner in runners.items():
         got = runner.check()[0]
         assert set(got) == set(expected)
