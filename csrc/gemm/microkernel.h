@@ -156,7 +156,8 @@ static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
     return p->format == FR_PANEL_BF16 ? (p->K + 1) / 2 * 2 : p->K;
 }
 
-/* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI): acc
+/* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI,
+ * _I8_PAIR): acc
  * (m, NB) = A (m rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one
  * row against slab and the next block's. Returns 0 for every other format (the float32
  * tiles run those, their values being float32). */
@@ -172,11 +173,14 @@ static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2
             bf16_dp_tile(acc, A, lda, s1, p->K, m, p->nv);
         return 1;
     }
-    if (p->format == FR_PANEL_I8_VNNI) {
+#endif
+#if !defined(FR_F64) && (FR_HAVE_I8_VNNI || FR_HAVE_I8_PAIR)
+    if (p->format == FR_I8_DOT_FORMAT) {
+        const uint32_t *q1 = (const uint32_t *)slab, *q2 = q1 + p->slab;
         if (pair)
-            i8_vnni_pair(acc, acc2, A, s1, s2, p->K, p->nv);
+            i8_dot_pair(acc, acc2, A, q1, q2, p->K, p->nv);
         else
-            i8_vnni_tile(acc, A, lda, s1, p->K, m, p->nv);
+            i8_dot_tile(acc, A, lda, q1, p->K, m, p->nv);
         return 1;
     }
 #endif
