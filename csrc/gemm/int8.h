@@ -21,7 +21,8 @@
  *                     Exact int32 sums while K * 2 * 127^2 < 2^31 (K < 66,000).
  *   FR_PANEL_I8       (every other ISA) the int8 values as float32, multiplied by the
  *                     float32 microkernel: products and sums of these integers are exact
- *                     in float32 while K <= FR_I8_EXACT_K, so it gives the same bits.
+ *                     in float32 while K <= FR_I8_EXACT_K, so it gives the same bits;
+ *                     a longer K runs in chunks of FR_I8_EXACT_K added in int32.
  *
  * Each block of the panel is its slab, then the NB column scales s_w (float), then (VNNI)
  * the NB column sums (int32). Float32 builds only.
@@ -37,7 +38,8 @@
 #include "../fastrnn.h"
 #include "panel.h"
 
-#define FR_I8_EXACT_K 1040 /* K * 127 * 127 < 2^24: float32 sums of int8 products exact */
+#define FR_I8_EXACT_K 1040 /* K * 127 * 127 < 2^24: float32 sums of int8 products exact
+                            * (FR_PANEL_I8 sums longer K in chunks of it: i8_chunked_tile) */
 
 #if FR_VBYTES == 64 && defined(__x86_64__) && defined(__GNUC__)
 #define FR_HAVE_I8_VNNI 1 /* vpdpbusd tiles are built (int8_tile.h) */
@@ -221,9 +223,61 @@ static inline void fr_i8_dequantize(real *acc, ptrdiff_t NB, const real *A, ptrd
     }
 }
 
+/* A FR_PANEL_I8 tile past FR_I8_EXACT_K rows of op(W): the float32 tiles (microkernel.h,
+ * which includes this header after them) over chunks of FR_I8_EXACT_K rows, each chunk's
+ * sums exact in float32, added up in int32 -- the exact sums at any K, as float32 in acc
+ * (m, NB), and with `pair` (m = 1) in acc2 for the next block. */
+static inline void FR_FN(i8_chunked_tile)(const fr_panel *p, real *acc, real *acc2,
+                                          const real *A, ptrdiff_t lda, const real *slab,
+                                          ptrdiff_t m, int pair) {
+    const ptrdiff_t NB = p->nv * FR_VLEN, n = m * NB;
+    real part[(FR_MR_MAX + 1) * 4 * FR_VLEN] __attribute__((aligned(64))); /* +1: acc2 */
+    int32_t sums[(FR_MR_MAX + 1) * 4 * FR_VLEN] = {0};
+    for (ptrdiff_t k0 = 0; k0 < p->K; k0 += FR_I8_EXACT_K) {
+        const ptrdiff_t kc = p->K - k0 < FR_I8_EXACT_K ? p->K - k0 : FR_I8_EXACT_K;
+        const fr_segment seg = {A + k0, lda, kc, slab + k0 * NB,
+                                pair ? slab + p->slab + k0 * NB : NULL};
+        if (pair)
+            FR_FN(tile_pair)(part, part + NB, &seg, 1, NULL, p->nv);
+        else if (p->nv == 3)
+            FR_FN(tile_nv3)(part, &seg, 1, NULL, 0, m);
+        else
+            FR_FN(tile_nv4)(part, &seg, 1, NULL, 0, m);
+        for (ptrdiff_t i = 0; i < n + (pair ? NB : 0); i++)
+            sums[i] += (int32_t)part[i];
+    }
+    for (ptrdiff_t i = 0; i < n; i++)
+        acc[i] = (real)sums[i];
+    for (ptrdiff_t i = 0; pair && i < NB; i++)
+        acc2[i] = (real)sums[n + i];
+}
+
 #if FR_HAVE_I8_VNNI || FR_HAVE_I8_PAIR
 #include "int8_tile.h"
 #endif
+
+/* The tile of an int8 panel (see panel_dot_tile in microkernel.h): on the dot instruction
+ * of its format, or for FR_PANEL_I8 past FR_I8_EXACT_K in chunks; returns 0 where the
+ * float32 tiles run it as they are. */
+static inline int FR_FN(i8_panel_tile)(const fr_panel *p, real *acc, real *acc2,
+                                       const real *A, ptrdiff_t lda, const real *slab,
+                                       ptrdiff_t m, int pair) {
+#if FR_HAVE_I8_VNNI || FR_HAVE_I8_PAIR
+    if (p->format == FR_I8_DOT_FORMAT) {
+        const uint32_t *s1 = (const uint32_t *)slab, *s2 = s1 + p->slab;
+        if (pair)
+            i8_dot_pair(acc, acc2, A, s1, s2, p->K, p->nv);
+        else
+            i8_dot_tile(acc, A, lda, s1, p->K, m, p->nv);
+        return 1;
+    }
+#endif
+    if (p->format == FR_PANEL_I8 && p->K > FR_I8_EXACT_K) {
+        FR_FN(i8_chunked_tile)(p, acc, acc2, A, lda, slab, m, pair);
+        return 1;
+    }
+    return 0;
+}
 
 #endif /* !FR_F64 */
 #endif

@@ -157,10 +157,10 @@ static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
 }
 
 /* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI,
- * _I8_PAIR): acc
- * (m, NB) = A (m rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one
- * row against slab and the next block's. Returns 0 for every other format (the float32
- * tiles run those, their values being float32). */
+ * _I8_PAIR), and of a FR_PANEL_I8 panel past FR_I8_EXACT_K (int8.h): acc (m, NB) = A (m
+ * rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one row against
+ * slab and the next block's. Returns 0 for every other format (the float32 tiles run
+ * those, their values being float32). */
 static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2, const real *A,
                                         ptrdiff_t lda, const real *slab, ptrdiff_t m,
                                         int pair) {
@@ -174,15 +174,9 @@ static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2
         return 1;
     }
 #endif
-#if !defined(FR_F64) && (FR_HAVE_I8_VNNI || FR_HAVE_I8_PAIR)
-    if (p->format == FR_I8_DOT_FORMAT) {
-        const uint32_t *q1 = (const uint32_t *)slab, *q2 = q1 + p->slab;
-        if (pair)
-            i8_dot_pair(acc, acc2, A, q1, q2, p->K, p->nv);
-        else
-            i8_dot_tile(acc, A, lda, q1, p->K, m, p->nv);
-        return 1;
-    }
+#ifndef FR_F64
+    if (fr_lowp_is_i8(p->format))
+        return FR_FN(i8_panel_tile)(p, acc, acc2, A, lda, slab, m, pair);
 #endif
     return 0;
 }
