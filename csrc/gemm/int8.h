@@ -264,11 +264,7 @@ static inline int FR_FN(i8_panel_tile)(const fr_panel *p, real *acc, real *acc2,
                                        ptrdiff_t m, int pair) {
 #if FR_HAVE_I8_VNNI || FR_HAVE_I8_PAIR
     if (p->format == FR_I8_DOT_FORMAT) {
-        const uint32_t *s1 = (const uint32_t *)slab, *s2 = s1 + p->slab;
-        if (pair)
-            i8_dot_pair(acc, acc2, A, s1, s2, p->K, p->nv);
-        else
-            i8_dot_tile(acc, A, lda, s1, p->K, m, p->nv);
+        i8_dot_run(p, acc, acc2, A, lda, slab, m, pair);
         return 1;
     }
 #endif

@@ -144,6 +144,16 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int s
             product(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);                             \
         else                                                                               \
             product(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);                             \
+    }                                                                                      \
+    /* the tile of panel p from `slab` (m rows), or with `pair` the pair from it and the   \
+     * next block's */                                                                     \
+    static void name##_run(const fr_panel *p, real *acc, real *acc2, const real *A,       \
+                           ptrdiff_t lda, const real *slab, ptrdiff_t m, int pair) {      \
+        const slab_t *s1 = (const slab_t *)slab, *s2 = s1 + p->slab;                       \
+        if (pair)                                                                          \
+            name##_pair(acc, acc2, A, s1, s2, p->K, p->nv);                                \
+        else                                                                               \
+            name##_tile(acc, A, lda, s1, p->K, m, p->nv);                                  \
     }
 
 #include "lowp.h"
@@ -165,12 +175,8 @@ static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2
                                         ptrdiff_t lda, const real *slab, ptrdiff_t m,
                                         int pair) {
 #if !defined(FR_F64) && FR_HAVE_BF16_DP
-    const uint32_t *s1 = (const uint32_t *)slab, *s2 = s1 + p->slab;
     if (p->format == FR_PANEL_BF16_DP) {
-        if (pair)
-            bf16_dp_pair(acc, acc2, A, s1, s2, p->K, p->nv);
-        else
-            bf16_dp_tile(acc, A, lda, s1, p->K, m, p->nv);
+        bf16_dp_run(p, acc, acc2, A, lda, slab, m, pair);
         return 1;
     }
 #endif
