@@ -75,10 +75,9 @@ static FR_ALWAYS_INLINE void gru_units_after(const real *restrict acc, ptrdiff_t
     }
 }
 
-static void gru_epilogue_after(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gs,
-                               ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0,
-                               ptrdiff_t units) {
-    const gru_step *s = ctx;
+static FR_ALWAYS_INLINE void gru_rows_after(const gru_step *s, const real *acc,
+                                            ptrdiff_t acc_ld, ptrdiff_t gs, ptrdiff_t row0,
+                                            ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
     const ptrdiff_t H = s->H;
     for (ptrdiff_t i = 0; i < rows; i++) {
         ptrdiff_t b = row0 + i, at = b * H + unit0;
@@ -91,6 +90,17 @@ static void gru_epilogue_after(void *ctx, const real *acc, ptrdiff_t acc_ld, ptr
                             s->y_t + at, units, H);
         gru_store_masked(s, at, units);
     }
+}
+
+/* reset_after's epilogue, with units a constant when it is one vector (the width of a
+ * block on every ISA but the tail of H): straight-line vector code per row. */
+static void gru_epilogue_after(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gs,
+                               ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0,
+                               ptrdiff_t units) {
+    if (units == FR_VLEN)
+        gru_rows_after(ctx, acc, acc_ld, gs, row0, rows, unit0, FR_VLEN);
+    else
+        gru_rows_after(ctx, acc, acc_ld, gs, row0, rows, unit0, units);
 }
 
 /* reset before, first product: acc holds [hr hz] of h_{t-1}; r, z and r h_{t-1} out. */

@@ -117,19 +117,32 @@ static FR_ALWAYS_INLINE void lstm_rows_forward(const lstm_step *s, const real *a
     }
 }
 
+/* lstm_rows_forward with units a constant when it is one vector, the width of a block on
+ * every ISA but the tail of H: straight-line vector code, no loop set-up per row. */
+static FR_ALWAYS_INLINE void lstm_rows_forward_units(const lstm_step *s, const real *acc,
+                                                     ptrdiff_t acc_ld, ptrdiff_t gate_stride,
+                                                     ptrdiff_t row0, ptrdiff_t rows,
+                                                     ptrdiff_t unit0, ptrdiff_t units,
+                                                     const int save, const int peep) {
+    if (units == FR_VLEN)
+        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, FR_VLEN, save, peep);
+    else
+        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, save, peep);
+}
+
 /* The recurrent product's epilogue: lstm_rows_forward with its flags picked once per tile. */
 static void lstm_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
                           ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
     const lstm_step *s = ctx;
     const int save = s->gates_t != NULL, peep = s->w_p != NULL;
     if (save && peep)
-        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 1, 1);
+        lstm_rows_forward_units(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 1, 1);
     else if (save)
-        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 1, 0);
+        lstm_rows_forward_units(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 1, 0);
     else if (peep)
-        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 0, 1);
+        lstm_rows_forward_units(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 0, 1);
     else
-        lstm_rows_forward(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 0, 0);
+        lstm_rows_forward_units(s, acc, acc_ld, gate_stride, row0, rows, unit0, units, 0, 0);
 }
 
 /* With a projection (PyTorch's proj_size), the step's second product:

@@ -27,7 +27,7 @@ typedef struct {
 
 /* h = act(acc + pre) for `units` units of one row, into y and h_next; pre is the row's
  * input projection (y itself) or the biases. One loop per activation, so each vectorizes. */
-static inline void rnn_units_forward(const real *restrict acc, const real *pre, real *y,
+static FR_ALWAYS_INLINE void rnn_units_forward(const real *restrict acc, const real *pre, real *y,
                                      real *restrict h_next, int relu, ptrdiff_t units) {
     if (relu)
         for (ptrdiff_t j = 0; j < units; j++)
@@ -37,9 +37,9 @@ static inline void rnn_units_forward(const real *restrict acc, const real *pre, 
             h_next[j] = y[j] = fr_tanh(acc[j] + pre[j]);
 }
 
-static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
-                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
-    const rnn_step *s = ctx;
+static FR_ALWAYS_INLINE void rnn_rows_forward(const rnn_step *s, const real *acc,
+                                              ptrdiff_t acc_ld, ptrdiff_t row0, ptrdiff_t rows,
+                                              ptrdiff_t unit0, ptrdiff_t units) {
     for (ptrdiff_t i = 0; i < rows; i++) {
         ptrdiff_t b = row0 + i, at = b * s->H + unit0;
         if (fr_step_valid(s->lengths, s->t, b))
@@ -52,6 +52,16 @@ static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t
         if (s->mask)
             FR_FN(mask_units)(s->hm_next + at, s->h_next + at, s->mask + at, units);
     }
+}
+
+/* The epilogue, with units a constant when it is a whole block (4 vectors: every block
+ * but the tail of H): straight-line vector code per row. */
+static void rnn_epilogue(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdiff_t gate_stride,
+                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t unit0, ptrdiff_t units) {
+    if (units == 4 * FR_VLEN)
+        rnn_rows_forward(ctx, acc, acc_ld, row0, rows, unit0, 4 * FR_VLEN);
+    else
+        rnn_rows_forward(ctx, acc, acc_ld, row0, rows, unit0, units);
 }
 
 /* What the forward time loop reads and writes, for any part of it (threads.h). */

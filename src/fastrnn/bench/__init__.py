@@ -32,9 +32,10 @@ How it measures
   threadpoolctl limits every loaded BLAS/OpenMP pool (numpy's and SciPy's OpenBLAS, torch's
   OpenMP) to ``n``, ``torch.set_num_threads(n)``, and ONNX Runtime sessions get
   ``intra_op_num_threads=n, inter_op_num_threads=1``. JAX/XLA reads its thread setup once,
-  at import, so JAX runs in a worker process per thread count: for n = 1 started with
-  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, for 1 < n < CPUs pinned to n CPUs
-  (``sched_setaffinity``, from which XLA sizes its pool), for n = CPUs as is. The worker
+  at import, so JAX runs in a worker process per thread count: for n < CPUs pinned to n
+  CPUs (``sched_setaffinity``, from which XLA sizes its pool; n = 1 also with
+  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, which jax 0.10 alone no longer
+  honours), for n = CPUs as is. The worker
   times its own calls; the main process waits meanwhile, so the interleaving is kept and
   the IPC is not timed. Every sample also records process CPU time / wall time; an entry
   that kept more CPUs busy than asked for is reported (``cpu_per_wall`` in the JSON).

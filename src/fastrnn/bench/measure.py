@@ -54,6 +54,23 @@ def _flagged(record: dict, tolerance: float = 1e-3) -> set:
     return {n for n, e in record["max_rel_error"].items() if e is not None and not e <= tolerance}
 
 
+def _checked(runners: dict, case: Case, log) -> tuple[dict, dict]:
+    """Each runner's first call (warm-up: compiles; its outputs and duration), for those
+    whose call works, and a note for each peer whose call raised (say PyTorch's bf16 LSTM
+    on a CPU without AVX512-BF16: oneDNN has no primitive). fastrnn's failing is a bug:
+    it raises."""
+    checks, failed = {}, {}
+    for name, runner in runners.items():
+        try:
+            checks[name] = runner.check()
+        except Exception as e:      # noqa: BLE001 - a peer's own failure, reported
+            if name == "fastrnn":
+                raise
+            failed[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            log(f"  NOTE {case.label}: {name} {failed[name]}")
+    return checks, failed
+
+
 def measure_case(case: Case, runners: dict, settings: Settings, log=print,
                  reference: dict | None = None) -> dict:
     """Interleaved samples of each runner on ``case``; returns a result record.
@@ -62,9 +79,11 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print,
     which every entry's error is recorded (``error_vs_float32``, max |y - y32| / max |y32|).
     """
     gc.collect()
+    checks, failed = _checked(runners, case, log)
+    runners = {name: runners[name] for name in checks}
     outputs, calls, rounds = {}, {}, {}
     for name, runner in runners.items():
-        outputs[name], seconds = runner.check()      # warm-up (compiles), + outputs
+        outputs[name], seconds = checks[name]
         k = 1
         while seconds <= settings.max_call_s:        # more warm-up, and calibration
             wall = runner.time(k)[0]
@@ -95,6 +114,7 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print,
               "samples_s": samples, "calls_per_sample": calls, "max_rel_error": errors,
               "cpu_per_wall": busy}
     notes = {n: r.note for n, r in runners.items() if getattr(r, "note", None)}
+    notes.update(failed)
     if notes:
         record["notes"] = notes
     if reference is not None:

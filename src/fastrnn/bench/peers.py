@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -253,11 +254,25 @@ class TorchPeer(Peer):
             return run
         return Runner(wrapped(call), wrapped(outputs))
 
+    @functools.lru_cache(maxsize=None)
+    def _autocast_runs(self, cell: str) -> bool:
+        """Whether the cell's module runs under bf16 autocast on this CPU: oneDNN has no
+        bf16 LSTM primitive without AVX512-BF16 ('could not create a primitive
+        descriptor'), and then PyTorch has no bf16 entry here."""
+        torch = self.torch
+        m = getattr(torch.nn, CELLS[cell].torch)(2, 2)
+        try:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                m(torch.zeros(1, 1, 2))
+        except RuntimeError:
+            return False
+        return True
+
     def forward_bf16(self, case, p):
-        return self._autocast(self.forward(case, p))
+        return self._autocast(self.forward(case, p)) if self._autocast_runs(case.cell) else None
 
     def step_bf16(self, case, p):
-        return self._autocast(self.step(case, p))
+        return self._autocast(self.step(case, p)) if self._autocast_runs(case.cell) else None
 
 
 class OnnxRuntimePeer(Peer):
@@ -347,9 +362,26 @@ def ort_session(model, threads: int = 1):
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_has_vnni() -> bool:
+    """Whether this CPU has an int8 dot product (AVX512-VNNI, AVX-VNNI; not x86: True).
+    Without one, ONNX Runtime's u8 x s8 products (vpmaddubsw) saturate on full-range int8
+    weights -- LSTM small's error against float32 was 0.38 on Zen 3 -- and its docs
+    advise ``reduce_range`` (7-bit weights) there, as an ORT user would: 0.022."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), None)
+    except OSError:
+        return True
+    if flags is None:
+        return True
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni"))
+
+
 def ort_quantize_dynamic(model):
     """ONNX Runtime's ``quantize_dynamic`` of ``model`` (a ModelProto; QInt8 weights), as an
-    ONNX Runtime user runs it: returns the quantized ModelProto and whether a recurrent
+    ONNX Runtime user runs it (7-bit weights on a CPU without VNNI, as ORT advises: see
+    _cpu_has_vnni): returns the quantized ModelProto and whether a recurrent
     operator became int8 (LSTM -> DynamicQuantizeLSTM; ORT has no int8 GRU or RNN and
     keeps those float32; MatMul / Gemm heads are quantized either way)."""
     import logging
@@ -363,7 +395,8 @@ def ort_quantize_dynamic(model):
         onnx.save(model, src)
         logging.disable(logging.WARNING)       # "consider pre-processing": not needed
         try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8,
+                             reduce_range=not _cpu_has_vnni())
         finally:
             logging.disable(logging.NOTSET)
         model = onnx.load(dst)
@@ -519,12 +552,14 @@ def limit_threads(n: int) -> None:
 
 
 def _setup_xla(n: int) -> None:
-    """Before jax is imported: 1 thread via XLA's flag; 1 < n < CPUs by pinning to n CPUs
-    (XLA sizes its pool from the affinity mask); n >= CPUs is XLA's default."""
+    """Before jax is imported: n < CPUs by pinning to n CPUs (XLA sizes its pool from the
+    affinity mask), for n = 1 also XLA's single-thread flag -- which jax 0.10 no longer
+    honours alone (its runtime kept 1.5-1.9 CPUs busy on a 1-thread case); n >= CPUs is
+    XLA's default."""
     if n == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_multi_thread_eigen=false").strip()
-    elif hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
+    if hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
 
 
