@@ -212,7 +212,11 @@ def _torch_engines(model) -> dict:
                                                         enabled=autocast):
                 return twin(x).float().numpy()
         return forward
-    return {"torch float32": run(False), "torch bf16 autocast": run(True)}
+    from fastrnn.bench.peers import torch_bf16_runs
+    engines = {"torch float32": run(False)}
+    if torch_bf16_runs(type(twin.rnn).__name__.lower()):   # LSTM: needs AVX512-BF16
+        engines["torch bf16 autocast"] = run(True)
+    return engines
 
 
 def _ort_engines(model) -> dict:

@@ -254,25 +254,11 @@ class TorchPeer(Peer):
             return run
         return Runner(wrapped(call), wrapped(outputs))
 
-    @functools.lru_cache(maxsize=None)
-    def _autocast_runs(self, cell: str) -> bool:
-        """Whether the cell's module runs under bf16 autocast on this CPU: oneDNN has no
-        bf16 LSTM primitive without AVX512-BF16 ('could not create a primitive
-        descriptor'), and then PyTorch has no bf16 entry here."""
-        torch = self.torch
-        m = getattr(torch.nn, CELLS[cell].torch)(2, 2)
-        try:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                m(torch.zeros(1, 1, 2))
-        except RuntimeError:
-            return False
-        return True
-
     def forward_bf16(self, case, p):
-        return self._autocast(self.forward(case, p)) if self._autocast_runs(case.cell) else None
+        return self._autocast(self.forward(case, p)) if torch_bf16_runs(case.cell) else None
 
     def step_bf16(self, case, p):
-        return self._autocast(self.step(case, p)) if self._autocast_runs(case.cell) else None
+        return self._autocast(self.step(case, p)) if torch_bf16_runs(case.cell) else None
 
 
 class OnnxRuntimePeer(Peer):
@@ -360,6 +346,22 @@ def ort_session(model, threads: int = 1):
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=None)
+def torch_bf16_runs(cell: str) -> bool:
+    """Whether PyTorch runs the cell's module ('rnn', 'lstm', 'gru') under bf16 autocast on
+    this CPU: oneDNN has no bf16 LSTM primitive without AVX512-BF16 ('could not create a
+    primitive descriptor'), and then PyTorch has no bf16 entry here. Probed once on a tiny
+    module."""
+    import torch
+    m = getattr(torch.nn, CELLS[cell].torch)(2, 2)
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            m(torch.zeros(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=None)
