@@ -154,7 +154,7 @@ static inline float fr_i8_row_scale(const float *a, ptrdiff_t K) {
 
 /* out[k] = rint(a[k] * inv) as int16 for k below K rounded down to 16 (vcvtps2dq rounds
  * to nearest even, as nearbyintf); returns that count. */
-static inline ptrdiff_t fr_i8_quantize_pairs_avx2(int16_t *out, const float *a, ptrdiff_t K,
+static inline ptrdiff_t fr_i8_quantize_pairs_avx2(void *out, const float *a, ptrdiff_t K,
                                                   float inv) {
     const __m256 scale = _mm256_set1_ps(inv);
     ptrdiff_t k = 0;
@@ -162,14 +162,18 @@ static inline ptrdiff_t fr_i8_quantize_pairs_avx2(int16_t *out, const float *a, 
         __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + k), scale));
         __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + k + 8), scale));
         __m256i packed = _mm256_packs_epi32(lo, hi); /* lanes lo0-3 hi0-3 lo4-7 hi4-7 */
-        _mm256_storeu_si256((__m256i *)(out + k), _mm256_permute4x64_epi64(packed, 0xd8));
+        _mm256_storeu_si256((__m256i *)((int16_t *)out + k),
+                            _mm256_permute4x64_epi64(packed, 0xd8));
     }
     return k;
 }
 #endif
 
+/* An int16 of a row of pairs, which the tiles read as 32-bit lanes: may alias them. */
+typedef int16_t fr_i8_half __attribute__((may_alias));
+
 /* out (K rounded up to pairs) = rint(a * inv) as int16, 0 past K. */
-static inline void fr_i8_quantize_pairs(int16_t *restrict out, const float *restrict a,
+static inline void fr_i8_quantize_pairs(fr_i8_half *restrict out, const float *restrict a,
                                         ptrdiff_t K, float inv) {
     ptrdiff_t k = 0;
 #if FR_HAVE_I8_PAIR
@@ -203,7 +207,7 @@ static inline void fr_i8_quantize_rows(int format, void *dst, ptrdiff_t ld, cons
             for (ptrdiff_t k = K; k < (K + 3) / 4 * 4; k++)
                 bytes[k] = 128;
         } else if (format == FR_PANEL_I8_PAIR) {
-            fr_i8_quantize_pairs((int16_t *)out, a, K, inv);
+            fr_i8_quantize_pairs((fr_i8_half *)out, a, K, inv);
         } else {
             for (ptrdiff_t k = 0; k < K; k++)
                 out[k] = nearbyintf(a[k] * inv);
