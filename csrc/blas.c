@@ -13,15 +13,15 @@ void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm) {
 
 typedef struct {
     int f64, trans_a, trans_b;
-    ptrdiff_t M, N, K, lda, ldb, ldc;
+    ptrdiff_t M, N, K, lda, ldb, ldc, block;
     const void *alpha, *A, *B, *beta;
     void *C;
 } gemm_call;
 
-/* Rows [i * FR_GEMM_ROWS, ...) of C: one column-major BLAS call, C^T = op(B)^T op(A)^T. */
+/* Rows [i * block, ...) of C: one column-major BLAS call, C^T = op(B)^T op(A)^T. */
 static void gemm_block(const void *ctx, ptrdiff_t i) {
     const gemm_call *g = ctx;
-    ptrdiff_t r0 = i * FR_GEMM_ROWS, rows = g->M - r0 < FR_GEMM_ROWS ? g->M - r0 : FR_GEMM_ROWS;
+    ptrdiff_t r0 = i * g->block, rows = g->M - r0 < g->block ? g->M - r0 : g->block;
     size_t size = g->f64 ? sizeof(double) : sizeof(float);
     /* row r0 of op(A): row r0 of A, or column r0 of the stored (K, M) A */
     const char *A = (const char *)g->A + (size_t)(g->trans_a ? r0 : r0 * g->lda) * size;
@@ -42,6 +42,7 @@ void fr_gemm_blocks(int f64, int trans_a, int trans_b, ptrdiff_t M, ptrdiff_t N,
                     ptrdiff_t ldb, const void *beta, void *C, ptrdiff_t ldc) {
     if (M <= 0 || N <= 0)
         return;
-    gemm_call g = {f64, trans_a, trans_b, M, N, K, lda, ldb, ldc, alpha, A, B, beta, C};
-    fr_for_items((M + FR_GEMM_ROWS - 1) / FR_GEMM_ROWS, gemm_block, &g);
+    gemm_call g = {f64, trans_a, trans_b, M, N, K, lda, ldb, ldc, fr_gemm_block_rows(M),
+                   alpha, A, B, beta, C};
+    fr_for_items((M + g.block - 1) / g.block, gemm_block, &g);
 }

@@ -21,6 +21,21 @@ def test_matches_numpy(dtype, tol, trans_a, trans_b, M, K, N):
     np.testing.assert_allclose(got, a @ b, rtol=tol, atol=tol * K)
 
 
+# C is computed in blocks of max(128, M / 4 rounded up to 64) rows (csrc/blas.h): around the
+# smallest block, where blocks grow past it (M = 512 + 1), and a tall C of taller blocks.
+@pytest.mark.parametrize("M", [127, 128, 129, 513, 1100])
+def test_blocks_of_rows_any_thread_count_same_bits(M, restore_threads):
+    rng = np.random.default_rng(M)
+    a = rng.standard_normal((M, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 9)).astype(np.float32)
+    restore_threads(1)
+    want = gemm(a, b)
+    np.testing.assert_allclose(want, a @ b, rtol=1e-5, atol=1e-4)
+    for threads in (2, 3):
+        restore_threads(threads)
+        np.testing.assert_array_equal(gemm(a, b), want, err_msg=f"{threads} threads")
+
+
 def test_out_and_accumulate():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((4, 6)), rng.standard_normal((6, 5))

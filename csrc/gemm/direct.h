@@ -35,24 +35,41 @@ static inline real FR_FN(lane_sum)(fr_vec v) {
     return sum;
 }
 
+/* out[j] += a (K) . w_j (K) for the `ways` rows w_j = W + j K of W, each summed as a
+ * vector of partial sums, its lanes, then the tail. `ways` is a constant where this is
+ * inlined: several independent sums hide the FMA latency that one alone waits on. */
+static FR_ALWAYS_INLINE void FR_FN(dot_rows)(real *out, const real *a, const real *W,
+                                             ptrdiff_t K, const int ways) {
+    fr_vec acc[4];
+    for (int j = 0; j < ways; j++)
+        acc[j] = (fr_vec){0};
+    ptrdiff_t k = 0;
+    for (; k + FR_VLEN <= K; k += FR_VLEN) {
+        fr_vec va = *(const fr_vec_u *)(a + k);
+        for (int j = 0; j < ways; j++)
+            acc[j] += va * *(const fr_vec_u *)(W + j * K + k);
+    }
+    for (int j = 0; j < ways; j++) {
+        real sum = FR_FN(lane_sum)(acc[j]);
+        for (ptrdiff_t t = k; t < K; t++)
+            sum += a[t] * W[j * K + t];
+        out[j] += sum;
+    }
+}
+
 /* Short sequences do not repay packing: C (M, N) += A (M, K) . W^T with W (N, K) row-major,
- * as dot products along W's contiguous rows (forward: h w_hh^T). */
+ * as dot products along W's contiguous rows (forward: h w_hh^T), four rows of W at a time
+ * (a streaming LSTM step, H = I = 64: 3.6 -> ~1 us for x w_ih^T on Zen 3). Each sum runs in
+ * the same order whichever group it is in. */
 static inline void FR_FN(gemm_direct_nt)(real *C, ptrdiff_t ldc, const real *A, ptrdiff_t lda,
                                          const real *W, ptrdiff_t M, ptrdiff_t N,
                                          ptrdiff_t K) {
     for (ptrdiff_t m = 0; m < M; m++) {
-        const real *a = A + m * lda;
-        for (ptrdiff_t n = 0; n < N; n++) {
-            const real *w = W + n * K;
-            fr_vec acc = {0};
-            ptrdiff_t k = 0;
-            for (; k + FR_VLEN <= K; k += FR_VLEN)
-                acc += *(const fr_vec_u *)(a + k) * *(const fr_vec_u *)(w + k);
-            real sum = FR_FN(lane_sum)(acc);
-            for (; k < K; k++)
-                sum += a[k] * w[k];
-            C[m * ldc + n] += sum;
-        }
+        ptrdiff_t n = 0;
+        for (; n + 4 <= N; n += 4)
+            FR_FN(dot_rows)(C + m * ldc + n, A + m * lda, W + n * K, K, 4);
+        for (; n < N; n++)
+            FR_FN(dot_rows)(C + m * ldc + n, A + m * lda, W + n * K, K, 1);
     }
 }
 
