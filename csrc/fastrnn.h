@@ -86,10 +86,11 @@ typedef struct {
  * (int8 values and float32 row scales, made by the caller: see gemm/int8.h) in int8 panels;
  * a float32 forward handed one quantizes x_t and h_{t-1} per row as they enter the
  * products, sums exactly in int32 and dequantizes before the cell math (float32).
- * FR_PACK_I8_VNNI (vpdpbusd) when made at level FR_ISA_AVX512_BF16, FR_PACK_I8 otherwise;
- * same results. */
+ * FR_PACK_I8_VNNI (vpdpbusd) when made at level FR_ISA_AVX512_BF16, FR_PACK_I8_PAIR
+ * (vpmaddwd) at level FR_ISA_AVX2, FR_PACK_I8 otherwise; same results. */
 #define FR_PACK_I8 3
 #define FR_PACK_I8_VNNI 4
+#define FR_PACK_I8_PAIR 5
 
 #define FR_DECLARE_KERNELS(real, sfx)                                                      \
     /* RNN: h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act = tanh or relu */    \
@@ -326,7 +327,10 @@ int64_t fr_lowp_peak(int kind, int64_t iterations, int32_t *sink);
     size_t fr_pack_int8_bytes_##sfx(int cell, ptrdiff_t I, ptrdiff_t H);                   \
     int fr_pack_int8_##sfx(void *dst, size_t bytes, const int8_t *w_ih, const float *s_ih, \
                            const int8_t *w_hh, const float *s_hh, int cell, ptrdiff_t I,   \
-                           ptrdiff_t H);
+                           ptrdiff_t H);                                                   \
+    /* a test hook: C (rows, N) = A (rows, K) . panel `index` of a bf16 or int8 pack */    \
+    int fr_pack_lowp_product_##sfx(float *C, const void *pack, int index, const float *A,  \
+                                   ptrdiff_t rows, ptrdiff_t K, ptrdiff_t N);
 FR_DECLARE_BF16_PACK(f32_portable)
 #ifdef FR_X86_VARIANTS
 FR_DECLARE_BF16_PACK(f32_avx2)
@@ -336,5 +340,6 @@ FR_DECLARE_BF16_PACK(f32_avx512)
 #define fr_pack_bf16_f32 FR_DISPATCH(fr_pack_bf16_f32)
 #define fr_pack_int8_bytes_f32 FR_DISPATCH(fr_pack_int8_bytes_f32)
 #define fr_pack_int8_f32 FR_DISPATCH(fr_pack_int8_f32)
+#define fr_pack_lowp_product_f32 FR_DISPATCH(fr_pack_lowp_product_f32)
 
 #endif

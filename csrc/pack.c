@@ -63,7 +63,10 @@ static int pack_bf16_format(void) {
 }
 
 static int pack_int8_format(void) {
-    return fr_i8_format() == FR_PANEL_I8_VNNI ? FR_PACK_I8_VNNI : FR_PACK_I8;
+    const int format = fr_i8_format();
+    return format == FR_PANEL_I8_VNNI   ? FR_PACK_I8_VNNI
+           : format == FR_PANEL_I8_PAIR ? FR_PACK_I8_PAIR
+                                        : FR_PACK_I8;
 }
 
 size_t FR_FN(pack_bf16_bytes)(int cell, ptrdiff_t I, ptrdiff_t H) {
@@ -85,5 +88,36 @@ int FR_FN(pack_int8)(void *dst, size_t bytes, const int8_t *w_ih, const float *s
                      const int8_t *w_hh, const float *s_hh, int cell, ptrdiff_t I,
                      ptrdiff_t H) {
     return pack_lowp(dst, bytes, pack_int8_format(), cell, I, H, w_ih, s_ih, w_hh, s_hh);
+}
+
+/* The product of one panel of a bf16 or int8 forward pack (a test hook, fastrnn._core
+ * lowp_product): C (rows, N) = A (rows, K) . op(W) for panel `index` (the pack's count:
+ * the input panel, K = I), gate blocks in PyTorch order, on the tiles the forward runs
+ * (A's rows converted; int8: exact sums, dequantized). Returns 0, FR_ERR_NOMEM, or -1
+ * when the pack cannot run here, `index` is out of range or (K, N) is not its shape. */
+int FR_FN(pack_lowp_product)(float *C, const void *pack, int index, const float *A,
+                             ptrdiff_t rows, ptrdiff_t K, ptrdiff_t N) {
+    const fr_pack_header *h = pack;
+    fr_recurrent_spec specs[2];
+    if (h == NULL || (h = FR_FN(pack_header)(pack, h->cell, 0, h->H)) == NULL ||
+        h->format == FR_PACK_F32 || index < 0 || index > h->count)
+        return -1;
+    FR_FN(recurrent_specs)(specs, h->cell, 0, h->H);
+    fr_recurrent_spec spec = {0, h->I, fr_cell_gates(h->cell), 1}; /* the input panel */
+    if (index < h->count)
+        spec = specs[index];
+    if (spec.K != K || spec.G * h->H != N)
+        return -1;
+    spec.w_offset = 0; /* the panel is packed: no W to read */
+    fr_recurrent r;
+    real *data = (real *)((char *)pack + (index < h->count ? h->offset[index] : h->input_offset));
+    if (FR_FN(recurrent_setup)(&r, A, spec, h->H, 1, rows, data, FR_FN(pack_panel_format)(h)))
+        return FR_ERR_NOMEM;
+    fr_part part = {0, rows, 0, 1, NULL};
+    fr_accumulate acc = {C, N, h->H, spec.G};
+    memset(C, 0, (size_t)(rows * N) * sizeof(float));
+    FR_FN(recurrent_apply)(&r, A, K, &part, FR_FN(accumulate_epilogue), &acc, NULL);
+    FR_FN(recurrent_free)(&r);
+    return FR_OK;
 }
 #endif

@@ -241,6 +241,8 @@ static inline int FR_FN(pack_panel_format)(const fr_pack_header *h) {
         return FR_PANEL_I8;
     if (h->format == FR_PACK_I8_VNNI && !h->backward && fr_i8_format() == FR_PANEL_I8_VNNI)
         return FR_PANEL_I8_VNNI;
+    if (h->format == FR_PACK_I8_PAIR && !h->backward && fr_i8_format() == FR_PANEL_I8_PAIR)
+        return FR_PANEL_I8_PAIR;
 #endif
     return -1;
 }
@@ -673,7 +675,8 @@ static inline size_t FR_FN(pack_layout_as)(fr_pack_header *h, int cell, int back
     fr_recurrent_spec specs[2];
     int n = FR_FN(recurrent_specs)(specs, cell, backward, H);
     static const int panel_formats[] = {FR_PANEL_F32, FR_PANEL_BF16, FR_PANEL_BF16_DP,
-                                        FR_PANEL_I8, FR_PANEL_I8_VNNI}; /* by FR_PACK_* */
+                                        FR_PANEL_I8, FR_PANEL_I8_VNNI,
+                                        FR_PANEL_I8_PAIR}; /* by FR_PACK_* */
     int panel_format = panel_formats[format];
     size_t at = (sizeof(fr_pack_header) + 63) / 64 * 64;
     memset(h, 0, sizeof *h);

@@ -181,8 +181,11 @@ def test_summary_of_a_reduced_precision_case_takes_its_own_peer():
 def test_matching_peak():
     assert bench.matching_peak("bf16", "avx512_bf16") == "bf16_avx512"
     assert bench.matching_peak("int8", "avx512_bf16") == "int8_avx512_vnni"
+    assert bench.matching_peak("int8", "avx2") == "int8_avx2"           # vpmaddwd pairs
     for isa in ("portable", "avx2", "avx512"):      # products on the float32 microkernel
-        assert bench.matching_peak("bf16", isa) == bench.matching_peak("int8", isa) == "float32"
+        assert bench.matching_peak("bf16", isa) == "float32"
+    for isa in ("portable", "avx512"):
+        assert bench.matching_peak("int8", isa) == "float32"
     assert bench.matching_peak("float32", "avx512_bf16") == "float32"
     with pytest.raises(ValueError, match="precision"):
         bench.matching_peak("fp16", "avx2")

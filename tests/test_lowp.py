@@ -316,6 +316,126 @@ def test_int8_products_equal_numpy_bit_for_bit(rng, I):
     np.testing.assert_array_equal(got, want)
 
 
+# Sizes on both sides of every tile edge (vectors of 4, 8, 16 lanes; blocks of 1-4 of them),
+# and batches on both sides of every row tile (3 and 4 rows on AVX2 and portable, 6 and 8
+# on AVX-512; one row takes two blocks at once).
+EDGES = [1, 7, 15, 16, 17, 31, 33, 63, 65, 127, 129]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17]
+INT8_CELLS = [("rnn", {}), ("lstm", {}), ("gru", {"reset_after": True}),
+              ("gru", {"reset_after": False})]
+
+
+def _int8_panels(rng, cell, options, I, H, low=-1.0):
+    """An int8 pack of random weights (uniform in [low, 1)) at the current ISA level, and
+    the (W_q, s) of each of its panels in order: the w_hh products, then w_ih."""
+    G = GATES[cell]
+    w_ih = rng.uniform(low, 1, (G * H, I)).astype(np.float32)
+    w_hh = rng.uniform(low, 1, (G * H, H)).astype(np.float32)
+    packs = ops.pack_weights(cell, w_hh, precision="int8", w_ih=w_ih, **options)
+    (q_ih, s_ih), (q_hh, s_hh) = packs.quantized
+    split = cell == "gru" and not options["reset_after"]          # r, z apart from n
+    rows = [slice(0, 2 * H), slice(2 * H, 3 * H)] if split else [slice(None)]
+    return packs.forward, [(q_hh[r], s_hh[r]) for r in rows] + [(q_ih, s_ih)]
+
+
+def _assert_panel_products_exact(rng, pack, panels, batches, low=-1.0):
+    for index, (q, s) in enumerate(panels):
+        for B in batches:
+            a = rng.uniform(low, 1, (B, q.shape[1])).astype(np.float32)
+            a[0, 0] = 0                                             # a row with a zero
+            got = _core.lowp_product(pack, index, a, q.shape[0])
+            want = reference._int8_matmul(a, reference._Int8Weight(q, s))
+            np.testing.assert_array_equal(got, want, err_msg=f"panel {index}, B={B}")
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("cell,options", INT8_CELLS)
+@pytest.mark.parametrize("H", EDGES)
+def test_int8_panel_products_equal_numpy_bit_for_bit(rng, cell, options, H):
+    """Every panel of an int8 pack (vpmaddwd pairs on AVX2, vpdpbusd quads on AVX512-VNNI,
+    exact floats elsewhere), every tile shape: the exact integer sums, scaled as NumPy
+    scales them."""
+    I = EDGES[(EDGES.index(H) + 4) % len(EDGES)]                   # I != H, edges too
+    pack, panels = _int8_panels(rng, cell, options, I, H)
+    _assert_panel_products_exact(rng, pack, panels, ROWS)
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("I", [1300, 3001])
+def test_int8_products_stay_exact_past_float32_integers(rng, I):
+    """Positive operands near 127 sum past 2^24 beyond K = 1040 (FR_I8_EXACT_K), where
+    float32 sums of the int8 products would round: still the exact integers."""
+    pack, panels = _int8_panels(rng, "lstm", {}, I, 9, low=0.9)
+    q, s = panels[1]
+    a = rng.uniform(0.9, 1, (7, I)).astype(np.float32)
+    sums = reference.quantize_rows(a)[0].astype(np.int64) @ q.T.astype(np.int64)
+    assert sums.min() > 2 ** 24
+    for B in (1, 4, 7):
+        got = _core.lowp_product(pack, 1, a[:B], q.shape[0])
+        want = reference._int8_matmul(a[:B], reference._Int8Weight(q, s))
+        np.testing.assert_array_equal(got, want, err_msg=f"B={B}")
+
+
+def test_lowp_product_rejects_what_the_pack_lacks(rng):
+    pack, panels = _int8_panels(rng, "gru", {"reset_after": True}, 5, 6)
+    a = np.ones((2, 6), np.float32)
+    with pytest.raises(ValueError, match=r"no panel 2 of shape \(K, N\) = \(6, 18\)"):
+        _core.lowp_product(pack, 2, a, 18)
+    with pytest.raises(ValueError, match=r"no panel 0 of shape \(K, N\) = \(6, 17\)"):
+        _core.lowp_product(pack, 0, a, 17)
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("T,B,I,H", [(5, 17, 33, 65), (4, 1, 7, 129), (3, 13, 129, 16),
+                                     (6, 3, 1100, 31), (2, 40, 63, 17)])
+def test_int8_relu_rnn_sequences_equal_numpy_bit_for_bit(rng, T, B, I, H):
+    """Without biases a ReLU RNN only adds the two int8 products: a whole sequence, with a
+    state and lengths, bit for bit the reference (the per-step input projection from 16
+    rows on, before the loop below; the pair tile at B = 1)."""
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w_ih = (rng.standard_normal((H, I)) / np.sqrt(I)).astype(np.float32)
+    w_hh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    got, want = (module.rnn_forward(x, h0, w_ih, w_hh, nonlinearity="relu", training=False,
+                                    precision="int8", lengths=lengths)
+                 for module in (ops, reference))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def _outputs(out):
+    """[y, *final states] of a layer's (y, state) -- state an array or a tuple of them."""
+    y, state = out
+    return [y, *(state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
+def test_int8_bidirectional_layers_any_thread_count_same_bits(rng, cls):
+    """A deep bidirectional int8 layer with lengths: 2 and 3 threads (batch split at 24
+    rows, hidden split at 2) give the bits of 1 thread, and stay near float32."""
+    import fastrnn
+    layer = cls(20, 129, num_layers=2, bidirectional=True, seed=4)
+    quantized = fastrnn.quantize_dynamic(layer)
+    for B in (24, 2):
+        x = rng.standard_normal((7, B, 20)).astype(np.float32)
+        lengths = rng.integers(1, 8, B)
+        with no_grad():
+            full, _ = layer(x, lengths=lengths)
+        runs = []
+        try:
+            for threads in (1, 2, 3):
+                fastrnn.set_num_threads(threads)
+                runs.append(quantized(x, lengths=lengths))
+        finally:
+            fastrnn.set_num_threads(1)
+        for run in runs[1:]:
+            for a, b in zip(_outputs(run), _outputs(runs[0])):
+                np.testing.assert_array_equal(a, b)
+        assert 0 < np.abs(runs[0][0] - full).max() < 5e-2
+
+
 @pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
 def test_quantize_dynamic_layers(rng, cls):
     import fastrnn

@@ -10,7 +10,7 @@
 #include "int8.h"
 
 static inline int fr_lowp_is_i8(int format) {
-    return format == FR_PANEL_I8 || format == FR_PANEL_I8_VNNI;
+    return format == FR_PANEL_I8 || format == FR_PANEL_I8_VNNI || format == FR_PANEL_I8_PAIR;
 }
 
 /* 4-byte elements per row of A converted by fr_lowp_rows for a panel of `format`. */

@@ -144,6 +144,16 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int s
             product(acc, acc2, A, 0, slab, slab2, K, 1, 3, 1);                             \
         else                                                                               \
             product(acc, acc2, A, 0, slab, slab2, K, 1, 4, 1);                             \
+    }                                                                                      \
+    /* the tile of panel p from `slab` (m rows), or with `pair` the pair from it and the   \
+     * next block's */                                                                     \
+    static void name##_run(const fr_panel *p, real *acc, real *acc2, const real *A,       \
+                           ptrdiff_t lda, const real *slab, ptrdiff_t m, int pair) {      \
+        const slab_t *s1 = (const slab_t *)slab, *s2 = s1 + p->slab;                       \
+        if (pair)                                                                          \
+            name##_pair(acc, acc2, A, s1, s2, p->K, p->nv);                                \
+        else                                                                               \
+            name##_tile(acc, A, lda, s1, p->K, m, p->nv);                                  \
     }
 
 #include "lowp.h"
@@ -156,29 +166,23 @@ static inline ptrdiff_t FR_FN(panel_depth)(const fr_panel *p) {
     return p->format == FR_PANEL_BF16 ? (p->K + 1) / 2 * 2 : p->K;
 }
 
-/* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI): acc
- * (m, NB) = A (m rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one
- * row against slab and the next block's. Returns 0 for every other format (the float32
- * tiles run those, their values being float32). */
+/* The tiles of a panel on the dot-product instructions (FR_PANEL_BF16_DP, _I8_VNNI,
+ * _I8_PAIR), and of a FR_PANEL_I8 panel past FR_I8_EXACT_K (int8.h): acc (m, NB) = A (m
+ * rows converted by fr_lowp_rows) . slab, or with `pair` acc, acc2 for one row against
+ * slab and the next block's. Returns 0 for every other format (the float32 tiles run
+ * those, their values being float32). */
 static inline int FR_FN(panel_dot_tile)(const fr_panel *p, real *acc, real *acc2, const real *A,
                                         ptrdiff_t lda, const real *slab, ptrdiff_t m,
                                         int pair) {
 #if !defined(FR_F64) && FR_HAVE_BF16_DP
-    const uint32_t *s1 = (const uint32_t *)slab, *s2 = s1 + p->slab;
     if (p->format == FR_PANEL_BF16_DP) {
-        if (pair)
-            bf16_dp_pair(acc, acc2, A, s1, s2, p->K, p->nv);
-        else
-            bf16_dp_tile(acc, A, lda, s1, p->K, m, p->nv);
+        bf16_dp_run(p, acc, acc2, A, lda, slab, m, pair);
         return 1;
     }
-    if (p->format == FR_PANEL_I8_VNNI) {
-        if (pair)
-            i8_vnni_pair(acc, acc2, A, s1, s2, p->K, p->nv);
-        else
-            i8_vnni_tile(acc, A, lda, s1, p->K, m, p->nv);
-        return 1;
-    }
+#endif
+#ifndef FR_F64
+    if (fr_lowp_is_i8(p->format))
+        return FR_FN(i8_panel_tile)(p, acc, acc2, A, lda, slab, m, pair);
 #endif
     return 0;
 }

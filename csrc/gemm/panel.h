@@ -30,6 +30,7 @@
 #define FR_PANEL_BF16_DP 2 /* bf16 pairs, multiplied by vdpbf16ps (AVX512-BF16) */
 #define FR_PANEL_I8 3      /* int8 values as float32, float32 FMAs (any ISA; int8.h) */
 #define FR_PANEL_I8_VNNI 4 /* int8 quads, multiplied by vpdpbusd (AVX512-VNNI) */
+#define FR_PANEL_I8_PAIR 5 /* int8 as int16 pairs, multiplied by vpmaddwd (AVX2; int8.h) */
 
 typedef struct {
     real *data;          /* (blocks, K, NB) */

@@ -545,6 +545,8 @@ cdef extern from "fastrnn.h" nogil:
     int fr_pack_int8_f32(void *dst, size_t nbytes, const signed char *w_ih, const float *s_ih,
                          const signed char *w_hh, const float *s_hh, int cell, Py_ssize_t I,
                          Py_ssize_t H)
+    int fr_pack_lowp_product_f32(float *C, const void *pack, int index, const float *A,
+                                 Py_ssize_t rows, Py_ssize_t K, Py_ssize_t N)
 
 
 def _aligned_bytes(size_t nbytes):
@@ -583,6 +585,26 @@ def pack_int8(const signed char[::1] w_ih, const float[::1] s_ih, const signed c
     with nogil:
         status = fr_pack_int8_f32(&dst[0], nbytes, &w_ih[0], &s_ih[0], &w_hh[0], &s_hh[0],
                                   cell_id, I, H)
+    check(status)
+    return out
+
+
+def lowp_product(const unsigned char[::1] pack, int index, const float[:, ::1] A,
+                 Py_ssize_t N):
+    """A test hook: ``A (rows, K) . op(W)`` (rows, N) for panel ``index`` of a bf16 or int8
+    pack from :func:`pack_bf16` / :func:`pack_int8` (its w_hh products in order, then
+    w_ih^T), on the tiles a forward runs at the current ISA level."""
+    cdef Py_ssize_t rows = A.shape[0], K = A.shape[1]
+    out = np.empty((rows, N), np.float32)
+    cdef float[:, ::1] C = out
+    cdef int status
+    if rows == 0 or N == 0 or K == 0:
+        raise ValueError(f"A (rows, K) and N must be non-empty, got A ({rows}, {K}), N {N}")
+    with nogil:
+        status = fr_pack_lowp_product_f32(&C[0, 0], &pack[0], index, &A[0, 0], rows, K, N)
+    if status < 0:
+        raise ValueError(f"the pack has no panel {index} of shape (K, N) = ({K}, {N}) "
+                         f"that runs at ISA level {get_isa()!r}")
     check(status)
     return out
 

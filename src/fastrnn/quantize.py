@@ -11,8 +11,9 @@ The scheme (csrc/gemm/int8.h; NumPy twin :func:`fastrnn.reference.quantize_rows`
 * exact int32 sums, scaled back to float32 (``sum * (s_a * s_w)``) before the cell's math;
   biases, cell state, activations and outputs stay float32.
 
-On AVX512-VNNI CPUs the products run on ``vpdpbusd``; elsewhere the same integers run on
-float32 FMAs, exact while the input size is at most 1040 -- the same bits either way.
+On AVX512-VNNI CPUs the products run on ``vpdpbusd``, on AVX2 on ``vpmaddwd`` (int16
+pairs); elsewhere the same integers run on float32 FMAs, in chunks of 1040 (within which
+float32 sums of them are exact) added in int32 -- the same bits everywhere, at any size.
 A quantized module runs inference only (``forward``, ``step``, generation, ``predict``);
 its checkpoints (``Model.save`` / ``state_dict``) store the int8 weights and scales beside
 the float32 values they stand for, and load back bit for bit.

@@ -50,8 +50,9 @@ How it measures
   float32 time of the same run, every entry's error against fastrnn's float32 output
   (max |y - y32| / max |y32|), and **% peak** against the instruction fastrnn's products
   run on: ``vdpbf16ps`` / ``vpdpbusd`` (``csrc/peak_lowp.c``, measured where the CPU has
-  them, beside AVX-VNNI's and AVX2's int8 sequences), or the float32 FMA peak where the
-  ISA level runs reduced precision on the float32 microkernel.
+  them, beside AVX-VNNI's and AVX2's int8 sequences; int8 at level avx2 runs ``vpmaddwd``
+  and is held to AVX2's), or the float32 FMA peak where the ISA level runs reduced
+  precision on the float32 microkernel.
 * **Memory** (``train`` cases, fastrnn and torch, 1 thread): each measurement runs in a
   fresh process. It builds the inputs and weights, warms the library up on a tiny problem,
   resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` <- 5, so ``VmHWM`` =

@@ -90,12 +90,15 @@ def lowp_peaks(seconds: float = 0.1, repeats: int = 3) -> dict:
 
 
 # Which instruction a precision's products run on, per ISA level of the kernels
-# (csrc/gemm/bf16.h fr_bf16_format, int8.h fr_i8_format): below AVX512-BF16 both run the
-# float32 microkernel (bf16 widened, int8 values as exact floats), so their ceiling is
-# the float32 FMA peak of that level. Edit here when a kernel gains an instruction.
+# (csrc/gemm/bf16.h fr_bf16_format, int8.h fr_i8_format): int8 at AVX2 on vpmaddwd +
+# vpaddd over int16 pairs, whose ceiling is the int8_avx2 figure (both take two multiply
+# pipe operations per 32 products); elsewhere below AVX512-BF16 the float32 microkernel
+# (bf16 widened, int8 values as exact floats), so their ceiling is the float32 FMA peak of
+# that level. Edit here when a kernel gains an instruction.
 _MATCHING = {
     ("bf16", "avx512_bf16"): "bf16_avx512",
     ("int8", "avx512_bf16"): "int8_avx512_vnni",
+    ("int8", "avx2"): "int8_avx2",
 }
 
 
