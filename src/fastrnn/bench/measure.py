@@ -21,16 +21,19 @@ class Settings:
     rounds: int = 5            # round-robin samples per entry
     sample_s: float = 0.04     # target duration of one sample (k back-to-back calls)
     max_call_s: float = 1.0    # an entry slower than this per call gets 1 sample
-    # pause before each sample: OpenBLAS's idle threads spin ~50 ms after a threaded call
-    # (the numpy reference's and sgemm's), torch's OpenMP and ONNX Runtime's pools a few
-    # ms; each entry starts with the others' threads parked, not on a core they spin on
-    settle_s: float = 0.06
+    # pause before each sample, so that each entry starts with the others' threads parked,
+    # not spinning on a core it needs: after a threaded call numpy's OpenBLAS (the
+    # reference's and sgemm's) spins ~110 ms of CPU, ONNX Runtime's pool ~50 ms, torch's
+    # 0.1 ms (docs/perf-notes.md 22, 38). One thread runs beside them on the other core.
+    settle_s: float = 0.06          # 1-thread cases
+    settle_threads_s: float = 0.13  # cases on more threads
     seed: int = 0
     memory: bool = True
 
     @classmethod
     def quick(cls, **kw):
-        return cls(rounds=2, sample_s=0.01, max_call_s=0.2, settle_s=0.01, **kw)
+        return cls(rounds=2, sample_s=0.01, max_call_s=0.2, settle_s=0.01,
+                   settle_threads_s=0.01, **kw)
 
 
 def max_rel_error(a: dict, b: dict):
@@ -94,12 +97,13 @@ def measure_case(case: Case, runners: dict, settings: Settings, log=print,
         calls[name] = max(1, int(settings.sample_s / max(seconds, 1e-9)))
         rounds[name] = 1 if seconds > settings.max_call_s else settings.rounds
     samples = {name: [] for name in runners}
+    settle = settings.settle_s if case.threads == 1 else settings.settle_threads_s
     walls, cpus = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0.0)
     names = list(runners)
     for r in range(settings.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             if len(samples[name]) < rounds[name]:
-                time.sleep(settings.settle_s)        # let the last entry's spinning threads park
+                time.sleep(settle)                   # let the last entry's spinning threads park
                 wall, cpu = runners[name].time(calls[name])
                 samples[name].append(wall / calls[name])
                 walls[name] += wall
