@@ -35,8 +35,8 @@ void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm);
 #define FR_GEMM_BLOCKS 4  /* blocks of a taller C: each BLAS call packs all of op(B) anew */
 
 /* Rows per block of a C of M rows: M / FR_GEMM_BLOCKS (a multiple of 64), at least
- * FR_GEMM_ROWS. Fewer, taller blocks repack op(B) less often (LSTM medium training on Zen 3:
- * OpenBLAS's copies 26 -> 16 % of the tile's time at 512 rows than 128, M = 1024). */
+ * FR_GEMM_ROWS. Fewer, taller blocks repack op(B) less often (LSTM medium training on Zen 3,
+ * M = 1024: OpenBLAS's copies 25 -> 16 % of the tile's time with 256-row blocks, not 128). */
 static inline ptrdiff_t fr_gemm_block_rows(ptrdiff_t M) {
     ptrdiff_t rows = (M / FR_GEMM_BLOCKS + 63) / 64 * 64;
     return rows > FR_GEMM_ROWS ? rows : FR_GEMM_ROWS;
