@@ -241,12 +241,7 @@ static inline void FR_FN(i8_chunked_tile)(const fr_panel *p, real *acc, real *ac
         const ptrdiff_t kc = p->K - k0 < FR_I8_EXACT_K ? p->K - k0 : FR_I8_EXACT_K;
         const fr_segment seg = {A + k0, lda, kc, slab + k0 * NB,
                                 pair ? slab + p->slab + k0 * NB : NULL};
-        if (pair)
-            FR_FN(tile_pair)(part, part + NB, &seg, 1, NULL, p->nv);
-        else if (p->nv == 3)
-            FR_FN(tile_nv3)(part, &seg, 1, NULL, 0, m);
-        else
-            FR_FN(tile_nv4)(part, &seg, 1, NULL, 0, m);
+        FR_FN(float_tile)(part, part + n, &seg, 1, NULL, 0, m, p->nv, pair);
         for (ptrdiff_t i = 0; i < n + (pair ? NB : 0); i++)
             sums[i] += (int32_t)part[i];
     }

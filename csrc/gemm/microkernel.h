@@ -113,6 +113,19 @@ static void FR_FN(tile_pair)(real *acc, real *acc2, const fr_segment *seg, int s
         FR_FN(tile_product)(acc, acc2, seg, segments, start, 0, 1, 4, 1);
 }
 
+/* The float32 tiles of m rows against one block (tile_nv3 / tile_nv4), or with `pair` of
+ * one row against two blocks (tile_pair): every format whose values are float32. */
+static inline void FR_FN(float_tile)(real *acc, real *acc2, const fr_segment *seg,
+                                     int segments, const real *start, ptrdiff_t start_ld,
+                                     ptrdiff_t m, ptrdiff_t nv, int pair) {
+    if (pair)
+        FR_FN(tile_pair)(acc, acc2, seg, segments, start, nv);
+    else if (nv == 3)
+        FR_FN(tile_nv3)(acc, seg, segments, start, start_ld, m);
+    else
+        FR_FN(tile_nv4)(acc, seg, segments, start, start_ld, m);
+}
+
 /* The same dispatch for a reduced-precision tile product `product` (bf16_tile.h,
  * int8_tile.h) over slabs of slab_t: name##_tile (m rows) and name##_pair (one row, two
  * blocks), m and nv turned into constants. */
@@ -233,14 +246,8 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
                                       pair ? xslab + q->slab : NULL};
             }
             const real *s0 = start ? start + r * start_ld + blk * NB : NULL;
-            if (!FR_FN(panel_dot_tile)(p, acc, acc2, rows_A, lda, slab, m, pair)) {
-                if (pair)
-                    FR_FN(tile_pair)(acc, acc2, seg, segments, s0, p->nv);
-                else if (p->nv == 3)
-                    FR_FN(tile_nv3)(acc, seg, segments, s0, start_ld, m);
-                else
-                    FR_FN(tile_nv4)(acc, seg, segments, s0, start_ld, m);
-            }
+            if (!FR_FN(panel_dot_tile)(p, acc, acc2, rows_A, lda, slab, m, pair))
+                FR_FN(float_tile)(acc, acc2, seg, segments, s0, start_ld, m, p->nv, pair);
             FR_FN(panel_finish)(p, acc, rows_A, lda, m, slab);
             if (pair)
                 FR_FN(panel_finish)(p, acc2, rows_A, lda, 1, slab + p->slab);
