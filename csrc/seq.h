@@ -392,6 +392,27 @@ static inline ptrdiff_t FR_FN(recurrent_blocks)(const fr_recurrent *r) {
     return r->panel.data ? r->panel.blocks : 1;
 }
 
+/* A (rows of A at A + r * lda) as r's panel takes the rows of `part`: A itself (*ld = lda)
+ * for a float32 panel; for a bf16 or int8 one, those rows converted (fr_lowp_rows) into
+ * this part's slot of r's workspace (*ld = row_ld; part->row0 first). The hidden split
+ * has a slot per thread, the batch split its rows of slot 0. */
+static inline const real *FR_FN(recurrent_rows)(const fr_recurrent *r, const real *A,
+                                                ptrdiff_t lda, const fr_part *part,
+                                                ptrdiff_t *ld) {
+    *ld = lda;
+#ifndef FR_F64
+    if (r->rows) {
+        real *slot = r->rows + (part->slice % r->slots) * r->slot +
+                     part->row0 % (r->slot / r->row_ld) * r->row_ld;
+        fr_lowp_rows(r->panel.format, slot, r->row_ld, A + part->row0 * lda, lda, part->rows,
+                     r->K);
+        *ld = r->row_ld;
+        return slot;
+    }
+#endif
+    return A;
+}
+
 /* For the rows and column blocks of `part`: P = A . op(W), handed tile by tile to
  * epilogue(ctx, ...). A direct product goes through `scratch` (B, G*H) and reaches the
  * epilogue as one tile of every unit (it is never split by hidden units). */
@@ -400,21 +421,10 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
                                           void *ctx, real *scratch) {
     const ptrdiff_t row0 = part->row0, rows = part->rows;
     if (r->panel.data) {
-        ptrdiff_t first, last;
+        ptrdiff_t first, last, ld;
         fr_part_blocks(part, r->panel.blocks, &first, &last);
-#ifndef FR_F64
-        if (r->rows) { /* bf16, int8: convert this part's rows into its thread's slot */
-            /* the hidden split: a slot per thread; the batch split: its rows of slot 0 */
-            real *slot = r->rows + (part->slice % r->slots) * r->slot +
-                         row0 % (r->slot / r->row_ld) * r->row_ld;
-            fr_lowp_rows(r->panel.format, slot, r->row_ld, A + row0 * lda, lda, rows, r->K);
-            FR_FN(panel_product)(&r->panel, slot, r->row_ld, row0, rows, first, last,
-                                 epilogue, ctx);
-            return;
-        }
-#endif
-        FR_FN(panel_product)(&r->panel, A, lda, row0, rows, first, last,
-                             epilogue, ctx);
+        const real *rows_A = FR_FN(recurrent_rows)(r, A, lda, part, &ld);
+        FR_FN(panel_product)(&r->panel, rows_A, ld, row0, rows, first, last, epilogue, ctx);
         return;
     }
     const ptrdiff_t N = r->G * r->H;
@@ -504,7 +514,9 @@ static inline void FR_FN(recurrent_product_masked)(const fr_recurrent *r, real *
  * (`fused`), as a first segment of one K = I + H product per tile from 16 rows on, and
  * below that as tiles stored before the loop (`start`, in the panel's block layout) that
  * each step's tile starts from. Either way a row's sums run in the same order, so its bits
- * never depend on how many rows share its batch; the epilogue adds the biases. Otherwise
+ * never depend on how many rows share its batch; the epilogue adds the biases. A bf16 or
+ * int8 pack fuses too: its two products are finished apart and added in the tile
+ * (lowp_tile_sum: an int8 product carries its own operands' scales). Otherwise
  * (GRU) small batches run all T*B rows through the w_ih panel before the loop (the same
  * sums as step by step), and calls of fewer than FR_PACK_ROWS rows in all take BLAS. */
 #define FR_STEP_PROJECTION_ROWS 16
@@ -524,26 +536,35 @@ typedef struct {
 /* Whether a forward over B rows projects its input step by step. */
 static inline int FR_FN(input_per_step)(ptrdiff_t B) { return B >= FR_STEP_PROJECTION_ROWS; }
 
-/* The whole sequence's x . w_ih^T as tiles to start from (fused, below 16 rows). */
-static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows) {
+/* The whole sequence's x . w_ih^T as tiles to start from (fused, below 16 rows): `chunk`
+ * rows at a time (the rows a bf16 or int8 panel's workspace converts at once). */
+static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows, ptrdiff_t chunk) {
     const fr_panel *p = &in->rec.panel;
     in->start_ld = p->blocks * p->nv * FR_VLEN;
     in->start = FR_FN(alloc)(rows * in->start_ld);
     if (!in->start)
         return FR_ERR_NOMEM;
     fr_store_tiles s = {in->start, in->start_ld};
-    FR_FN(panel_product)(p, in->x, in->I, 0, rows, 0, p->blocks,
-                         FR_FN(store_tile_epilogue), &s);
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += chunk) {
+        fr_part part = {r0, rows - r0 < chunk ? rows - r0 : chunk, 0, 1, NULL};
+        FR_FN(recurrent_apply)(&in->rec, in->x, in->I, &part, FR_FN(store_tile_epilogue), &s,
+                               NULL);
+    }
     return FR_OK;
 }
 
 /* Whether input_prepare fuses the projection into fuse_with's tiles (when it succeeds):
- * both products on float32 panels, which a call of at least FR_PACK_ROWS rows always has
- * (a bf16 or int8 pack never fuses). */
+ * both products on float32 panels, which a call of at least FR_PACK_ROWS rows always has,
+ * or both on bf16 or int8 panels of one forward pack (its w_ih panel made for I). */
 static inline int FR_FN(input_fusable)(const fr_recurrent *fuse_with, ptrdiff_t T,
-                                       ptrdiff_t B) {
-    return fuse_with && fuse_with->panel.data && fuse_with->panel.format == FR_PANEL_F32 &&
-           T * B >= FR_PACK_ROWS;
+                                       ptrdiff_t B, ptrdiff_t I, const void *pack) {
+    if (!fuse_with || !fuse_with->panel.data)
+        return 0;
+    if (fuse_with->panel.format == FR_PANEL_F32)
+        return T * B >= FR_PACK_ROWS;
+    int format = FR_PANEL_F32;
+    return FR_FN(pack_input_data)(pack, I, fuse_with->G, fuse_with->H, &format) &&
+           format == fuse_with->panel.format;
 }
 
 /* The epilogue of the per-step projection: P (B, G*H) = tile + bias. */
@@ -572,17 +593,16 @@ static void FR_FN(bias_store_epilogue)(void *ctx, const real *acc, ptrdiff_t acc
  * whole projection now. `fuse_with`: the recurrent product of a cell that adds the input
  * and recurrent products of every gate before its math (RNN, LSTM; not GRU, whose n gate
  * needs them apart), or NULL; the projection is then fused into that product's tiles when
- * both are float32 panels. A bf16 or int8 forward pack (fr_pack_bf16_*, fr_pack_int8_*)
- * supplies the panel of w_ih instead: never fused (an int8 product's scales are per
- * operand), it runs per step or over all T*B rows here, FR_INPUT_ROWS at a time. Returns
- * 0, or FR_ERR_NOMEM. */
+ * input_fusable says so. A bf16 or int8 forward pack (fr_pack_bf16_*, fr_pack_int8_*)
+ * supplies the panel of w_ih instead (fused with its own w_hh panel; for a GRU per step or
+ * over all T*B rows here, FR_INPUT_ROWS at a time). Returns 0, or FR_ERR_NOMEM. */
 static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, const real *w_ih,
                                        const real *bias_a, const real *bias_b, ptrdiff_t T,
                                        ptrdiff_t B, ptrdiff_t I, ptrdiff_t G, ptrdiff_t H,
                                        const fr_recurrent *fuse_with, const void *pack) {
     int format = FR_PANEL_F32;
     real *packed = FR_FN(pack_input_data)(pack, I, G, H, &format);
-    const int fuse = !packed && FR_FN(input_fusable)(fuse_with, T, B);
+    const int fuse = FR_FN(input_fusable)(fuse_with, T, B, I, pack);
     in->per_step = FR_FN(input_per_step)(B);
     in->fused = 0;
     in->x = x;
@@ -603,9 +623,10 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     /* before the loop: all T*B rows through the panel, a chunk at a time (no BLAS call, so
      * no BLAS threads woken for a small product, and a row's sums run in the same order as
      * in the per-step projection of a bigger batch) */
-    ptrdiff_t chunk = !before_loop            ? B
-                      : T * B < FR_INPUT_ROWS ? T * B
-                                              : FR_INPUT_ROWS;
+    const int start_tiles = fuse && !in->per_step; /* or, fused, tiles stored now */
+    ptrdiff_t chunk = !before_loop && !start_tiles ? B
+                      : T * B < FR_INPUT_ROWS      ? T * B
+                                                   : FR_INPUT_ROWS;
     in->bias = FR_FN(alloc)(G * H);
     if (!in->bias ||
         FR_FN(recurrent_setup)(&in->rec, w_ih, spec, H, T, chunk, packed, format) != FR_OK)
@@ -613,7 +634,7 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     FR_FN(fill_bias_rows)(in->bias, bias_a, bias_b, 1, G * H);
     in->fused = fuse && in->rec.panel.data;
     if (in->fused && !in->per_step)
-        return FR_FN(input_start_tiles)(in, T * B);
+        return FR_FN(input_start_tiles)(in, T * B, in->rec.rows ? chunk : T * B);
     fr_bias_store s = {P, in->bias, G, H};
     for (ptrdiff_t r0 = 0; before_loop && r0 < T * B; r0 += chunk) {
         fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL};
@@ -656,12 +677,16 @@ static inline void FR_FN(step_product)(const fr_input *in, const fr_recurrent *r
                                        ptrdiff_t ldh, const fr_part *part,
                                        fr_epilogue_fn epilogue, void *ctx, real *scratch) {
     if (in->fused) {
-        ptrdiff_t first, last;
+        ptrdiff_t first, last, ld_h, ld_x = in->I;
         fr_part_blocks(part, rec->panel.blocks, &first, &last);
         const real *start = in->start ? in->start + t * in->B * in->start_ld : NULL;
-        FR_FN(panel_product_sum)(&rec->panel, h_prev, ldh, start ? NULL : &in->rec.panel,
-                                 in->x + t * in->B * in->I, in->I, start, in->start_ld,
-                                 part->row0, part->rows, first, last, epilogue, ctx);
+        const real *x_t = in->x + t * in->B * in->I;
+        const real *rows_h = FR_FN(recurrent_rows)(rec, h_prev, ldh, part, &ld_h);
+        const real *rows_x = start ? NULL : FR_FN(recurrent_rows)(&in->rec, x_t, in->I, part,
+                                                                  &ld_x);
+        FR_FN(panel_product_sum)(&rec->panel, rows_h, ld_h, start ? NULL : &in->rec.panel,
+                                 rows_x, ld_x, start, in->start_ld, part->row0, part->rows,
+                                 first, last, epilogue, ctx);
         return;
     }
     FR_FN(input_step)(in, P_t, t, part, scratch);

@@ -210,14 +210,65 @@ static inline void FR_FN(panel_finish)(const fr_panel *p, real *acc, const real 
 #endif
 }
 
+/* The tile of m rows from `slab` of panel p on its own, finished: acc (m, NB) = A (m rows,
+ * converted by fr_lowp_rows unless p is float32) . slab, and with `pair` acc2 for one row
+ * against the next block's slab too. */
+static inline void FR_FN(panel_tile)(const fr_panel *p, real *acc, real *acc2, const real *A,
+                                     ptrdiff_t lda, const real *slab, ptrdiff_t m, int pair) {
+    if (!FR_FN(panel_dot_tile)(p, acc, acc2, A, lda, slab, m, pair)) {
+        const fr_segment seg = {A, lda, FR_FN(panel_depth)(p), slab,
+                                pair ? slab + p->slab : NULL};
+        FR_FN(float_tile)(acc, acc2, &seg, 1, NULL, 0, m, p->nv, pair);
+    }
+    FR_FN(panel_finish)(p, acc, A, lda, m, slab);
+    if (pair)
+        FR_FN(panel_finish)(p, acc2, A, lda, 1, slab + p->slab);
+}
+
+/* acc (m, NB) += add (m rows of NB, row i at add + i * add_ld). */
+static inline void FR_FN(tile_add)(real *restrict acc, const real *restrict add,
+                                   ptrdiff_t add_ld, ptrdiff_t m, ptrdiff_t NB) {
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t c = 0; c < NB; c++)
+            acc[i * NB + c] += add[i * add_ld + c];
+}
+
+/* The tile of a bf16 or int8 panel p at rows [r, r + m) of block blk (A: those rows
+ * converted), plus the same tile of the input panel q over X's rows (converted likewise,
+ * or float32 rows r.. of X for a float32 q), or plus the stored tile s0 (row i at s0 + i *
+ * start_ld): the two products are finished apart (an int8 product has the scales of its
+ * own operands) and then added, one addition per element, so both ways give the same bits.
+ * `pair` as in panel_product_sum. */
+static inline void FR_FN(lowp_tile_sum)(const fr_panel *p, real *acc, real *acc2,
+                                        const real *A, ptrdiff_t lda, const fr_panel *q,
+                                        const real *X, ptrdiff_t ldx, const real *s0,
+                                        ptrdiff_t start_ld, ptrdiff_t blk, ptrdiff_t m,
+                                        int pair) {
+    const ptrdiff_t NB = p->nv * FR_VLEN;
+    FR_FN(panel_tile)(p, acc, acc2, A, lda, p->data + blk * p->slab, m, pair);
+    if (q) {
+        real xacc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
+        real xacc2[4 * FR_VLEN] __attribute__((aligned(64)));
+        FR_FN(panel_tile)(q, xacc, xacc2, X, ldx, q->data + blk * q->slab, m, pair);
+        FR_FN(tile_add)(acc, xacc, NB, m, NB);
+        if (pair)
+            FR_FN(tile_add)(acc2, xacc2, NB, 1, NB);
+    } else if (s0) {
+        FR_FN(tile_add)(acc, s0, start_ld, m, NB);
+        if (pair)
+            FR_FN(tile_add)(acc2, s0 + NB, start_ld, 1, NB);
+    }
+}
+
 /* For rows [row0, row0 + rows) and the panel's column blocks [blk0, blk1): every tile of
  *   [start +] [X (rows, q->K) . q +] A (rows, p->K) . p
  * handed to epilogue(ctx, ...). Row r of A is at A + r * lda (of X at X + r * ldx); q (NULL:
  * none) is a second panel with the same column blocks (same G and H), summed first. start
  * (NULL: none) holds tiles to start from in the panel's block layout: row r, block j at
  * start + r * start_ld + j * NB (as store_tile_epilogue writes them). A bf16 or int8
- * panel p (q and start NULL) takes A's rows as fr_lowp_rows left them, row0 + i at
- * A + i * lda. */
+ * panel p (or q) takes its rows as fr_lowp_rows left them, row0 + i at A + i * lda (X + i *
+ * ldx), and its sums are added to the other operand's after both are finished
+ * (lowp_tile_sum). */
 static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                             const fr_panel *q, const real *X, ptrdiff_t ldx,
                                             const real *start, ptrdiff_t start_ld,
@@ -227,7 +278,7 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
     const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
     real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
     real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
-    const int segments = q ? 2 : 1;
+    const int segments = q ? 2 : 1, lowp = p->format != FR_PANEL_F32;
     for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
         ptrdiff_t unit0 = blk * p->units;
         ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
@@ -237,20 +288,23 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
             ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
             const real *slab = p->data + blk * p->slab;
-            const real *rows_A = p->format == FR_PANEL_F32 ? A + r * lda : A + (r - row0) * lda;
-            *own = (fr_segment){rows_A, lda, FR_FN(panel_depth)(p), slab,
-                                pair ? slab + p->slab : NULL};
-            if (q) {
-                const real *xslab = q->data + blk * q->slab;
-                seg[0] = (fr_segment){X + r * ldx, ldx, q->K, xslab,
-                                      pair ? xslab + q->slab : NULL};
-            }
+            const real *rows_A = lowp ? A + (r - row0) * lda : A + r * lda;
             const real *s0 = start ? start + r * start_ld + blk * NB : NULL;
-            if (!FR_FN(panel_dot_tile)(p, acc, acc2, rows_A, lda, slab, m, pair))
+            if (lowp) {
+                const real *rows_X = !q ? NULL
+                                     : q->format == FR_PANEL_F32 ? X + r * ldx
+                                                                 : X + (r - row0) * ldx;
+                FR_FN(lowp_tile_sum)(p, acc, acc2, rows_A, lda, q, rows_X, ldx, s0,
+                                     start_ld, blk, m, pair);
+            } else {
+                *own = (fr_segment){rows_A, lda, p->K, slab, pair ? slab + p->slab : NULL};
+                if (q) {
+                    const real *xslab = q->data + blk * q->slab;
+                    seg[0] = (fr_segment){X + r * ldx, ldx, q->K, xslab,
+                                          pair ? xslab + q->slab : NULL};
+                }
                 FR_FN(float_tile)(acc, acc2, seg, segments, s0, start_ld, m, p->nv, pair);
-            FR_FN(panel_finish)(p, acc, rows_A, lda, m, slab);
-            if (pair)
-                FR_FN(panel_finish)(p, acc2, rows_A, lda, 1, slab + p->slab);
+            }
             epilogue(ctx, acc, NB, p->units, r, m, unit0, units);
         }
         if (pair) {
