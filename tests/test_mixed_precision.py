@@ -280,6 +280,35 @@ def test_layer_grads_follow_float32_training_closely(cls):
         assert 0 < np.abs(a - b).max() <= 0.02 * max(np.abs(b).max(), 1)
 
 
+@pytest.mark.parametrize("cls", LAYERS)
+def test_bf16_copies_are_made_once_per_optimizer_step(cls):
+    """Forwards between two optimizer steps reuse one pack (bf16 forward, float32 backward);
+    after a step the layer trains on the new weights' pack, as a fresh layer would."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    layer = cls(4, 6, dtype="bfloat16", seed=1)
+    opt = fastrnn.optim.SGD(layer, lr=0.5)
+    packs = []
+    for _ in range(2):
+        y, _ = layer(x)
+        layer.backward(np.ones_like(y))
+        packs.append(layer._pack_cache[0, 0][-1])
+    assert packs[0] is packs[1]
+    assert packs[0].precision == "bfloat16" and packs[0].backward is not None
+    opt.step()
+    layer.zero_grad()
+    y, _ = layer(x)
+    layer.backward(np.ones_like(y))
+    assert layer._pack_cache[0, 0][-1] is not packs[0]
+    fresh = cls(4, 6, dtype="bfloat16", seed=2)
+    fresh.load_state_dict(layer.state_dict())
+    want, _ = fresh(x)
+    fresh.backward(np.ones_like(want))
+    np.testing.assert_array_equal(y, want)
+    for a, b in zip(layer.parameters(), fresh.parameters()):
+        np.testing.assert_array_equal(a.grad, b.grad)
+
+
 # -- fit and the command line -----------------------------------------------------------
 
 TEXT = "to be or not to be, that is the question. " * 40
