@@ -14,11 +14,12 @@ over the rounds and the ratio bf16 / float32, then the held-out bits per charact
 after the same number of steps (evaluated in float32, and the bf16 model also in bf16).
 
 A second table times the LSTM layer alone on one window ((T, B, I) = (64, 32, 64), H =
-128): the training forward, and forward + backward, float32 against bf16 -- the part that
+128 or --hidden): the training forward, and forward + backward, float32 against bf16 -- the part that
 mixed precision changes (the backward stays float32, so it bounds the whole step's gain).
 
     python bench/bf16_train.py                      # 1 thread, 5 rounds of 30 steps
     python bench/bf16_train.py --rounds 3 --steps 20 --threads 1,2
+    python bench/bf16_train.py --hidden 512        # a wider LSTM than the default
 """
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ class Trainer:
     without its progress bar, checkpoints and finiteness checks; the model carries its
     state (and its position in the windows) from one call to the next."""
 
-    def __init__(self, vocab, precision: str):
-        self.model = LanguageModel(vocab, embed=EMBED, hidden=HIDDEN, seed=0)
+    def __init__(self, vocab, precision: str, hidden: int):
+        self.model = LanguageModel(vocab, embed=EMBED, hidden=hidden, seed=0)
         if precision == "bf16":
             self.model.to("bfloat16")           # float32 Parameters, bf16 LSTM products
         self.optimizer = self.model._make_optimizer(None, LR)
@@ -84,7 +85,7 @@ def held_out_bpc(model, held_out: str, precision: str) -> float:
         return model.evaluate(held_out, batch_size=8)["bpc"]
 
 
-def measure_training(threads: int, rounds: int, steps: int) -> dict:
+def measure_training(threads: int, rounds: int, steps: int, hidden: int) -> dict:
     fastrnn.set_num_threads(threads)
     text = default_corpus()
     split = len(text) - max(2, int(len(text) * HOLDOUT))
@@ -92,7 +93,7 @@ def measure_training(threads: int, rounds: int, steps: int) -> dict:
     vocab = Vocabulary.from_text(text)
     streams = batchify(vocab.encode(train_text), BATCH)
     batches = windows(streams, 3 + rounds * steps)
-    trainers = {p: Trainer(vocab, p) for p in PRECISIONS}
+    trainers = {p: Trainer(vocab, p, hidden) for p in PRECISIONS}
     for trainer in trainers.values():                 # warm-up: the same 3 windows
         trainer.run(batches[:3])
     rates = {p: [] for p in PRECISIONS}
@@ -110,14 +111,14 @@ def measure_training(threads: int, rounds: int, steps: int) -> dict:
     return result
 
 
-def measure_layer(threads: int, repeats: int) -> dict:
+def measure_layer(threads: int, repeats: int, hidden: int) -> dict:
     """Median seconds of the LSTM layer's training forward and forward + backward on one
     window, per precision (interleaved)."""
     fastrnn.set_num_threads(threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((SEQ_LEN, BATCH, EMBED)).astype(np.float32)
-    dy = rng.standard_normal((SEQ_LEN, BATCH, HIDDEN)).astype(np.float32)
-    layers = {p: fastrnn.nn.LSTM(EMBED, HIDDEN, seed=0,
+    dy = rng.standard_normal((SEQ_LEN, BATCH, hidden)).astype(np.float32)
+    layers = {p: fastrnn.nn.LSTM(EMBED, hidden, seed=0,
                                  dtype="bfloat16" if p == "bf16" else "float32")
               for p in PRECISIONS}
     times = {(p, part): [] for p in PRECISIONS for part in ("forward", "forward+backward")}
@@ -142,13 +143,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per round")
     parser.add_argument("--layer-repeats", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=HIDDEN,
+                        help="LSTM units (default: %(default)s, fastrnn train's)")
     args = parser.parse_args(argv)
-    print(f"ISA level {fastrnn._core.get_isa()}")
+    print(f"ISA level {fastrnn._core.get_isa()}, LSTM {args.hidden}")
     print("| threads | float32 chars/s | bf16 chars/s | bf16 / float32 | steps each | "
           "held-out bpc float32 | bpc bf16 (float32 eval) | bpc bf16 (bf16 eval) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for threads in (int(t) for t in args.threads.split(",")):
-        m = measure_training(threads, args.rounds, args.steps)
+        m = measure_training(threads, args.rounds, args.steps, args.hidden)
         rate, bpc = m["rate"], m["bpc"]
         print(f"| {threads} | {rate['float32']:,.0f} | {rate['bf16']:,.0f} | "
               f"{rate['bf16'] / rate['float32']:.2f} | {m['steps']} | {bpc['float32']:.4f} | "
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
     print("| threads | LSTM layer, one window | float32 ms | bf16 ms | float32 / bf16 |")
     print("|---:|---|---:|---:|---:|")
     for threads in (int(t) for t in args.threads.split(",")):
-        t = measure_layer(threads, args.layer_repeats)
+        t = measure_layer(threads, args.layer_repeats, args.hidden)
         for part in ("forward", "forward+backward"):
             f32, low = t["float32", part], t["bf16", part]
             print(f"| {threads} | training {part} | {f32 * 1e3:.2f} | {low * 1e3:.2f} | "
