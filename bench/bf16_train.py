@@ -14,8 +14,9 @@ over the rounds and the ratio bf16 / float32, then the held-out bits per charact
 after the same number of steps (evaluated in float32, and the bf16 model also in bf16).
 
 A second table times the LSTM layer alone on one window ((T, B, I) = (64, 32, 64), H =
-128 or --hidden): the training forward, and forward + backward, float32 against bf16 -- the part that
-mixed precision changes (the backward stays float32, so it bounds the whole step's gain).
+128 or --hidden): the training forward, and forward + backward, float32 against bf16 --
+the part that mixed precision changes (the backward stays float32, so it bounds the whole
+step's gain).
 
     python bench/bf16_train.py                      # 1 thread, 5 rounds of 30 steps
     python bench/bf16_train.py --rounds 3 --steps 20 --threads 1,2

@@ -9,7 +9,7 @@ states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)`
 pack it once; the NumPy reference accepts and ignores it. ``recurrent_mask (B, H)``
 (recurrent dropout, every forward) makes each recurrent product read ``h_{t-1} * mask``.
 
-``precision="bfloat16"`` (inference, ``training=False``, float32 arrays) runs both products
+``precision="bfloat16"`` (float32 arrays; inference, and training as below) runs both products
 of every step on bfloat16 operands: ``w_ih`` and ``w_hh`` rounded to bf16 (nearest even)
 once, into a bf16 pack, and ``x_t`` and ``h_{t-1}`` rounded as they enter the product, with
 float32 accumulation; biases, cell state, activations and outputs stay float32. The NumPy
