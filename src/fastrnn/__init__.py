@@ -15,6 +15,7 @@
   graphs into fastrnn (needs the optional ``onnx`` package, imported on first use).
 * Reduced precision inference: ``.to("bfloat16")`` (or ``dtype="bfloat16"``) and
   ``fastrnn.quantize_dynamic`` (int8); see ``fastrnn.ops`` and ``fastrnn.quantize``.
+  bf16 also trains (bf16 forward products, float32 backward): ``fit(..., precision="bf16")``.
 """
 from ._threads import get_num_threads, set_num_threads  # first: it prepares OpenMP
 

@@ -217,7 +217,8 @@ def split_precision(value, name: str = "dtype"):
     """``(storage dtype, precision)`` of a module's ``dtype`` argument.
 
     ``"bfloat16"`` (or ``torch.bfloat16``) gives ``(float32, "bfloat16")``: float32
-    parameters, bf16 products in inference (see :mod:`fastrnn.ops`). Anything
+    parameters, bf16 products in the forward (inference and training; see
+    :mod:`fastrnn.ops`). Anything
     :func:`normalize_dtype` accepts gives ``(that dtype, "float32")``.
     """
     if _is_bfloat16(value):
@@ -225,11 +226,17 @@ def split_precision(value, name: str = "dtype"):
     return normalize_dtype(value, name), "float32"
 
 
+# Reduced precisions whose forward may save for a backward (mixed-precision training: the
+# forward's products in that precision, the backward in float32 from float32 master weights).
+TRAINABLE_PRECISIONS = ("float32", "bfloat16")
+
+
 def check_precision(precision, packs, dtype: np.dtype, training: bool,
                     variants: Optional[dict] = None) -> str:
     """The precision of a forward: ``precision`` ('float32', 'bfloat16' or 'int8'), or that
-    of the ``packs`` when it is None. The reduced ones need float32 arrays,
-    ``training=False`` and none of ``variants`` (name: argument, None when not used)."""
+    of the ``packs`` when it is None. The reduced ones need float32 arrays and none of
+    ``variants`` (name: argument, None when not used); int8 also ``training=False``
+    (bfloat16 trains: see :mod:`fastrnn.ops`)."""
     if precision is None:
         precision = getattr(packs, "precision", "float32") if packs is not None else "float32"
     if precision not in PRECISIONS:
@@ -237,9 +244,9 @@ def check_precision(precision, packs, dtype: np.dtype, training: bool,
     if precision != "float32":
         if dtype != np.float32:
             raise TypeError(f"precision={precision!r} needs float32 arrays, got {dtype}")
-        if training:
+        if training and precision not in TRAINABLE_PRECISIONS:
             raise ValueError(f"precision={precision!r} runs inference only: pass "
-                             "training=False")
+                             "training=False (precision='bfloat16' also trains)")
         for name, value in (variants or {}).items():
             if value is not None:
                 raise ValueError(f"precision={precision!r} does not support {name} yet; "

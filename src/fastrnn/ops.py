@@ -9,12 +9,22 @@ states ``(B, H)``; weights in PyTorch layout ``w_ih (G*H, I)``, ``w_hh (G*H, H)`
 pack it once; the NumPy reference accepts and ignores it. ``recurrent_mask (B, H)``
 (recurrent dropout, every forward) makes each recurrent product read ``h_{t-1} * mask``.
 
-``precision="bfloat16"`` (inference, ``training=False``, float32 arrays) runs both products
+``precision="bfloat16"`` (float32 arrays; inference, and training as below) runs both products
 of every step on bfloat16 operands: ``w_ih`` and ``w_hh`` rounded to bf16 (nearest even)
 once, into a bf16 pack, and ``x_t`` and ``h_{t-1}`` rounded as they enter the product, with
 float32 accumulation; biases, cell state, activations and outputs stay float32. The NumPy
 twin rounds the same operands (:func:`fastrnn.reference.bf16_round`). ``precision=None``
 takes the precision of ``packs`` (float32 without them).
+
+``precision="bfloat16"`` with ``training=True`` is mixed-precision training: the forward
+is the bf16 forward above (the same kernels on the same bf16 pack, so the same outputs) and
+saves what backward needs in float32 (gates, cell states, outputs: the float32 results of
+the float32 cell math). The backward is the float32 backward, on the float32 master weights
+``w_ih``, ``w_hh`` (``dx = dG w_ih``, ``dh += dG w_hh``; the backward pack of a bf16
+``Packs`` is a float32 one) and on float32 operands for the weight gradients: ``dw_ih =
+dGᵀ x`` with ``x`` as given (not rounded), ``dw_hh = dGᵀ h_prev`` with the saved float32
+states. That is, the gradient treats the bf16 rounding of the forward's operands as the
+identity (a straight-through estimate); the gradients are float32, like the weights.
 
 ``precision="int8"`` (inference, float32 arrays) runs them on int8: the weights quantized
 per row (symmetric, ``s = max|row| / 127``), each row of ``x_t`` and of ``h_{t-1}``
@@ -52,8 +62,10 @@ class Packs(NamedTuple):
     loop and one for the backward loop (None: the kernel packs for itself). Made by
     :func:`pack_weights`; valid while ``w_hh`` is unchanged and only under the ISA level,
     dtype and sizes it was made for (the kernels ignore a pack made for anything else).
-    A ``precision="bfloat16"`` pack holds ``w_ih`` and ``w_hh`` in bf16, an ``"int8"`` pack
-    both quantized per row (``quantized``: the int8 values and scales), forward only."""
+    A ``precision="bfloat16"`` pack holds ``w_ih`` and ``w_hh`` in bf16 for the forward
+    and, when made for training, a float32 backward pack of ``w_hh`` (bf16 training runs
+    its backward in float32); an ``"int8"`` pack both quantized per row (``quantized``: the
+    int8 values and scales), forward only."""
 
     forward: Optional[np.ndarray]
     backward: Optional[np.ndarray]
@@ -69,8 +81,9 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="floa
     """Pack ``w_hh (G*H, H)`` of ``cell`` ('rnn', 'lstm' or 'gru') once, to hand to many
     calls of the cell's forward (and backward) as ``packs=``: the layers do this and keep
     the packs until the weight changes. ``backward=False`` packs for inference only.
-    ``precision="bfloat16"`` makes the bf16 inference pack of ``w_ih (G*H, I)`` (required)
-    and ``w_hh``, both float32, rounded to bf16 once; ``precision="int8"`` the int8 pack of
+    ``precision="bfloat16"`` makes the bf16 forward pack of ``w_ih (G*H, I)`` (required)
+    and ``w_hh``, both float32, rounded to bf16 once, and with ``backward`` the float32
+    backward pack of ``w_hh`` beside it (for bf16 training); ``precision="int8"`` the int8 pack of
     both quantized per row (:func:`fastrnn.reference.quantize_rows`), or of ``quantized``
     ``((q_ih, s_ih), (q_hh, s_hh))`` as given. Extra keyword arguments of the cell
     (``nonlinearity``) are accepted and ignored."""
@@ -88,7 +101,9 @@ def pack_weights(cell, w_hh, *, reset_after=True, backward=True, precision="floa
         w_ih = _check_w_ih(precision, w_ih, w_hh)
     if precision == "bfloat16":
         return Packs(_core.pack_bf16(w_ih.reshape(-1), w_hh.reshape(-1), name, w_ih.shape[1],
-                                     H), None, "bfloat16")
+                                     H),
+                     _core.pack(w_hh.reshape(-1), name, True, H) if backward else None,
+                     "bfloat16")
     if precision == "int8":
         return _pack_int8(name, w_ih, w_hh, quantized)
     if precision != "float32":
@@ -132,14 +147,16 @@ def _pack_int8(name, w_ih, w_hh, quantized):
 def _precision_packs(cell, inputs: Inputs, packs, precision, training, reset_after=True,
                      variants=None):
     """The packs a forward runs on: ``packs``, or for a reduced precision without a pack
-    of it a fresh one (checked: float32, inference)."""
+    of it a fresh forward-only one (checked: float32; inference, or bf16 training). A
+    bf16 training forward's backward runs on the float32 backward pack of its ``Packs``,
+    or, without one, on a float32 panel that the backward kernel packs itself."""
     precision = check_precision(precision, packs, inputs.dtype, training, variants)
     if getattr(packs, "precision", "float32") == precision:
         return packs
     if precision == "float32":
         return None              # a reduced pack asked to run float32: the kernel packs
     return pack_weights(cell, inputs.w_hh, reset_after=reset_after, precision=precision,
-                        w_ih=inputs.w_ih)
+                        w_ih=inputs.w_ih, backward=False)
 
 
 def _pack(packs: Optional[Packs], backward: bool):

@@ -29,7 +29,11 @@ Conventions (shared with ``fastrnn.ops``, see ``_common.py``):
 * ``precision="bfloat16"`` (inference, float32): every operand of a product -- ``x``,
   ``w_ih``, ``w_hh`` and the state entering each step's product -- is rounded by
   :func:`bf16_round` first; the products themselves, biases, states and activations stay
-  float32, as in the kernels (which differ only in the order of float32 additions).
+  float32, as in the kernels (which differ only in the order of float32 additions). With
+  ``training=True`` (mixed-precision training) the cache keeps the float32 inputs, so the
+  backward is the float32 one: float32 master weights (``dx = dG w_ih``, ``dh += dG w_hh``)
+  and float32 ``x`` and saved states in the weight gradients (``dw_ih = dGᵀ x``) -- the
+  rounding counts as the identity (straight through), as in the kernels.
 * ``precision="int8"`` (inference, float32): weights quantised per row
   (:func:`quantize_rows`, or as ``packs.quantized`` holds them), each row of ``x_t`` and of
   the state quantised the same way as it enters a product; exact integer sums, scaled back
@@ -181,7 +185,8 @@ def _identity(a):
 def _operands(inputs, precision, packs=None):
     """The inputs with the product operands x, w_ih, w_hh in ``precision``, and the function
     that rounds a state before it enters a product (identity for float32). int8 weights
-    come quantised from ``packs.quantized`` when given, else from ``quantize_rows``."""
+    come quantised from ``packs.quantized`` when given, else from ``quantize_rows``. Only
+    the forward's products read them: a training cache keeps the given (float32) inputs."""
     if precision == "bfloat16":
         inputs = replace(inputs, x=bf16_round(inputs.x), w_ih=bf16_round(inputs.w_ih),
                          w_hh=bf16_round(inputs.w_hh))
@@ -277,8 +282,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     """
     nonlinearity = check_nonlinearity(nonlinearity)
     act, _ = _ACTIVATIONS[nonlinearity]
-    inputs = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training,
+    master = check_forward("rnn", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(master, check_precision(precision, packs, master.dtype, training,
                                                     {"recurrent_mask": recurrent_mask}), packs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
     valid = _valid_steps(inputs)                           # (T, B, 1)
@@ -294,7 +299,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
         if training:
             hs[t + 1] = h
 
-    cache = (_make_cache(inputs, y, {"h": hs}, nonlinearity=nonlinearity, recurrent_mask=m)
+    cache = (_make_cache(master, y, {"h": hs}, nonlinearity=nonlinearity, recurrent_mask=m)
              if training else None)
     return y, h, cache
 
@@ -381,10 +386,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
     b_ih/b_hh (4H,) or None, lengths (B,) or None, peepholes (3H,) or None.
     Returns ``y (T, B, H), h_n (B, H), c_n (B, H), cache`` (None unless training).
     """
-    inputs = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    master = check_forward("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
     variants = {"peepholes": peepholes, "recurrent_mask": recurrent_mask, "w_hr": w_hr,
                 "layer_norm": layer_norm}
-    inputs, rnd = _operands(inputs, check_precision(precision, packs, inputs.dtype, training,
+    inputs, rnd = _operands(master, check_precision(precision, packs, master.dtype, training,
                                                     variants), packs)
     w_p = check_peepholes(peepholes, inputs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, P) or None
@@ -426,7 +431,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None,
             saved["gates"][t], saved["tanh_c"][t] = gates, tanh_c
             saved["h"][t + 1], saved["c"][t + 1] = h, c
 
-    cache = (_make_cache(inputs, y, saved, peepholes=w_p, recurrent_mask=m) if training
+    cache = (_make_cache(master, y, saved, peepholes=w_p, recurrent_mask=m) if training
              else None)
     return y, h, c, cache
 
@@ -590,9 +595,9 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     None, lengths (B,) or None. Returns ``y (T, B, H), h_n (B, H), cache`` (None unless
     training).
     """
-    inputs = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
-    inputs, rnd = _operands(inputs, check_precision(
-        precision, packs, inputs.dtype, training,
+    master = check_forward("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, lengths)
+    inputs, rnd = _operands(master, check_precision(
+        precision, packs, master.dtype, training,
         {"recurrent_mask": recurrent_mask, "layer_norm": layer_norm}), packs)
     m = check_recurrent_mask(recurrent_mask, inputs)       # (B, H) or None
     ln = check_layer_norm(layer_norm, inputs)
@@ -632,7 +637,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
             if reset_after:
                 saved["hn"][t] = hn
 
-    cache = (_make_cache(inputs, y, saved, reset_after=reset_after, recurrent_mask=m)
+    cache = (_make_cache(master, y, saved, reset_after=reset_after, recurrent_mask=m)
              if training else None)
     return y, h, cache
 

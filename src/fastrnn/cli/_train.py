@@ -15,7 +15,7 @@ DEFAULT_TIME_BUDGET = 60.0
 INTERRUPTED = 130
 # what --resume takes from the checkpoint unless given again on the command line
 RESUMED = ("text_file", "holdout", "seq_len", "batch", "lr", "clip", "epochs", "time_budget",
-           "checkpoint_every", "validate_every", "patience", "output")
+           "checkpoint_every", "validate_every", "patience", "output", "precision")
 
 DESCRIPTION = """\
 Train a character-level language model on TEXT_FILE (the embedded pydoc_data corpus when
@@ -72,6 +72,11 @@ def add_parser(commands, parents) -> None:
     opt.add_argument("--clip", type=_args.clip, default=5.0, metavar="NORM",
                      help="max global gradient norm; 0 or 'none' disables clipping "
                           "(default: %(default)s)")
+    opt.add_argument("--precision", choices=["float32", "bf16"], default=None,
+                     help="precision of the recurrent layers' products while training: bf16 "
+                          "runs them on bf16 operands (float32 accumulation, backward, "
+                          "weights and optimizer; no loss scaling needed) (default: "
+                          "%(default)s, i.e. float32)")
     opt.add_argument("--holdout", type=_args.fraction, default=0.05,
                      help="fraction of the text held out at its end to measure the loss on "
                           "unseen text; 0 holds out nothing (default: %(default)s)")
@@ -119,6 +124,9 @@ def train(args) -> int:
             model = _new_model(args, text)
         else:
             _check_vocabulary(model, text, source)
+        if args.precision == "bf16" and model.dtype != np.float32:
+            raise UsageError(f"--precision bf16 needs float32 weights, got {model.dtype} "
+                             "(--dtype, or the resumed checkpoint's)")
         if parallel is None or parallel.is_root:
             _announce(args, model, source, train_text, held_out, parallel)
         history = model.fit(
@@ -127,7 +135,8 @@ def train(args) -> int:
             validation_data=held_out or None, verbose=not args.quiet,
             checkpoint=args.output, checkpoint_every=args.checkpoint_every,
             resume=args.resume, patience=args.patience, validate_every=args.validate_every,
-            checkpoint_meta={"cli": _stored_args(args)}, distributed=parallel or False)
+            checkpoint_meta={"cli": _stored_args(args)}, distributed=parallel or False,
+            precision=args.precision)
     if parallel is not None and not parallel.is_root:
         return 0 if history["stop_reason"] != "diverged" else 1   # rank 0 reports
     return _report(args, model, history, held_out, parallel)
@@ -239,9 +248,10 @@ def _announce(args, model, source, train_text, held_out, parallel) -> None:
         return
     c = model.config
     verb = f"resuming {args.resume}" if args.resume else "training"
+    precision = ", bf16 products" if args.precision == "bf16" else ""
     print(f"{verb} on {source}{_ranks(parallel)}: {len(train_text):,} characters ({len(held_out):,} held "
           f"out), {len(model.vocab)} distinct; {c['cell'].upper()} {c['layers']}x"
-          f"{c['hidden']}, {model.num_parameters():,} parameters", flush=True)
+          f"{c['hidden']}, {model.num_parameters():,} parameters{precision}", flush=True)
 
 
 # -- after training ---------------------------------------------------------------------

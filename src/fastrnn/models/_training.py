@@ -51,7 +51,10 @@ _CARRY = PREFIX + "carry:"
 # fit's keyword options beyond each model's data and hyperparameters, with their defaults
 OPTIONS = {"checkpoint": None, "checkpoint_every": None, "resume": None, "patience": None,
            "callbacks": None, "scheduler": None, "validate_every": None,
-           "checkpoint_meta": None}
+           "checkpoint_meta": None, "precision": None}
+
+# fit's precision spellings -> the recurrent layers' precision
+FIT_PRECISIONS = {"bf16": "bfloat16", "bfloat16": "bfloat16", "float32": "float32"}
 
 OPTIONS_DOC = """Training options (every model's ``fit``):
 
@@ -73,6 +76,17 @@ OPTIONS_DOC = """Training options (every model's ``fit``):
     validate_every: also evaluate the validation data every this many steps
         (``history["validation"]`` lists every evaluation with its step).
     checkpoint_meta: a JSON-able dict stored in the checkpoint (``meta["training"]["user"]``).
+    precision: ``"bf16"`` (or ``"bfloat16"``): mixed-precision training. During ``fit``
+        (its validation included) every recurrent layer runs the two products of each
+        step, ``x_t w_ihᵀ`` and ``h_{t-1} w_hhᵀ``, on bf16-rounded operands with float32
+        accumulation (the bf16 copies of the weights are made once per optimizer step);
+        the cell math, the saved values, the whole backward, the gradients, the
+        Parameters (the float32 master weights) and the optimizer stay float32, and the
+        other layers (embedding, output layer, loss) run float32. No loss scaling is
+        needed: bf16 has float32's exponent range (gradients are float32 anyway).
+        ``"float32"``: full precision during ``fit``. None (default): each layer as it is
+        (``.to("bfloat16")`` layers train in bf16 too). The layers' precision is restored
+        when ``fit`` returns or raises. Needs float32 layers; int8 ones cannot train.
 
 ``fit`` returns its :class:`History`; ``history["stop_reason"]`` is one of ``"epochs"``,
 ``"time_budget"``, ``"interrupted"``, ``"diverged"``, ``"early_stopping"``, ``"callback"``.
@@ -213,6 +227,48 @@ def _positive_number(name, value, allow_none=True):
     return value
 
 
+def fit_precision(model, precision) -> Optional[str]:
+    """``fit``'s ``precision`` as a layer precision ('bfloat16', 'float32'), or None (keep
+    each layer's); ``ValueError`` for another value or for layers that cannot train in it
+    (int8 layers, float64 ones in bf16)."""
+    if precision is None:
+        return None
+    if not isinstance(precision, str) or precision not in FIT_PRECISIONS:
+        raise ValueError(f"precision must be None or one of {sorted(FIT_PRECISIONS)}, got "
+                         f"{precision!r}")
+    precision = FIT_PRECISIONS[precision]
+    for name, layer in _recurrent_layers(model):
+        if layer.precision == "int8":
+            raise ValueError(f"precision={precision!r}: {name or 'the model'} is an int8 "
+                             "layer (fastrnn.quantize_dynamic), which cannot train; train "
+                             "in float32 or bf16 and quantize afterwards")
+        if precision != "float32" and layer.dtype != np.float32:
+            raise ValueError(f"precision={precision!r} needs float32 layers, got "
+                             f"{name or 'the model'} in {layer.dtype}; convert the model "
+                             "with .to('float32')")
+    return precision
+
+
+def _recurrent_layers(model) -> list:
+    """``(name, module)`` of every module with a ``precision`` (the recurrent layers)."""
+    return [(name, m) for name, m in model.named_modules() if "precision" in vars(m)]
+
+
+@contextlib.contextmanager
+def layers_in_precision(model, precision: Optional[str]):
+    """Within: every recurrent layer of ``model`` in ``precision`` (None: unchanged); each
+    layer's own precision is restored on exit (their packs follow the precision)."""
+    layers = [] if precision is None else [m for _, m in _recurrent_layers(model)]
+    before = [m.precision for m in layers]
+    for m in layers:
+        object.__setattr__(m, "precision", precision)
+    try:
+        yield
+    finally:
+        for m, p in zip(layers, before):
+            object.__setattr__(m, "precision", p)
+
+
 def _positive_int(name, value):
     if value is None:
         return None
@@ -229,7 +285,8 @@ class Run:
     def __init__(self, model, batches, *, epochs, lr, optimizer, clip, time_budget, verbose,
                  validate=None, data_rng=None, data_key="", checkpoint=None,
                  checkpoint_every=None, resume=None, patience=None, callbacks=None,
-                 scheduler=None, validate_every=None, checkpoint_meta=None, distributed=None):
+                 scheduler=None, validate_every=None, checkpoint_meta=None, distributed=None,
+                 precision=None):
         if epochs is None and time_budget is None:
             raise ValueError("give epochs, time_budget, or both")
         self.epochs = _positive_int("epochs", epochs)
@@ -237,6 +294,7 @@ class Run:
         if clip is not None and not (isinstance(clip, numbers.Real) and clip > 0):
             raise ValueError(f"clip must be None or a positive max gradient norm, got {clip!r}")
         self.model, self.batches, self.clip, self.verbose = model, batches, clip, verbose
+        self.precision = fit_precision(model, precision)
         self.parallel, self.is_root = distributed, True
         if distributed is not None:
             if resume is not None:
@@ -395,7 +453,7 @@ class Run:
     def run(self) -> History:
         start = time.perf_counter()
         self.saved_at, self.bar = start, None
-        with graceful_stop() as stop:
+        with graceful_stop() as stop, layers_in_precision(self.model, self.precision):
             self.stop = stop
             try:
                 reason = self._loop(start)

@@ -143,8 +143,9 @@ class LanguageModel(Model):
         ``distributed``: True or a :class:`fastrnn.distributed.DataParallel` (under
         ``mpiexec -n N``): each rank trains on ``batch_size / N`` of the streams.
         ``options``: ``checkpoint``, ``checkpoint_every``, ``resume``, ``patience``,
-        ``callbacks``, ``scheduler``, ``validate_every``, ``checkpoint_meta`` (see
-        :class:`fastrnn.models.Model`).
+        ``callbacks``, ``scheduler``, ``validate_every``, ``checkpoint_meta``, ``precision``
+        (``"bf16"``: mixed-precision training, no loss scaling needed) (see
+        :data:`fastrnn.models._training.OPTIONS_DOC`).
         """
         streams = batchify(self._stream(data, "data"), batch_size)
         parallel = resolve_distributed(distributed)

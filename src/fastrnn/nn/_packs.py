@@ -9,6 +9,7 @@ or a training call that needs the backward pack as well.
 from __future__ import annotations
 
 from .. import _core, ops
+from .._common import TRAINABLE_PRECISIONS
 from .module import Module, Parameter
 
 
@@ -17,17 +18,21 @@ def cached_packs(owner: Module, key, w_hh: Parameter, cell: str, options: dict,
                  quantized=None) -> ops.Packs:
     """The packs of ``w_hh`` for ``cell`` kept on ``owner`` under ``key``, remade if stale.
     A bfloat16 or int8 pack holds ``w_ih`` too (its Parameter and version are then
-    checked); an int8 pack is made from ``quantized`` ((q_ih, s_ih), (q_hh, s_hh))."""
+    checked); an int8 pack is made from ``quantized`` ((q_ih, s_ih), (q_hh, s_hh)). For a
+    training forward (``backward``) a float32 or bfloat16 pack has the float32 backward
+    pack too (bf16 training's backward runs float32): made once per optimizer step, as the
+    bf16 copies of the weights are."""
     cache = owner.__dict__.setdefault("_pack_cache", {})
     isa = _core.get_isa()
     entry = cache.get(key)
     reduced = precision != "float32"
+    trains = precision in TRAINABLE_PRECISIONS     # has a backward
     stamp = (w_hh, w_hh.version, isa, precision, w_ih if reduced else None,
              w_ih.version if reduced else None, quantized)
     if (entry is None or entry[0] is not w_hh or entry[1:4] != stamp[1:4] or
             entry[4] is not stamp[4] or entry[5] != stamp[5] or entry[6] is not quantized or
-            (backward and entry[-1].backward is None and not reduced)):
-        packs = ops.pack_weights(cell, w_hh.value, backward=backward and not reduced,
+            (backward and entry[-1].backward is None and trains)):
+        packs = ops.pack_weights(cell, w_hh.value, backward=backward and trains,
                                  precision=precision, w_ih=w_ih.value if reduced else None,
                                  quantized=quantized, **options)
         entry = cache[key] = (*stamp, packs)

@@ -186,8 +186,10 @@ class Module:
         last forward kept for backward (it belongs to the old dtype).
 
         ``"bfloat16"`` (or ``torch.bfloat16``) keeps float32 parameters and switches the
-        recurrent layers to bf16 inference (``precision="bfloat16"``, see
-        :mod:`fastrnn.ops`); any other dtype switches them back to full precision.
+        recurrent layers to bf16 products (``precision="bfloat16"``, see
+        :mod:`fastrnn.ops`): inference, and mixed-precision training (bf16 forward
+        products, float32 backward, gradients and optimizer); any other dtype switches
+        them back to full precision.
         """
         if len(args) > 2:
             raise TypeError(f"to() takes at most 2 positional arguments, got {len(args)}")

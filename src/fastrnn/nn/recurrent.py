@@ -48,8 +48,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import _core, ops, reference
-from .._common import (_SUPPORTED_DTYPES, _check_lengths, check_device, check_memory,
-                       check_nonlinearity, check_positive_int, split_precision)
+from .._common import (_SUPPORTED_DTYPES, TRAINABLE_PRECISIONS, _check_lengths, check_device,
+                       check_memory, check_nonlinearity, check_positive_int,
+                       split_precision)
 from ..grad_mode import is_grad_enabled, no_grad
 from . import _packed
 from ._packs import cached_packs, cached_stepper
@@ -448,8 +449,14 @@ class _RecurrentBase(Module):
         return tuple(np.split(g.dlayer_norm, cuts))
 
     def _packs_or_none(self, layer: int, direction: int, training: bool):
-        """No packs for the layer-normalised kernels (they make their own)."""
-        return None if self.layer_norm else self._packs(layer, direction, training)
+        """No packs for the layer-normalised kernels (they make their own, in float32: a
+        reduced precision is refused rather than silently run in float32)."""
+        if not self.layer_norm:
+            return self._packs(layer, direction, training)
+        if self.precision != "float32":
+            raise ValueError(f"precision={self.precision!r} does not support layer_norm yet; "
+                             "convert the layer with .to('float32')")
+        return None
 
     def _recurrent_mask(self, B: int) -> Optional[np.ndarray]:
         """Keras' recurrent dropout mask (B, H) for one layer and direction of one forward
@@ -536,8 +543,9 @@ class _RecurrentBase(Module):
             x, lengths, packing = _packed.unpack("x", x, lengths, self.batch_first)
         x, layout = self._input(x)
         T, B = x.shape[:2]
-        # save what backward needs (grad mode, not train mode); bf16 runs inference only
-        keep = is_grad_enabled() and self.precision == "float32"
+        # save what backward needs (grad mode, not train mode); int8 runs inference only,
+        # bf16 trains (its backward in float32, into the float32 Parameters' gradients)
+        keep = is_grad_enabled() and self.precision in TRAINABLE_PRECISIONS
         if lengths is not None and layout.unbatched:
             raise ValueError("lengths needs batched input x (T, B, I); got unbatched x (T, I)")
         lengths = _check_lengths(lengths, T, B)
@@ -605,7 +613,7 @@ class _RecurrentBase(Module):
 
     def _backward(self, dy, dfinals):
         tape = self._tape
-        if tape is _NO_GRAD_TAPE and self.precision != "float32":
+        if tape is _NO_GRAD_TAPE and self.precision not in TRAINABLE_PRECISIONS:
             raise RuntimeError(
                 f"{type(self).__name__}.backward: a {self.precision} module runs inference "
                 "only; convert it back with .to('float32') to train")
