@@ -128,6 +128,30 @@ def test_every_isa_level_gives_the_same_bits(rng, precision, cell, options, T, B
 
 @pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("cell,options", CASES)
+@pytest.mark.parametrize("I,H", [(16, 17), (33, 65), (129, 16)])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_rows_bits_do_not_depend_on_its_batch(rng, precision, cell, options, I, H):
+    """The input projection of a bf16 or int8 RNN / LSTM runs inside the recurrent tile:
+    from 16 rows on within each step's tile, below that as tiles stored before the loop.
+    Both add the two finished products the same way, so every row of a batch of 20 (the
+    per-step path) has the bits of the same row run alone (B = 1, stored tiles) or in a
+    batch of 5 (stored tiles, several rows per tile)."""
+    T, B = 6, 20
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    weights = _weights(rng, cell, I, H)
+    states = _states(rng, cell, B, H, True)
+    y, finals = _run(ops, cell, x, states, weights, options, training=False,
+                     precision=precision)
+    for rows in (slice(7, 8), slice(0, 5), slice(15, 20)):
+        y_part, finals_part = _run(ops, cell, x[:, rows], [s[rows] for s in states], weights,
+                                   options, training=False, precision=precision)
+        np.testing.assert_array_equal(y_part, y[:, rows])
+        for a, b in zip(finals_part, finals):
+            np.testing.assert_array_equal(a, b[rows])
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("cell,options", CASES)
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_steps_match_the_reference_and_chain_to_the_sequence(rng, precision, cell, options, T, B, I, H):
