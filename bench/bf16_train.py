@@ -36,17 +36,10 @@ from fastrnn.data import Vocabulary, batchify, default_corpus
 from fastrnn.models import LanguageModel
 from fastrnn.models._training import fit_precision, layers_in_precision
 
-EMBED, HIDDEN, SEQ_LEN, BATCH, LR, CLIP, HOLDOUT = 64, 128, 64, 32, 2e-3, 5.0, 0.05
+from train_speed import BATCH, CLIP, EMBED, HIDDEN, LR, SEQ_LEN, windows  # the same model
+
+HOLDOUT = 0.05
 PRECISIONS = ("float32", "bf16")
-
-
-def windows(streams: np.ndarray, steps: int):
-    """``steps`` (inputs, targets) windows of (SEQ_LEN, BATCH) ids, wrapping around."""
-    starts = range(0, streams.shape[0] - SEQ_LEN - 1, SEQ_LEN)
-    out = []
-    while len(out) < steps:
-        out += [(streams[s:s + SEQ_LEN], streams[s + 1:s + SEQ_LEN + 1]) for s in starts]
-    return out[:steps]
 
 
 class Trainer:

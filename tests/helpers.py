@@ -7,6 +7,16 @@ from pathlib import Path
 import numpy as np
 
 
+# The functional kernels' cell variants: name -> (kernel prefix, gates, forward options).
+KERNEL_CELLS = {
+    "rnn_tanh": ("rnn", 1, {"nonlinearity": "tanh"}),
+    "rnn_relu": ("rnn", 1, {"nonlinearity": "relu"}),
+    "lstm": ("lstm", 4, {}),
+    "gru": ("gru", 3, {"reset_after": True}),
+    "gru_reset_before": ("gru", 3, {"reset_after": False}),
+}
+
+
 def numeric_grad(f, array, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f()`` with respect to ``array``, an ndarray or a
     Parameter, perturbed in place through ``array[idx] = ...`` (which a Parameter records)."""

@@ -11,13 +11,7 @@ import pytest
 import helpers
 from fastrnn import ops, reference
 
-CELLS = {  # name: (kernel prefix, gates, forward options)
-    "rnn_tanh": ("rnn", 1, {"nonlinearity": "tanh"}),
-    "rnn_relu": ("rnn", 1, {"nonlinearity": "relu"}),
-    "lstm": ("lstm", 4, {}),
-    "gru": ("gru", 3, {"reset_after": True}),
-    "gru_reset_before": ("gru", 3, {"reset_after": False}),
-}
+CELLS = helpers.KERNEL_CELLS
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1), (1, 3, 4, 5), (4, 1, 3, 1), (5, 2, 7, 7), (6, 3, 33, 7),
     (3, 4, 5, 33), (4, 2, 65, 65), (2, 7, 16, 65),
