@@ -45,9 +45,19 @@ def cached_stepper(owner: Module, kind: str, layers, input_size: int, hidden_siz
     contiguous arrays) kept on ``owner``; rebuilt only after any Parameter changed
     (``Parameter.changes``), the ISA level or the owner's precision moved, so a streaming
     loop pays for none of them."""
-    key = (Parameter.changes, _core.get_isa(), getattr(owner, "precision", "float32"))
-    entry = owner.__dict__.get("_stepper_entry")
-    if entry is None or entry[0] != key:
+    stepper = current_stepper(owner)
+    if stepper is None:
         stepper = _core.Stepper(kind, layers(), owner.dtype, input_size, hidden_size, convert)
-        entry = owner.__dict__["_stepper_entry"] = (key, stepper)
-    return entry[1]
+        owner.__dict__["_stepper_entry"] = (_stepper_key(owner), stepper)
+    return stepper
+
+
+def _stepper_key(owner: Module):
+    return Parameter.changes, _core.get_isa(), getattr(owner, "precision", "float32")
+
+
+def current_stepper(owner: Module):
+    """The stepper kept on ``owner`` if nothing it was built from has changed, else None:
+    the cheap check a streaming ``step()`` makes first (a dict lookup and a tuple)."""
+    entry = owner.__dict__.get("_stepper_entry")
+    return entry[1] if entry is not None and entry[0] == _stepper_key(owner) else None

@@ -53,7 +53,7 @@ from .._common import (_SUPPORTED_DTYPES, TRAINABLE_PRECISIONS, _check_lengths, 
                        split_precision)
 from ..grad_mode import is_grad_enabled, no_grad
 from . import _packed
-from ._packs import cached_packs, cached_stepper
+from ._packs import cached_packs, cached_stepper, current_stepper
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -669,6 +669,9 @@ class _RecurrentBase(Module):
         None (zeros). Returns the top layer's output ``(B, H)`` and the new state, fresh
         arrays. Always inference: no dropout, nothing kept for backward. Unidirectional only.
         """
+        stepper = current_stepper(self)      # the streaming loop's fast path
+        if stepper is not None and not _empty_batch(x_t):
+            return stepper.step(x_t, state)
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional module: the reverse direction of a "
                              "bidirectional one reads the whole sequence; call the module on it")
