@@ -68,17 +68,32 @@ static inline real FR_FN(panel_source)(const fr_panel *p, const real *W, int tra
     return transpose ? W[col * p->K + k] : W[k * p->G * p->H + col];
 }
 
+#define FR_FILL_ROWS 16 /* rows of op(W) per pass of a transposed panel_fill */
+
 /* Fill p->data from W: transpose = 1 packs W^T for W (G*H, K) row-major (forward:
- * h w_hh^T); transpose = 0 packs W (K, G*H) itself (backward: dG w_hh). */
+ * h w_hh^T); transpose = 0 packs W (K, G*H) itself (backward: dG w_hh). A slab's rows are
+ * written whole: from a plain W each gate's run of units is one copy out of W's row k; a
+ * transposed W is read FR_FILL_ROWS elements of each of its NB rows per pass, as a blocked
+ * transpose. */
 static inline void FR_FN(panel_fill)(fr_panel *p, const real *W, int transpose) {
     const ptrdiff_t K = p->K, NB = p->nv * FR_VLEN;
+    ptrdiff_t cols[4 * FR_VLEN]; /* the column of op(W) each slab column holds, or -1 */
     memset(p->data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(real));
     for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
         real *slab = p->data + blk * p->slab;
-        for (ptrdiff_t c = 0; c < NB; c++) {
-            ptrdiff_t col = FR_FN(panel_column)(p, blk, c);
-            for (ptrdiff_t k = 0; col >= 0 && k < K; k++)
-                slab[k * NB + c] = FR_FN(panel_source)(p, W, transpose, k, col);
+        const ptrdiff_t unit0 = blk * p->units;
+        const ptrdiff_t run = p->H - unit0 < p->units ? p->H - unit0 : p->units;
+        for (ptrdiff_t c = 0; c < NB; c++)
+            cols[c] = FR_FN(panel_column)(p, blk, c);
+        for (ptrdiff_t k = 0; !transpose && k < K; k++)
+            for (ptrdiff_t g = 0; g < p->G; g++)
+                memcpy(slab + k * NB + g * p->units, W + k * p->G * p->H + g * p->H + unit0,
+                       (size_t)run * sizeof(real));
+        for (ptrdiff_t k0 = 0; transpose && k0 < K; k0 += FR_FILL_ROWS) {
+            const ptrdiff_t k1 = k0 + FR_FILL_ROWS < K ? k0 + FR_FILL_ROWS : K;
+            for (ptrdiff_t c = 0; c < NB; c++)
+                for (ptrdiff_t k = k0; cols[c] >= 0 && k < k1; k++)
+                    slab[k * NB + c] = FR_FN(panel_source)(p, W, 1, k, cols[c]);
         }
     }
 }
