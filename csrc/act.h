@@ -31,7 +31,12 @@ static inline float fr_clamp(float a, float lo, float hi) {
 }
 
 static inline float fr_exp(float a) {
-    a = fr_clamp(a, -87.3f, 88.3f);
+    /* Up to 88.8 (n = 128): 2^n is then infinity, so exp overflows as float32's does (from
+     * 88.38, where the exact one overflows from 88.72), and sigmoid(a) reaches 0 for a <
+     * -88.38 as the exact float32 one does; a clamp below 88.38 left sigmoid at 4.6e-39 for
+     * every a below, which a huge recurrent weight (1e30 * h) turned into an unbounded
+     * difference. */
+    a = fr_clamp(a, -87.3f, 88.8f);
     /* n = round(a / ln2) by the 1.5 * 2^23 trick, r = a - n ln2 in two parts. */
     float t = a * 1.44269504088896341f + 12582912.0f; /* n in t's low mantissa bits */
     float n = t - 12582912.0f;
@@ -49,7 +54,7 @@ static inline float fr_exp(float a) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    uint32_t bits = (uint32_t)(n_int + 127) << 23; /* 2^n, n in [-126, 128] */
+    uint32_t bits = (uint32_t)(n_int + 127) << 23; /* 2^n, n in [-126, 128]; 2^128 = inf */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;

@@ -321,3 +321,36 @@ def test_misaligned_arrays_reach_the_kernels_aligned():
     assert not a.flags.aligned and a.flags.c_contiguous
     b = c_array(a)
     assert b.flags.aligned and b.flags.c_contiguous and np.array_equal(a, b)
+
+
+def _huge_recurrent_weight_case(seed: int) -> dict:
+    """An LSTM call whose w_hh holds 1e30 in the o gate's row of the last unit."""
+    rng = np.random.default_rng(seed)
+    T, B, I, H = 5, 1, 17, 3
+    k = 1 / np.sqrt(H)
+
+    def rand(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    w_hh = rand(4 * H, H, scale=k)
+    w_hh[4 * H - 1, H - 1] = 1e30
+    arrays = {"x": rand(T, B, I), "w_ih": rand(4 * H, I, scale=k), "w_hh": w_hh,
+              "b_ih": rand(4 * H, scale=k), "b_hh": rand(4 * H, scale=k), "h0": None,
+              "c0": None}
+    upstream = {"dy": None, "dh_n": rand(B, H), "dc_n": rand(B, H)}
+    return {"cell": "lstm", "dtype": np.dtype(np.float32), "arrays": arrays,
+            "upstream": upstream, "lengths": None, "options": {}}
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("seed", range(6))
+def test_a_huge_recurrent_weight_matches_the_reference(seed):
+    """Found by the fuzz test above: 1e30 in w_hh drives the o gate's pre-activation to
+    about -1e29 wherever the state is negative. Its sigmoid must then be exactly 0, as in
+    float32 (the kernels' exp once stopped at 88.3, leaving 4.6e-39); 1e30 times the
+    state that tiny gate makes next step turned it into outputs and gradients unboundedly
+    far from the reference's."""
+    case = _huge_recurrent_weight_case(seed)
+    with np.errstate(all="ignore"):
+        want = call(reference, case)
+    compare(call(ops, case), want, has_specials(case))
