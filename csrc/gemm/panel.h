@@ -68,32 +68,76 @@ static inline real FR_FN(panel_source)(const fr_panel *p, const real *W, int tra
     return transpose ? W[col * p->K + k] : W[k * p->G * p->H + col];
 }
 
-#define FR_FILL_ROWS 16 /* rows of op(W) per pass of a transposed panel_fill */
+/* Integer lanes as wide as a real: the index vector of __builtin_shuffle. */
+#ifdef FR_F64
+typedef int64_t fr_lanes __attribute__((vector_size(FR_VBYTES)));
+#else
+typedef int32_t fr_lanes __attribute__((vector_size(FR_VBYTES)));
+#endif
+
+/* Lanes of a and b interleaved: half = 0 takes the low halves (a0 b0 a1 b1 ...), half = 1
+ * the high halves. A constant index vector once inlined: one permute per call. */
+static FR_ALWAYS_INLINE fr_vec FR_FN(interleave)(fr_vec a, fr_vec b, const int half) {
+    fr_lanes index;
+    for (int i = 0; i < FR_VLEN / 2; i++) {
+        index[2 * i] = half * (FR_VLEN / 2) + i;
+        index[2 * i + 1] = FR_VLEN + half * (FR_VLEN / 2) + i;
+    }
+    return __builtin_shuffle(a, b, index);
+}
+
+/* dst (VLEN, VLEN; row q at dst + q * dst_ld, aligned) = the transpose of src (VLEN, VLEN;
+ * row r at src + r * src_ld): log2(VLEN) perfect shuffles of the rows (each rotates the
+ * bits of an element's (row, lane) index by one), in registers. */
+static FR_ALWAYS_INLINE void FR_FN(transpose_tile)(real *dst, ptrdiff_t dst_ld, const real *src,
+                                                   ptrdiff_t src_ld) {
+    fr_vec rows[FR_VBYTES / sizeof(real)], next[FR_VBYTES / sizeof(real)];
+    for (int r = 0; r < FR_VLEN; r++)
+        rows[r] = *(const fr_vec_u *)(src + r * src_ld);
+    for (int width = 1; width < FR_VLEN; width *= 2) {
+        for (int r = 0; r < FR_VLEN / 2; r++) {
+            next[2 * r] = FR_FN(interleave)(rows[r], rows[r + FR_VLEN / 2], 0);
+            next[2 * r + 1] = FR_FN(interleave)(rows[r], rows[r + FR_VLEN / 2], 1);
+        }
+        memcpy(rows, next, sizeof rows);
+    }
+    for (int q = 0; q < FR_VLEN; q++)
+        *(fr_vec *)(dst + q * dst_ld) = rows[q];
+}
+
+/* The transposed fill of one gate's run of `run` units (from W's row col0) into slab
+ * columns c0.. : op(W)[k, col0 + j] = W[(col0 + j) * K + k], VLEN x VLEN tiles in registers,
+ * the edges (K or run not a multiple of VLEN) element by element. */
+static inline void FR_FN(panel_fill_run_transposed)(real *slab, ptrdiff_t NB, const real *W,
+                                                    ptrdiff_t K, ptrdiff_t col0, ptrdiff_t c0,
+                                                    ptrdiff_t run) {
+    const ptrdiff_t full_k = K / FR_VLEN * FR_VLEN, full_run = run / FR_VLEN * FR_VLEN;
+    for (ptrdiff_t j0 = 0; j0 < full_run; j0 += FR_VLEN)
+        for (ptrdiff_t k0 = 0; k0 < full_k; k0 += FR_VLEN)
+            FR_FN(transpose_tile)(slab + k0 * NB + c0 + j0, NB, W + (col0 + j0) * K + k0, K);
+    for (ptrdiff_t j = 0; j < run; j++)
+        for (ptrdiff_t k = j < full_run ? full_k : 0; k < K; k++)
+            slab[k * NB + c0 + j] = W[(col0 + j) * K + k];
+}
 
 /* Fill p->data from W: transpose = 1 packs W^T for W (G*H, K) row-major (forward:
- * h w_hh^T); transpose = 0 packs W (K, G*H) itself (backward: dG w_hh). A slab's rows are
- * written whole: from a plain W each gate's run of units is one copy out of W's row k; a
- * transposed W is read FR_FILL_ROWS elements of each of its NB rows per pass, as a blocked
- * transpose. */
+ * h w_hh^T); transpose = 0 packs W (K, G*H) itself (backward: dG w_hh). Each gate's run of
+ * a block's units comes from a plain W as one copy out of W's row k, from a transposed W
+ * as VLEN x VLEN tiles transposed in registers. */
 static inline void FR_FN(panel_fill)(fr_panel *p, const real *W, int transpose) {
     const ptrdiff_t K = p->K, NB = p->nv * FR_VLEN;
-    ptrdiff_t cols[4 * FR_VLEN]; /* the column of op(W) each slab column holds, or -1 */
     memset(p->data, 0, (size_t)FR_FN(panel_reals)(p) * sizeof(real));
     for (ptrdiff_t blk = 0; blk < p->blocks; blk++) {
         real *slab = p->data + blk * p->slab;
         const ptrdiff_t unit0 = blk * p->units;
         const ptrdiff_t run = p->H - unit0 < p->units ? p->H - unit0 : p->units;
-        for (ptrdiff_t c = 0; c < NB; c++)
-            cols[c] = FR_FN(panel_column)(p, blk, c);
-        for (ptrdiff_t k = 0; !transpose && k < K; k++)
-            for (ptrdiff_t g = 0; g < p->G; g++)
+        for (ptrdiff_t g = 0; g < p->G; g++) {
+            for (ptrdiff_t k = 0; !transpose && k < K; k++)
                 memcpy(slab + k * NB + g * p->units, W + k * p->G * p->H + g * p->H + unit0,
                        (size_t)run * sizeof(real));
-        for (ptrdiff_t k0 = 0; transpose && k0 < K; k0 += FR_FILL_ROWS) {
-            const ptrdiff_t k1 = k0 + FR_FILL_ROWS < K ? k0 + FR_FILL_ROWS : K;
-            for (ptrdiff_t c = 0; c < NB; c++)
-                for (ptrdiff_t k = k0; cols[c] >= 0 && k < k1; k++)
-                    slab[k * NB + c] = FR_FN(panel_source)(p, W, 1, k, cols[c]);
+            if (transpose)
+                FR_FN(panel_fill_run_transposed)(slab, NB, W, K, g * p->H + unit0,
+                                                 g * p->units, run);
         }
     }
 }
