@@ -166,9 +166,12 @@ def as_ndarray(name: str, value, dtype: Optional[np.dtype] = None,
                owner: str = "the dtype of x") -> np.ndarray:
     """:func:`as_array` without the contiguous copy (a view where NumPy can): check shapes
     on it before copying, so a huge broadcast view is refused without being copied."""
-    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
+    if type(value) is np.ndarray:    # the common case, without the two lookups below
+        array = value
+    else:
+        if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        array = np.asarray(value)
     if dtype is None:
         if array.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(
@@ -304,10 +307,13 @@ def physical_memory() -> Optional[int]:
         return None
 
 
-def check_memory(what: str, nbytes: int) -> None:
-    """``MemoryError`` before allocating ``nbytes`` that this machine's RAM cannot hold."""
+def check_memory(what: str, nbytes: int, *what_args) -> None:
+    """``MemoryError`` before allocating ``nbytes`` that this machine's RAM cannot hold;
+    ``what`` names the allocation (``what.format(*what_args)`` when there are arguments,
+    formatted only for the message)."""
     total = physical_memory()
     if total is not None and nbytes > total:
+        what = what.format(*what_args) if what_args else what
         raise MemoryError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than this "
                           f"machine's {total / 2**30:.3g} GiB of memory")
 
@@ -343,7 +349,7 @@ def _check_sizes(T: int, B: int, I: int, H: int, G: int, itemsize: int) -> None:
             f"sizes too large for 32-bit BLAS: T*B={T * B}, G*H={G * H}, I={I}")
     # x, y, the states and what training saves (at most G + 3 values per unit), weights
     elements = T * B * (I + (G + 3) * H) + G * H * (I + H + 2)
-    check_memory(f"T={T}, B={B}, I={I}, H={H}", elements * itemsize)
+    check_memory("T={}, B={}, I={}, H={}", elements * itemsize, T, B, I, H)
 
 
 def _check_projection(w_hr, w_hh, dtype):
@@ -380,11 +386,11 @@ def check_forward(cell: str, x, states, w_ih, w_hh, b_ih, b_hh, lengths,
     _check_sizes(T, B, I, H, G, x.dtype.itemsize)   # before any copy of a huge view
     x, w_hh = c_array(x), c_array(w_hh)
     w_ih = _checked("w_ih", w_ih, x.dtype, (G * H, I))
-    biases = [None if bias is None else _checked(name, bias, x.dtype, (G * H,))
-              for name, bias in (("b_ih", b_ih), ("b_hh", b_hh))]
-    checked_states = [None if state is None else _checked(name, state, x.dtype, (B, size))
-                      for name, state, size in zip(("h0", "c0"), states, (P, H))]
-    return Inputs(cell, x, tuple(checked_states), w_ih, w_hh, biases[0], biases[1],
+    b_ih = None if b_ih is None else _checked("b_ih", b_ih, x.dtype, (G * H,))
+    b_hh = None if b_hh is None else _checked("b_hh", b_hh, x.dtype, (G * H,))
+    checked_states = tuple(None if state is None else _checked(name, state, x.dtype, (B, size))
+                           for name, state, size in zip(("h0", "c0"), states, (P, H)))
+    return Inputs(cell, x, checked_states, w_ih, w_hh, b_ih, b_hh,
                   _check_lengths(lengths, T, B), T, B, I, H, G, w_hr)
 
 
