@@ -170,6 +170,7 @@ static void gru_forward_part(const void *ctx, fr_part part) {
     const gru_forward_loop *a = ctx;
     const ptrdiff_t B = a->B, H = a->H, BH = B * H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
+        fr_part_step(&part, t);
         const real *h_prev = a->hbuf + (t & 1) * BH;
         const real *operand = a->mask ? a->hmbuf + (t & 1) * BH : h_prev;
         gru_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, h_prev,

@@ -201,6 +201,7 @@ static void lstm_forward_part(const void *ctx, fr_part part) {
     const lstm_forward_loop *a = ctx;
     const ptrdiff_t B = a->B, H = a->H, BP = B * a->P;
     for (ptrdiff_t t = 0; t < a->T; t++) {
+        fr_part_step(&part, t);
         real *h_next = a->hbuf + ((t + 1) & 1) * BP, *h_prev = a->hbuf + (t & 1) * BP;
         real *hm_next = a->mask ? a->hmbuf + ((t + 1) & 1) * BP : NULL;
         real *proj_t = a->proj ? a->proj + t * a->proj_step : NULL;

@@ -80,6 +80,7 @@ static void rnn_forward_part(const void *ctx, fr_part part) {
     const rnn_forward_loop *a = ctx;
     const ptrdiff_t BH = a->B * a->H;
     for (ptrdiff_t t = 0; t < a->T; t++) {
+        fr_part_step(&part, t);
         rnn_step s = {a->y + t * BH, a->hbuf + ((t + 1) & 1) * BH, a->hbuf + (t & 1) * BH,
                       a->in, a->mask ? a->hmbuf + ((t + 1) & 1) * BH : NULL, a->mask,
                       a->lengths, t, a->H, a->relu};

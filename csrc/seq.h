@@ -424,7 +424,8 @@ static inline void FR_FN(recurrent_apply)(const fr_recurrent *r, const real *A, 
         ptrdiff_t first, last, ld;
         fr_part_blocks(part, r->panel.blocks, &first, &last);
         const real *rows_A = FR_FN(recurrent_rows)(r, A, lda, part, &ld);
-        FR_FN(panel_product)(&r->panel, rows_A, ld, row0, rows, first, last, epilogue, ctx);
+        FR_FN(panel_product)(&r->panel, rows_A, ld, row0, rows, first, last, part->reverse,
+                             epilogue, ctx);
         return;
     }
     const ptrdiff_t N = r->G * r->H;
@@ -447,7 +448,7 @@ static inline void FR_FN(recurrent_product)(const fr_recurrent *r, real *C, ptrd
             memset(C + b * ldc, 0, (size_t)N * sizeof(real));
     if (r->panel.data) {
         fr_accumulate acc = {C, ldc, r->H, r->G};
-        FR_FN(panel_product)(&r->panel, A, lda, 0, B, 0, r->panel.blocks,
+        FR_FN(panel_product)(&r->panel, A, lda, 0, B, 0, r->panel.blocks, 0,
                              FR_FN(accumulate_epilogue), &acc); /* float32 panels only */
     } else if (r->transpose)
         FR_FN(gemm_direct_nt)(C, ldc, A, lda, r->w, B, N, r->K);
@@ -686,7 +687,7 @@ static inline void FR_FN(step_product)(const fr_input *in, const fr_recurrent *r
                                                                   &ld_x);
         FR_FN(panel_product_sum)(&rec->panel, rows_h, ld_h, start ? NULL : &in->rec.panel,
                                  rows_x, ld_x, start, in->start_ld, part->row0, part->rows,
-                                 first, last, epilogue, ctx);
+                                 first, last, part->reverse, epilogue, ctx);
         return;
     }
     FR_FN(input_step)(in, P_t, t, part, scratch);

@@ -39,7 +39,13 @@ typedef struct {
     ptrdiff_t row0, rows;
     int slice, slices;
     fr_barrier *barrier; /* NULL unless the hidden units are split */
+    int reverse;         /* walk the column blocks last to first (fr_part_step) */
 } fr_part;
+
+/* A forward time loop's part at step t: every other step walks its column blocks in
+ * reverse, so each step starts on the weights the last one read at its end (still in L1
+ * for a panel a little past it, or in L2 for one past L2). */
+static inline void fr_part_step(fr_part *part, ptrdiff_t t) { part->reverse = (int)(t & 1); }
 
 /* This part's column blocks [*first, *last) of a product with `blocks` of them. */
 static inline void fr_part_blocks(const fr_part *part, ptrdiff_t blocks, ptrdiff_t *first,

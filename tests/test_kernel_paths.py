@@ -45,6 +45,16 @@ def test_batch_sizes_around_tile_and_path_edges(cell, B):
 
 @pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("H", (33, 65, 129))
+def test_a_single_row_walks_its_blocks_both_ways(cell, H):
+    """Every other step walks the panel's column blocks (for one row: pairs of blocks, the
+    last one single when their count is odd) from the last to the first: 9 steps of one
+    row, H giving 3 to 33 blocks at the ISA levels' widths."""
+    compare(cell, (9, 1, 5, H), np.float32)
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(1, 7, 3, 5), (1, 8, 3, 5), (7, 1, 3, 5), (8, 1, 3, 5)],
                          ids=["direct-7rows", "packed-8rows", "direct-7steps", "packed-8steps"])
 def test_direct_and_packed_products(cell, shape):

@@ -268,21 +268,27 @@ static inline void FR_FN(lowp_tile_sum)(const fr_panel *p, real *acc, real *acc2
  * start + r * start_ld + j * NB (as store_tile_epilogue writes them). A bf16 or int8
  * panel p (or q) takes its rows as fr_lowp_rows left them, row0 + i at A + i * lda (X + i *
  * ldx), and its sums are added to the other operand's after both are finished
- * (lowp_tile_sum). */
+ * (lowp_tile_sum). `reverse` walks the blocks (for a single row: the pairs of blocks) from
+ * the last to the first: a time loop alternates, so that each step starts on the blocks
+ * the step before read last, still in L1 (or L2). Each tile's sums are the same either
+ * way. */
 static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                             const fr_panel *q, const real *X, ptrdiff_t ldx,
                                             const real *start, ptrdiff_t start_ld,
                                             ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
-                                            ptrdiff_t blk1, fr_epilogue_fn epilogue,
-                                            void *ctx) {
+                                            ptrdiff_t blk1, int reverse,
+                                            fr_epilogue_fn epilogue, void *ctx) {
     const ptrdiff_t NB = p->nv * FR_VLEN, mr = FR_FN(tile_rows)(p);
     real acc[FR_MR_MAX * 4 * FR_VLEN] __attribute__((aligned(64)));
     real acc2[4 * FR_VLEN] __attribute__((aligned(64)));
     const int segments = q ? 2 : 1, lowp = p->format != FR_PANEL_F32;
-    for (ptrdiff_t blk = blk0; blk < blk1; blk++) {
+    const ptrdiff_t width = rows == 1 ? 2 : 1; /* a single row takes two blocks at once */
+    const ptrdiff_t groups = (blk1 - blk0 + width - 1) / width;
+    for (ptrdiff_t group = 0; group < groups; group++) {
+        const ptrdiff_t blk = blk0 + (reverse ? groups - 1 - group : group) * width;
         ptrdiff_t unit0 = blk * p->units;
         ptrdiff_t units = p->H - unit0 < p->units ? p->H - unit0 : p->units;
-        const int pair = rows == 1 && blk + 1 < blk1; /* a single row takes two blocks */
+        const int pair = width == 2 && blk + 1 < blk1;
         fr_segment seg[2]; /* X . q first (when given), then A . p */
         fr_segment *own = seg + (q ? 1 : 0);
         for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
@@ -311,19 +317,20 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
             ptrdiff_t units2 = p->H - unit0 - p->units < p->units ? p->H - unit0 - p->units
                                                                   : p->units;
             epilogue(ctx, acc2, NB, p->units, row0, 1, unit0 + p->units, units2);
-            blk++;
         }
     }
 }
 
 /* For rows [row0, row0 + rows) of A (row r at A + r * lda; a bf16/int8 panel: see
  * panel_product_sum) and the panel's column blocks
- * [blk0, blk1): every tile's product, handed to epilogue(ctx, ...). */
+ * [blk0, blk1) (`reverse`: last to first): every tile's product, handed to
+ * epilogue(ctx, ...). */
 static inline void FR_FN(panel_product)(const fr_panel *p, const real *A, ptrdiff_t lda,
                                         ptrdiff_t row0, ptrdiff_t rows, ptrdiff_t blk0,
-                                        ptrdiff_t blk1, fr_epilogue_fn epilogue, void *ctx) {
-    FR_FN(panel_product_sum)(p, A, lda, NULL, NULL, 0, NULL, 0, row0, rows, blk0, blk1, epilogue,
-                             ctx);
+                                        ptrdiff_t blk1, int reverse, fr_epilogue_fn epilogue,
+                                        void *ctx) {
+    FR_FN(panel_product_sum)(p, A, lda, NULL, NULL, 0, NULL, 0, row0, rows, blk0, blk1, reverse,
+                             epilogue, ctx);
 }
 
 /* The tile as it is, into T (rows, blocks * NB) in the panel's block layout (the `start`
