@@ -113,7 +113,7 @@ int FR_FN(pack_lowp_product)(float *C, const void *pack, int index, const float 
     real *data = (real *)((char *)pack + (index < h->count ? h->offset[index] : h->input_offset));
     if (FR_FN(recurrent_setup)(&r, A, spec, h->H, 1, rows, data, FR_FN(pack_panel_format)(h)))
         return FR_ERR_NOMEM;
-    fr_part part = {0, rows, 0, 1, NULL};
+    fr_part part = {0, rows, 0, 1, NULL, 0};
     fr_accumulate acc = {C, N, h->H, spec.G};
     memset(C, 0, (size_t)(rows * N) * sizeof(float));
     FR_FN(recurrent_apply)(&r, A, K, &part, FR_FN(accumulate_epilogue), &acc, NULL);

@@ -547,7 +547,7 @@ static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows, ptrdiff
         return FR_ERR_NOMEM;
     fr_store_tiles s = {in->start, in->start_ld};
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += chunk) {
-        fr_part part = {r0, rows - r0 < chunk ? rows - r0 : chunk, 0, 1, NULL};
+        fr_part part = {r0, rows - r0 < chunk ? rows - r0 : chunk, 0, 1, NULL, 0};
         FR_FN(recurrent_apply)(&in->rec, in->x, in->I, &part, FR_FN(store_tile_epilogue), &s,
                                NULL);
     }
@@ -638,7 +638,7 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
         return FR_FN(input_start_tiles)(in, T * B, in->rec.rows ? chunk : T * B);
     fr_bias_store s = {P, in->bias, G, H};
     for (ptrdiff_t r0 = 0; before_loop && r0 < T * B; r0 += chunk) {
-        fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL};
+        fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL, 0};
         FR_FN(recurrent_apply)(&in->rec, x, I, &rows, FR_FN(bias_store_epilogue), &s, NULL);
     }
     return FR_OK;

@@ -139,7 +139,7 @@ void fr_run_time_loop(ptrdiff_t B, ptrdiff_t blocks, double step_flops, fr_part_
     int by_units = by_rows > 1 ? 1 : threads_for_units(blocks, step_flops);
     int n = by_rows > 1 ? by_rows : by_units;
     if (n <= 1) {
-        fr_part all = {0, B, 0, 1, NULL};
+        fr_part all = {0, B, 0, 1, NULL, 0};
         fn(ctx, all);
         return;
     }
@@ -154,7 +154,7 @@ void fr_run_time_loop(ptrdiff_t B, ptrdiff_t blocks, double step_flops, fr_part_
         int i = omp_get_thread_num(), team = omp_get_num_threads();
         /* OpenMP may grant fewer threads: each stores the same team size before it waits */
         atomic_store_explicit(&barrier.n, team, memory_order_relaxed);
-        fr_part part = {0, B, 0, 1, NULL};
+        fr_part part = {0, B, 0, 1, NULL, 0};
         if (by_rows > 1) {
             part.row0 = B * i / team;
             part.rows = B * (i + 1) / team - part.row0;

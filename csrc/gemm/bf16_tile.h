@@ -10,8 +10,12 @@
  */
 #include <immintrin.h>
 
+#if defined(__clang__) /* Clang ignores GCC's target pragma */
+#pragma clang attribute push(__attribute__((target("avx512bf16"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512bf16")
+#endif
 
 #define FR_BF16_KC 32 /* k of A rounded per vcvtne2ps2bf16 */
 
@@ -73,4 +77,8 @@ static FR_ALWAYS_INLINE void bf16_tile_product(real *acc_out, real *acc2_out, co
 
 FR_DEFINE_LOWP_TILES(bf16_dp, bf16_tile_product, uint32_t)
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif

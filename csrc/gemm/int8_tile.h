@@ -16,8 +16,12 @@
 #include <immintrin.h>
 
 #if FR_HAVE_I8_VNNI
+#if defined(__clang__) /* Clang ignores GCC's target pragma */
+#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512vnni")
+#endif
 #define FR_I8_DOT_FORMAT FR_PANEL_I8_VNNI
 
 /* acc + the 4-product sums of a's u8 quads and w's int8 quads. */
@@ -90,5 +94,9 @@ static FR_ALWAYS_INLINE void i8_tile_product(real *acc_out, real *acc2_out, cons
 FR_DEFINE_LOWP_TILES(i8_dot, i8_tile_product, uint32_t)
 
 #if FR_HAVE_I8_VNNI
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #endif

@@ -68,33 +68,58 @@ static inline real FR_FN(panel_source)(const fr_panel *p, const real *W, int tra
     return transpose ? W[col * p->K + k] : W[k * p->G * p->H + col];
 }
 
-/* Integer lanes as wide as a real: the index vector of __builtin_shuffle. */
+/* Lanes of a and b interleaved: half = 0 takes the low halves (a0 b0 a1 b1 ...), half = 1
+ * the high halves; one permute once inlined (vpermt2ps on AVX-512, unpcklps/unpckhps on
+ * SSE2). GCC's __builtin_shuffle takes an index vector that folds to a constant; Clang's
+ * __builtin_shufflevector needs the indices written out, one list per lane count. */
+#ifdef FR_F64
+#define FR_LANES (FR_VBYTES / 8)
+#else
+#define FR_LANES (FR_VBYTES / 4)
+#endif
+#if defined(__clang__)
+#if FR_LANES == 16
+#define FR_INTERLEAVE_LO 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define FR_INTERLEAVE_HI 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#elif FR_LANES == 8
+#define FR_INTERLEAVE_LO 0, 8, 1, 9, 2, 10, 3, 11
+#define FR_INTERLEAVE_HI 4, 12, 5, 13, 6, 14, 7, 15
+#elif FR_LANES == 4
+#define FR_INTERLEAVE_LO 0, 4, 1, 5
+#define FR_INTERLEAVE_HI 2, 6, 3, 7
+#else
+#define FR_INTERLEAVE_LO 0, 2
+#define FR_INTERLEAVE_HI 1, 3
+#endif
+static FR_ALWAYS_INLINE fr_vec FR_FN(interleave)(fr_vec a, fr_vec b, const int half) {
+    return half ? __builtin_shufflevector(a, b, FR_INTERLEAVE_HI)
+                : __builtin_shufflevector(a, b, FR_INTERLEAVE_LO);
+}
+#else
 #ifdef FR_F64
 typedef int64_t fr_lanes __attribute__((vector_size(FR_VBYTES)));
 #else
 typedef int32_t fr_lanes __attribute__((vector_size(FR_VBYTES)));
 #endif
-
-/* Lanes of a and b interleaved: half = 0 takes the low halves (a0 b0 a1 b1 ...), half = 1
- * the high halves. A constant index vector once inlined: one permute per call. */
 static FR_ALWAYS_INLINE fr_vec FR_FN(interleave)(fr_vec a, fr_vec b, const int half) {
     fr_lanes index;
-    for (int i = 0; i < FR_VLEN / 2; i++) {
-        index[2 * i] = half * (FR_VLEN / 2) + i;
-        index[2 * i + 1] = FR_VLEN + half * (FR_VLEN / 2) + i;
+    for (int i = 0; i < FR_LANES / 2; i++) {
+        index[2 * i] = half * (FR_LANES / 2) + i;
+        index[2 * i + 1] = FR_LANES + half * (FR_LANES / 2) + i;
     }
     return __builtin_shuffle(a, b, index);
 }
+#endif
 
 /* dst (VLEN, VLEN; row q at dst + q * dst_ld, aligned) = the transpose of src (VLEN, VLEN;
  * row r at src + r * src_ld): log2(VLEN) perfect shuffles of the rows (each rotates the
  * bits of an element's (row, lane) index by one), in registers. */
 static FR_ALWAYS_INLINE void FR_FN(transpose_tile)(real *dst, ptrdiff_t dst_ld, const real *src,
                                                    ptrdiff_t src_ld) {
-    fr_vec rows[FR_VBYTES / sizeof(real)], next[FR_VBYTES / sizeof(real)];
+    fr_vec rows[FR_LANES], next[FR_LANES];
     for (int r = 0; r < FR_VLEN; r++)
         rows[r] = *(const fr_vec_u *)(src + r * src_ld);
-    for (int width = 1; width < FR_VLEN; width *= 2) {
+    for (int shuffled = 1; shuffled < FR_VLEN; shuffled *= 2) { /* log2(VLEN) times */
         for (int r = 0; r < FR_VLEN / 2; r++) {
             next[2 * r] = FR_FN(interleave)(rows[r], rows[r + FR_VLEN / 2], 0);
             next[2 * r + 1] = FR_FN(interleave)(rows[r], rows[r + FR_VLEN / 2], 1);
