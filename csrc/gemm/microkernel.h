@@ -260,6 +260,16 @@ static inline void FR_FN(lowp_tile_sum)(const fr_panel *p, real *acc, real *acc2
     }
 }
 
+/* Rows of the next tile when `left` rows remain, tiles of at most mr rows: as even as the
+ * tiles can be (8 rows as 4 + 4, 16 as 6 + 5 + 5), not mr until a short last one: a tile
+ * of 2 rows loads as many weight vectors per k as one of 6 for a third of the
+ * multiply-adds, which made the 8 rows of each thread's half of B = 16 slow. A row's sums
+ * do not depend on its tile. */
+static inline ptrdiff_t FR_FN(tile_height)(ptrdiff_t left, ptrdiff_t mr) {
+    const ptrdiff_t tiles = (left + mr - 1) / mr;
+    return (left + tiles - 1) / tiles;
+}
+
 /* For rows [row0, row0 + rows) and the panel's column blocks [blk0, blk1): every tile of
  *   [start +] [X (rows, q->K) . q +] A (rows, p->K) . p
  * handed to epilogue(ctx, ...). Row r of A is at A + r * lda (of X at X + r * ldx); q (NULL:
@@ -291,8 +301,8 @@ static inline void FR_FN(panel_product_sum)(const fr_panel *p, const real *A, pt
         const int pair = width == 2 && blk + 1 < blk1;
         fr_segment seg[2]; /* X . q first (when given), then A . p */
         fr_segment *own = seg + (q ? 1 : 0);
-        for (ptrdiff_t r = row0; r < row0 + rows; r += mr) {
-            ptrdiff_t m = row0 + rows - r < mr ? row0 + rows - r : mr;
+        for (ptrdiff_t r = row0, m; r < row0 + rows; r += m) {
+            m = FR_FN(tile_height)(row0 + rows - r, mr);
             const real *slab = p->data + blk * p->slab;
             const real *rows_A = lowp ? A + (r - row0) * lda : A + r * lda;
             const real *s0 = start ? start + r * start_ld + blk * NB : NULL;
