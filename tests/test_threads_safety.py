@@ -214,3 +214,23 @@ def test_set_num_threads_while_kernels_run_is_safe():
     for i in range(3):
         for got, expected in zip(results[i], want[i]):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ("PASSIVE", "10000")),
+    ({"GOMP_SPINCOUNT": "5"}, ("PASSIVE", "5")),
+    ({"OMP_WAIT_POLICY": "active"}, ("active", None)),
+])
+def test_the_openmp_wait_settings_at_import(env, expected):
+    """Importing fastrnn sets a passive OpenMP wait with a short libgomp spin (workers
+    that slept after every region were woken onto the busy core), and keeps what the user
+    set: checked in a fresh interpreter, before any OpenMP runtime is loaded."""
+    import os
+    import subprocess
+    import sys
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, fastrnn; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert tuple(None if v == "None" else v for v in out) == expected
