@@ -271,9 +271,10 @@ int FR_FN(lstm_forward)(real *y, real *h_n, real *c_n, real *saved, const real *
     if (!hbuf || !scratch || (h_mask && !hmbuf) || (w_hr && !m) ||
         lstm_products(rec, &out, 0, w_hh, w_hr, T, B, H, P, pack) != FR_OK)
         goto done;
-    if (!FR_FN(input_fusable)(rec, T, B, I, pack))
+    const int fusable = FR_FN(input_fusable)(rec, T, B, I, pack);
+    if (!fusable)
         proj = FR_FN(alloc)(proj_step ? T * B * G : B * G);
-    if ((!proj && !FR_FN(input_fusable)(rec, T, B, I, pack)) ||
+    if ((!proj && !fusable) ||
         FR_FN(input_prepare)(&in, proj, x, w_ih, b_ih, b_hh, T, B, I, 4, H, rec,
                               pack) != FR_OK) {
         FR_FN(recurrent_free)(rec);

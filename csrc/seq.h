@@ -537,8 +537,18 @@ typedef struct {
 /* Whether a forward over B rows projects its input step by step. */
 static inline int FR_FN(input_per_step)(ptrdiff_t B) { return B >= FR_STEP_PROJECTION_ROWS; }
 
-/* The whole sequence's x . w_ih^T as tiles to start from (fused, below 16 rows): `chunk`
- * rows at a time (the rows a bf16 or int8 panel's workspace converts at once). */
+/* Rows [0, rows) of x through the w_ih panel into epilogue(ctx, ...), before the loop,
+ * `chunk` rows at a time (what a bf16 or int8 panel's workspace converts at once). */
+static inline void FR_FN(input_rows)(const fr_input *in, ptrdiff_t rows, ptrdiff_t chunk,
+                                     fr_epilogue_fn epilogue, void *ctx) {
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += chunk) {
+        fr_part part = {r0, rows - r0 < chunk ? rows - r0 : chunk, 0, 1, NULL, 0};
+        FR_FN(recurrent_apply)(&in->rec, in->x, in->I, &part, epilogue, ctx, NULL);
+    }
+}
+
+/* The whole sequence's x . w_ih^T as tiles to start from (fused, below 16 rows), `chunk`
+ * rows at a time. */
 static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows, ptrdiff_t chunk) {
     const fr_panel *p = &in->rec.panel;
     in->start_ld = p->blocks * p->nv * FR_VLEN;
@@ -546,11 +556,7 @@ static inline int FR_FN(input_start_tiles)(fr_input *in, ptrdiff_t rows, ptrdiff
     if (!in->start)
         return FR_ERR_NOMEM;
     fr_store_tiles s = {in->start, in->start_ld};
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += chunk) {
-        fr_part part = {r0, rows - r0 < chunk ? rows - r0 : chunk, 0, 1, NULL, 0};
-        FR_FN(recurrent_apply)(&in->rec, in->x, in->I, &part, FR_FN(store_tile_epilogue), &s,
-                               NULL);
-    }
+    FR_FN(input_rows)(in, rows, chunk, FR_FN(store_tile_epilogue), &s);
     return FR_OK;
 }
 
@@ -637,10 +643,8 @@ static inline int FR_FN(input_prepare)(fr_input *in, real *P, const real *x, con
     if (in->fused && !in->per_step)
         return FR_FN(input_start_tiles)(in, T * B, in->rec.rows ? chunk : T * B);
     fr_bias_store s = {P, in->bias, G, H};
-    for (ptrdiff_t r0 = 0; before_loop && r0 < T * B; r0 += chunk) {
-        fr_part rows = {r0, T * B - r0 < chunk ? T * B - r0 : chunk, 0, 1, NULL, 0};
-        FR_FN(recurrent_apply)(&in->rec, x, I, &rows, FR_FN(bias_store_epilogue), &s, NULL);
-    }
+    if (before_loop)
+        FR_FN(input_rows)(in, T * B, chunk, FR_FN(bias_store_epilogue), &s);
     return FR_OK;
 }
 

@@ -28,9 +28,9 @@ from typing import Optional
 # often put on the busy core: LSTM small's 2-thread batch split ran at ~1 CPU (int8 1.8 ms
 # instead of 0.93; docs/perf-notes.md 62-63). libgomp (the Linux builds) spins 10000 times
 # (~0.1 ms) first: enough for a call's back-to-back regions and calls (3000 was not always),
-# too short to slow a threaded BLAS call after ours (30000 sometimes did). Set before the OpenMP runtime loads
-# with fastrnn._core (other OpenMP libraries loaded later in the process read them too);
-# the user's own settings win.
+# too short to slow a threaded BLAS call after ours (30000 sometimes did). Set before the
+# OpenMP runtime loads with fastrnn._core (other OpenMP libraries loaded later in the
+# process read them too); the user's own settings win.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if "GOMP_SPINCOUNT" not in os.environ and os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE":
     os.environ["GOMP_SPINCOUNT"] = "10000"
