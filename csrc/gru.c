@@ -62,16 +62,20 @@ static FR_ALWAYS_INLINE void gru_units_after(const real *restrict acc, ptrdiff_t
                                              const real *restrict h_prev,
                                              real *restrict h_next, real *restrict y,
                                              ptrdiff_t units, ptrdiff_t H) {
-    for (ptrdiff_t j = 0; j < units; j++) {
-        real r = fr_sigmoid(g[j] + acc[j] + bh[j]);
-        real z = fr_sigmoid(g[H + j] + acc[gs + j] + bh[H + j]);
-        real hn = acc[2 * gs + j] + bh[2 * H + j];
-        real n = fr_tanh(g[2 * H + j] + r * hn);
-        g[j] = r;
-        g[H + j] = z;
-        g[2 * H + j] = n;
-        extra[j] = hn;
-        h_next[j] = y[j] = ((real)1 - z) * n + z * h_prev[j];
+    for (ptrdiff_t j = 0; j < units; j += FR_VLEN) {
+        const ptrdiff_t m = fr_vlanes(units, j);
+        fr_vec r = fr_vsigmoid(fr_vload(g + j, m) + fr_vload(acc + j, m) + fr_vload(bh + j, m));
+        fr_vec z = fr_vsigmoid(fr_vload(g + H + j, m) + fr_vload(acc + gs + j, m) +
+                               fr_vload(bh + H + j, m));
+        fr_vec hn = fr_vload(acc + 2 * gs + j, m) + fr_vload(bh + 2 * H + j, m);
+        fr_vec n = fr_vtanh(fr_vload(g + 2 * H + j, m) + r * hn);
+        fr_vec h = fr_vmuladd(z, fr_vload(h_prev + j, m), ((real)1 - z) * n);
+        fr_vstore(g + j, r, m);
+        fr_vstore(g + H + j, z, m);
+        fr_vstore(g + 2 * H + j, n, m);
+        fr_vstore(extra + j, hn, m);
+        fr_vstore(h_next + j, h, m);
+        fr_vstore(y + j, h, m);
     }
 }
 
@@ -114,11 +118,14 @@ static void gru_epilogue_reset(void *ctx, const real *acc, ptrdiff_t acc_ld, ptr
         real *restrict g = s->gates_t + b * 3 * H + unit0, *restrict rh = s->extra_t + at;
         const real *restrict a = acc + i * acc_ld, *restrict bh = s->b_hh + unit0;
         const real *restrict h = s->hm_prev + at; /* r * (h_{t-1} [* mask]) */
-        for (ptrdiff_t j = 0; j < units; j++) {
-            real r = fr_sigmoid(g[j] + a[j] + bh[j]);
-            g[j] = r;
-            g[H + j] = fr_sigmoid(g[H + j] + a[gs + j] + bh[H + j]);
-            rh[j] = r * h[j];
+        for (ptrdiff_t j = 0; j < units; j += FR_VLEN) {
+            const ptrdiff_t m = fr_vlanes(units, j);
+            fr_vec r = fr_vsigmoid(fr_vload(g + j, m) + fr_vload(a + j, m) + fr_vload(bh + j, m));
+            fr_vec z = fr_vsigmoid(fr_vload(g + H + j, m) + fr_vload(a + gs + j, m) +
+                                   fr_vload(bh + H + j, m));
+            fr_vstore(g + j, r, m);
+            fr_vstore(g + H + j, z, m);
+            fr_vstore(rh + j, r * fr_vload(h + j, m), m);
         }
     }
 }
@@ -140,10 +147,15 @@ static void gru_epilogue_new(void *ctx, const real *acc, ptrdiff_t acc_ld, ptrdi
         real *restrict h_next = s->h_next + at;
         const real *restrict a = acc + i * acc_ld, *restrict bn = s->b_hh + 2 * H + unit0;
         const real *restrict h = s->h_prev + at;
-        for (ptrdiff_t j = 0; j < units; j++) {
-            real n = fr_tanh(g[2 * H + j] + a[j] + bn[j]), z = g[H + j];
-            g[2 * H + j] = n;
-            h_next[j] = y[j] = ((real)1 - z) * n + z * h[j];
+        for (ptrdiff_t j = 0; j < units; j += FR_VLEN) {
+            const ptrdiff_t m = fr_vlanes(units, j);
+            fr_vec n = fr_vtanh(fr_vload(g + 2 * H + j, m) + fr_vload(a + j, m) +
+                                fr_vload(bn + j, m));
+            fr_vec z = fr_vload(g + H + j, m);
+            fr_vec h_t = fr_vmuladd(z, fr_vload(h + j, m), ((real)1 - z) * n);
+            fr_vstore(g + 2 * H + j, n, m);
+            fr_vstore(h_next + j, h_t, m);
+            fr_vstore(y + j, h_t, m);
         }
         gru_store_masked(s, at, units);
     }

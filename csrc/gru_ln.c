@@ -44,12 +44,19 @@ static void gln_row_forward(const void *ctx, ptrdiff_t t, ptrdiff_t b) {
     FR_FN(ln_blocks)(hat, a->s.h_rstd + row * 3, a->loop.ah + b * 3 * H, 3, H);
     for (ptrdiff_t j = 0; j < 3 * H; j++) /* ph = g_hh h_hat + b_hh, kept in g for now */
         g[j] = g_hh[j] * hat[j] + (a->b_hh ? a->b_hh[j] : 0);
-    for (ptrdiff_t j = 0; j < H; j++) {
-        real r = fr_sigmoid(px[j] + g[j]), z = fr_sigmoid(px[H + j] + g[H + j]);
-        hn[j] = g[2 * H + j];
-        real n = fr_tanh(px[2 * H + j] + r * hn[j]);
-        g[j] = r, g[H + j] = z, g[2 * H + j] = n;
-        h[j] = a->loop.y[row * H + j] = ((real)1 - z) * n + z * h[j];
+    for (ptrdiff_t j = 0; j < H; j += FR_VLEN) {
+        const ptrdiff_t m = fr_vlanes(H, j);
+        fr_vec r = fr_vsigmoid(fr_vload(px + j, m) + fr_vload(g + j, m));
+        fr_vec z = fr_vsigmoid(fr_vload(px + H + j, m) + fr_vload(g + H + j, m));
+        fr_vec ph_n = fr_vload(g + 2 * H + j, m);
+        fr_vec n = fr_vtanh(fr_vload(px + 2 * H + j, m) + r * ph_n);
+        fr_vec h_t = fr_vmuladd(z, fr_vload(h + j, m), ((real)1 - z) * n);
+        fr_vstore(hn + j, ph_n, m);
+        fr_vstore(g + j, r, m);
+        fr_vstore(g + H + j, z, m);
+        fr_vstore(g + 2 * H + j, n, m);
+        fr_vstore(h + j, h_t, m);
+        fr_vstore(a->loop.y + row * H + j, h_t, m);
     }
 }
 

@@ -49,23 +49,32 @@ static FR_ALWAYS_INLINE void lstm_units_forward(const real *restrict acc, ptrdif
                                                 ptrdiff_t H, const int save, const int peep) {
     const real *restrict ai = acc, *restrict af = acc + gate_stride;
     const real *restrict ag = acc + 2 * gate_stride, *restrict ao = acc + 3 * gate_stride;
-    for (ptrdiff_t j = 0; j < units; j++) {
-        real c_prev = c[j];
-        real i = fr_sigmoid(ai[j] + pre[j] + (peep ? p[j] * c_prev : 0));
-        real f = fr_sigmoid(af[j] + pre[H + j] + (peep ? p[2 * H + j] * c_prev : 0));
-        real g = fr_tanh(ag[j] + pre[2 * H + j]);
-        real c_new = f * c_prev + i * g;
-        real o = fr_sigmoid(ao[j] + pre[3 * H + j] + (peep ? p[H + j] * c_new : 0));
-        real tc = fr_tanh(c_new);
-        c[j] = c_new;
-        h_next[j] = y[j] = o * tc;
+    for (ptrdiff_t j = 0; j < units; j += FR_VLEN) {
+        const ptrdiff_t n = fr_vlanes(units, j);
+        fr_vec c_prev = fr_vload(c + j, n);
+        fr_vec a_i = fr_vload(ai + j, n) + fr_vload(pre + j, n);
+        fr_vec a_f = fr_vload(af + j, n) + fr_vload(pre + H + j, n);
+        if (peep) {
+            a_i += fr_vload(p + j, n) * c_prev;
+            a_f += fr_vload(p + 2 * H + j, n) * c_prev;
+        }
+        fr_vec i = fr_vsigmoid(a_i), f = fr_vsigmoid(a_f);
+        fr_vec g = fr_vtanh(fr_vload(ag + j, n) + fr_vload(pre + 2 * H + j, n));
+        fr_vec c_new = fr_vmuladd(f, c_prev, i * g);
+        fr_vec a_o = fr_vload(ao + j, n) + fr_vload(pre + 3 * H + j, n);
+        if (peep)
+            a_o += fr_vload(p + H + j, n) * c_new;
+        fr_vec o = fr_vsigmoid(a_o), tc = fr_vtanh(c_new), h = o * tc;
+        fr_vstore(c + j, c_new, n);
+        fr_vstore(h_next + j, h, n);
+        fr_vstore(y + j, h, n);
         if (save) {
-            gates[j] = i;
-            gates[H + j] = f;
-            gates[2 * H + j] = g;
-            gates[3 * H + j] = o;
-            c_save[j] = c_new;
-            tanh_c_save[j] = tc;
+            fr_vstore(gates + j, i, n);
+            fr_vstore(gates + H + j, f, n);
+            fr_vstore(gates + 2 * H + j, g, n);
+            fr_vstore(gates + 3 * H + j, o, n);
+            fr_vstore(c_save + j, c_new, n);
+            fr_vstore(tanh_c_save + j, tc, n);
         }
     }
 }

@@ -48,17 +48,28 @@ static void ln_row_forward(const void *ctx, ptrdiff_t t, ptrdiff_t b) {
     FR_FN(ln_blocks)(h_hat, a->s.h_rstd + row * 4, a->loop.ah + b * 4 * H, 4, H);
     for (ptrdiff_t j = 0; j < 4 * H; j++) /* i, f, g, o */
         gates[j] = pre[j] + g_hh[j] * h_hat[j];
-    for (ptrdiff_t j = 0; j < H; j++) {
-        real i = fr_sigmoid(gates[j]), f = fr_sigmoid(gates[H + j]);
-        real g = fr_tanh(gates[2 * H + j]), o = fr_sigmoid(gates[3 * H + j]);
-        gates[j] = i, gates[H + j] = f, gates[2 * H + j] = g, gates[3 * H + j] = o;
-        c[j] = f * c[j] + i * g;
+    for (ptrdiff_t j = 0; j < H; j += FR_VLEN) {
+        const ptrdiff_t n = fr_vlanes(H, j);
+        fr_vec i = fr_vsigmoid(fr_vload(gates + j, n));
+        fr_vec f = fr_vsigmoid(fr_vload(gates + H + j, n));
+        fr_vec g = fr_vtanh(fr_vload(gates + 2 * H + j, n));
+        fr_vec o = fr_vsigmoid(fr_vload(gates + 3 * H + j, n));
+        fr_vstore(gates + j, i, n);
+        fr_vstore(gates + H + j, f, n);
+        fr_vstore(gates + 2 * H + j, g, n);
+        fr_vstore(gates + 3 * H + j, o, n);
+        fr_vstore(c + j, fr_vmuladd(f, fr_vload(c + j, n), i * g), n);
     }
     memcpy(a->s.c + row * H, c, (size_t)H * sizeof(real));
     FR_FN(ln_blocks)(c_hat, a->s.c_rstd + row, c, 1, H);
-    for (ptrdiff_t j = 0; j < H; j++) {
-        tn[j] = fr_tanh(g_c[j] * c_hat[j] + b_c[j]);
-        a->loop.h[b * H + j] = a->loop.y[row * H + j] = gates[3 * H + j] * tn[j];
+    for (ptrdiff_t j = 0; j < H; j += FR_VLEN) {
+        const ptrdiff_t n = fr_vlanes(H, j);
+        fr_vec tanh_n = fr_vtanh(fr_vload(g_c + j, n) * fr_vload(c_hat + j, n) +
+                                 fr_vload(b_c + j, n));
+        fr_vec h = fr_vload(gates + 3 * H + j, n) * tanh_n;
+        fr_vstore(tn + j, tanh_n, n);
+        fr_vstore(a->loop.h + b * H + j, h, n);
+        fr_vstore(a->loop.y + row * H + j, h, n);
     }
 }
 

@@ -26,15 +26,16 @@ typedef struct {
 } rnn_step;
 
 /* h = act(acc + pre) for `units` units of one row, into y and h_next; pre is the row's
- * input projection (y itself) or the biases. One loop per activation, so each vectorizes. */
+ * input projection (y itself) or the biases. */
 static FR_ALWAYS_INLINE void rnn_units_forward(const real *restrict acc, const real *pre, real *y,
                                      real *restrict h_next, int relu, ptrdiff_t units) {
-    if (relu)
-        for (ptrdiff_t j = 0; j < units; j++)
-            h_next[j] = y[j] = fr_relu(acc[j] + pre[j]);
-    else
-        for (ptrdiff_t j = 0; j < units; j++)
-            h_next[j] = y[j] = fr_tanh(acc[j] + pre[j]);
+    for (ptrdiff_t j = 0; j < units; j += FR_VLEN) {
+        const ptrdiff_t n = fr_vlanes(units, j);
+        fr_vec a = fr_vload(acc + j, n) + fr_vload(pre + j, n);
+        fr_vec h = relu ? fr_vrelu(a) : fr_vtanh(a);
+        fr_vstore(h_next + j, h, n);
+        fr_vstore(y + j, h, n);
+    }
 }
 
 static FR_ALWAYS_INLINE void rnn_rows_forward(const rnn_step *s, const real *acc,

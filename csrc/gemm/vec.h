@@ -10,6 +10,7 @@
 #define FASTRNN_GEMM_VEC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../real.h"
 
@@ -28,6 +29,14 @@
 /* A vector register of reals; the aligned(sizeof(real)) variant loads unaligned. */
 typedef real fr_vec __attribute__((vector_size(FR_VBYTES)));
 typedef real fr_vec_u __attribute__((vector_size(FR_VBYTES), aligned(sizeof(real))));
+/* Integer vectors with fr_vec's lanes: comparisons of fr_vecs, and their bits. */
+#ifdef FR_F64
+typedef int64_t fr_ivec __attribute__((vector_size(FR_VBYTES)));
+typedef uint64_t fr_uvec __attribute__((vector_size(FR_VBYTES)));
+#else
+typedef int32_t fr_ivec __attribute__((vector_size(FR_VBYTES)));
+typedef uint32_t fr_uvec __attribute__((vector_size(FR_VBYTES)));
+#endif
 
 #define FR_ALWAYS_INLINE inline __attribute__((always_inline))
 
