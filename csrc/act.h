@@ -18,8 +18,6 @@
 #ifndef FASTRNN_ACT_H
 #define FASTRNN_ACT_H
 
-#include <string.h>
-
 #include "gemm/vec.h"
 
 #if defined(__SSE2__) || defined(__AVX__)
