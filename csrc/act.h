@@ -9,7 +9,7 @@
  *   exp:  Cephes' range reduction x = n ln2 + r and a degree-6 polynomial in r, scaled by
  *         2^n through the exponent bits;
  *   tanh: the [13/6] rational approximation on [-7.9, 7.9] that Eigen and MLAS use
- *         (beyond that range float32 tanh is +-1 to within 8 ulp);
+ *         (beyond that range float32 tanh is +-1, and so is this one);
  *   sigmoid(a) = 1 / (1 + exp(-a)).
  * Their clamps are the ISA's max/min instructions (fr_vclamp): written as comparisons,
  * which GCC must vectorize as compare + blend to keep NaN a NaN, they cost the LSTM
@@ -152,7 +152,12 @@ static FR_ALWAYS_INLINE fr_vec fr_vtanh(fr_vec a) {
     q = q * x2 + 1.18534705686654e-04f;
     q = q * x2 + 2.26843463243900e-03f;
     q = q * x2 + 4.89352518554385e-03f;
-    return x * p / q;
+    /* Exactly +-1 beyond the clamp, as float32 tanh (the approximation there is 1 - 4.8e-7,
+     * and 1 - y^2 = 9.5e-7 times a huge recurrent weight is an unbounded gradient). */
+    fr_ivec above = a > fr_vset(7.90531110763549805f), below = a < fr_vset(-7.90531110763549805f);
+    fr_ivec bits = ((fr_ivec)(x * p / q) & ~(above | below)) |
+                   ((fr_ivec)fr_vset(1.0f) & above) | ((fr_ivec)fr_vset(-1.0f) & below);
+    return (fr_vec)bits;
 }
 
 #endif

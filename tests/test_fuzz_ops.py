@@ -355,3 +355,24 @@ def test_a_huge_recurrent_weight_matches_the_reference(seed):
     with np.errstate(all="ignore"):
         want = call(reference, case)
     compare(call(ops, case), want, has_specials(case))
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_a_huge_recurrent_weight_saturating_tanh_matches_the_reference(cell):
+    """Found by the fuzz test in CI: an RNN with w_hh = -1e30 (T = 2, B = I = H = 1)
+    saturates tanh. It must return exactly +-1 there, as float32 tanh does: 1 - 4.8e-7
+    left 1 - y^2 = 9.5e-7, which the 1e30 weight turned into dx 5e23 times the
+    reference's."""
+    G = {"rnn": 1, "gru": 3}[cell]
+    w_hh = np.full((G, 1), 0.35, np.float32)
+    w_hh[-1, 0] = -1e30
+    arrays = {"x": np.array([[[1.3]], [[-0.13]]], np.float32),
+              "w_ih": np.full((G, 1), 0.64, np.float32), "w_hh": w_hh,
+              "b_ih": None, "b_hh": None, "h0": np.array([[0.36]], np.float32)}
+    case = {"cell": cell, "dtype": np.dtype(np.float32), "arrays": arrays,
+            "upstream": {"dy": None, "dh_n": np.array([[1.304]], np.float32)},
+            "lengths": None, "options": {}}
+    with np.errstate(all="ignore"):
+        want = call(reference, case)
+    compare(call(ops, case), want, has_specials(case))
